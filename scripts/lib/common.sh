@@ -1,0 +1,45 @@
+# Shared helpers for the project's shell scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Build products live outside the work tree, keyed by a hash of their inputs.
+CACHE_ROOT=${LAUNDROMAT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/laundromat}
+mkdir -p "$CACHE_ROOT"
+
+log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# need_pkgs PKG...: install the Debian packages that are missing (apt-get update once).
+need_pkgs() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing: ${missing[*]}"
+    if [ ! -e "$CACHE_ROOT/.apt-updated" ] || [ -n "$(find "$CACHE_ROOT/.apt-updated" -mmin +360)" ]; then
+        apt-get update -qq >&2 && touch "$CACHE_ROOT/.apt-updated"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# debian_mirror: the Debian archive this machine's apt already uses (never hard-coded).
+debian_mirror() {
+    local m
+    m=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+        | grep -v -- '-security' | grep -oE 'https?://[^ ]+/debian/?' | head -n1)
+    [ -n "$m" ] || die "no Debian mirror found in /etc/apt sources"
+    echo "${m%/}"
+}
+
+# recipe_hash FILE_OR_DIR...: a short, stable hash of the named inputs' contents.
+recipe_hash() {
+    local f
+    for f in "$@"; do
+        if [ -d "$f" ]; then
+            (cd "$f" && find . -type f ! -name '*.swp' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        else
+            sha256sum "$f" | sed "s#  .*#  $(basename "$f")#"
+        fi
+    done | sha256sum | cut -c1-16
+}
