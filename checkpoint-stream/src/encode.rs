@@ -1,0 +1,199 @@
+//! Encoder. It frames records; the order rules are the writer's duty (the decoder checks
+//! them), which lets tests build malformed streams with the same code.
+
+use crate::crc::Crc32c;
+use crate::format::*;
+
+/// Where encoded bytes go. With the `std` feature every `io::Write` is one.
+pub trait Output {
+    type Error;
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error>;
+}
+
+#[cfg(feature = "std")]
+impl<W: std::io::Write> Output for W {
+    type Error = std::io::Error;
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), std::io::Error> {
+        std::io::Write::write_all(self, buf)
+    }
+}
+
+/// One entry of a page batch: `None` data marks a zero page.
+pub type PageRef<'a> = (u64, Option<&'a [u8; PAGE_SIZE]>);
+
+pub struct Encoder<O: Output> {
+    out: O,
+    bytes: u64,
+}
+
+const ZEROS: [u8; 8] = [0; 8];
+
+impl<O: Output> Encoder<O> {
+    /// Start a stream: writes the preamble.
+    pub fn new(mut out: O) -> Result<Self, O::Error> {
+        let mut p = [0u8; PREAMBLE_LEN];
+        p[..8].copy_from_slice(&MAGIC);
+        p[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out.write_all(&p)?;
+        Ok(Encoder {
+            out,
+            bytes: PREAMBLE_LEN as u64,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn into_inner(self) -> O {
+        self.out
+    }
+
+    /// Frame one record whose body is the concatenation of `parts`.
+    pub fn raw_record(&mut self, ty: u32, parts: &[&[u8]]) -> Result<(), O::Error> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut c = Crc32c::new();
+        for p in parts {
+            c.update(p);
+        }
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0..4].copy_from_slice(&ty.to_le_bytes());
+        h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&c.finish().to_le_bytes());
+        let hc = crate::crc::crc32c(&h[..12]);
+        h[12..16].copy_from_slice(&hc.to_le_bytes());
+        self.out.write_all(&h)?;
+        for p in parts {
+            self.out.write_all(p)?;
+        }
+        let pad = pad8(len) - len;
+        self.out.write_all(&ZEROS[..pad])?;
+        self.bytes += (RECORD_HEADER_LEN + pad8(len)) as u64;
+        Ok(())
+    }
+
+    fn rec(&mut self, ty: RecordType, parts: &[&[u8]]) -> Result<(), O::Error> {
+        self.raw_record(ty as u32, parts)
+    }
+
+    pub fn header(&mut self, max_pfn: u64, kernel: &[u8]) -> Result<(), O::Error> {
+        let kernel = &kernel[..kernel.len().min(MAX_KERNEL_STRING)];
+        let mut b = [0u8; 32];
+        b[0..4].copy_from_slice(&8u32.to_le_bytes());
+        b[4..8].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        b[8..16].copy_from_slice(&max_pfn.to_le_bytes());
+        b[24..28].copy_from_slice(&(kernel.len() as u32).to_le_bytes());
+        self.rec(RecordType::Header, &[&b, kernel])
+    }
+
+    pub fn round(&mut self, index: u32, drain: bool) -> Result<(), O::Error> {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&index.to_le_bytes());
+        b[4..8].copy_from_slice(&(if drain { ROUND_FLAG_DRAIN } else { 0 }).to_le_bytes());
+        self.rec(RecordType::Round, &[&b])
+    }
+
+    /// One PAGE_BATCH of 1..=512 pages (panics on an empty or oversized batch: a caller bug).
+    pub fn page_batch(&mut self, pages: &[PageRef<'_>]) -> Result<(), O::Error> {
+        assert!(
+            !pages.is_empty() && pages.len() <= MAX_BATCH,
+            "page batch of {} pages",
+            pages.len()
+        );
+        let mut head = [0u8; 8 + 8 * MAX_BATCH];
+        head[0..4].copy_from_slice(&(pages.len() as u32).to_le_bytes());
+        for (i, (pfn, data)) in pages.iter().enumerate() {
+            let kind = if data.is_some() {
+                ENTRY_KIND_DATA
+            } else {
+                ENTRY_KIND_ZERO
+            };
+            let e = (pfn & ENTRY_PFN_MASK) | (kind << ENTRY_KIND_SHIFT);
+            head[8 + 8 * i..16 + 8 * i].copy_from_slice(&e.to_le_bytes());
+        }
+        let head = &head[..8 + 8 * pages.len()];
+        // Frame by hand: the parts are the head and every data page.
+        let ndata = pages.iter().filter(|p| p.1.is_some()).count();
+        let len = head.len() + ndata * PAGE_SIZE;
+        let mut c = Crc32c::new();
+        c.update(head);
+        for d in pages.iter().filter_map(|p| p.1) {
+            c.update(d);
+        }
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0..4].copy_from_slice(&(RecordType::PageBatch as u32).to_le_bytes());
+        h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&c.finish().to_le_bytes());
+        let hc = crate::crc::crc32c(&h[..12]);
+        h[12..16].copy_from_slice(&hc.to_le_bytes());
+        self.out.write_all(&h)?;
+        self.out.write_all(head)?;
+        for d in pages.iter().filter_map(|p| p.1) {
+            self.out.write_all(d)?;
+        }
+        self.bytes += (RECORD_HEADER_LEN + len) as u64;
+        Ok(())
+    }
+
+    pub fn capture(
+        &mut self,
+        start_info_pfn: u64,
+        nr_vcpus: u32,
+        pause_ns: u64,
+    ) -> Result<(), O::Error> {
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&start_info_pfn.to_le_bytes());
+        b[8..12].copy_from_slice(&nr_vcpus.to_le_bytes());
+        b[16..24].copy_from_slice(&pause_ns.to_le_bytes());
+        self.rec(RecordType::Capture, &[&b])
+    }
+
+    /// PAGE_TYPES records for pfns first_pfn.., split into chunks of 4096.
+    pub fn page_types(&mut self, first_pfn: u64, types: &[u8]) -> Result<(), O::Error> {
+        for (i, chunk) in types.chunks(MAX_TYPES_CHUNK).enumerate() {
+            let mut b = [0u8; 16];
+            b[0..8].copy_from_slice(&(first_pfn + (i * MAX_TYPES_CHUNK) as u64).to_le_bytes());
+            b[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+            self.rec(RecordType::PageTypes, &[&b, chunk])?;
+        }
+        Ok(())
+    }
+
+    /// P2M records for pfns first_pfn.., split into chunks of 512.
+    pub fn p2m(&mut self, first_pfn: u64, mfns: &[u64]) -> Result<(), O::Error> {
+        for (i, chunk) in mfns.chunks(MAX_P2M_CHUNK).enumerate() {
+            let mut b = [0u8; 16 + 8 * MAX_P2M_CHUNK];
+            b[0..8].copy_from_slice(&(first_pfn + (i * MAX_P2M_CHUNK) as u64).to_le_bytes());
+            b[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (j, m) in chunk.iter().enumerate() {
+                b[16 + 8 * j..24 + 8 * j].copy_from_slice(&m.to_le_bytes());
+            }
+            self.rec(RecordType::P2m, &[&b[..16 + 8 * chunk.len()]])?;
+        }
+        Ok(())
+    }
+
+    pub fn vcpu(&mut self, id: u32, kind: VcpuKind, data: &[u8]) -> Result<(), O::Error> {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&id.to_le_bytes());
+        b[4..8].copy_from_slice(&(kind as u32).to_le_bytes());
+        self.rec(RecordType::Vcpu, &[&b, data])
+    }
+
+    pub fn shared_info(&mut self, page: &[u8; PAGE_SIZE]) -> Result<(), O::Error> {
+        self.rec(RecordType::SharedInfo, &[page])
+    }
+
+    pub fn digest(&mut self, root: &[u8; 32]) -> Result<(), O::Error> {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&DIGEST_ALG_SHA256_LEAVES.to_le_bytes());
+        self.rec(RecordType::Digest, &[&b, root])
+    }
+
+    /// END; returns the output.
+    pub fn end(mut self) -> Result<O, O::Error> {
+        self.rec(RecordType::End, &[])?;
+        Ok(self.out)
+    }
+}

@@ -1,0 +1,152 @@
+//! Wire constants of the checkpoint stream (docs/stream.md is the normative text).
+
+/// First 8 bytes of every stream.
+pub const MAGIC: [u8; 8] = *b"LNDRCKPT";
+/// The only version this crate reads and writes.
+pub const VERSION: u32 = 1;
+/// Preamble: magic (8), version u32, reserved u32 (must be 0).
+pub const PREAMBLE_LEN: usize = 16;
+/// Record header: type u32, body length u32, body CRC-32C u32, header CRC-32C u32.
+pub const RECORD_HEADER_LEN: usize = 16;
+
+pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SHIFT: u32 = 12;
+/// Largest pfn a stream may describe (2^40 pages = 4 PiB), keeps arithmetic far from overflow.
+pub const MAX_PFN_LIMIT: u64 = (1 << 40) - 1;
+/// Page-batch entries per record.
+pub const MAX_BATCH: usize = 512;
+/// P2M entries per record.
+pub const MAX_P2M_CHUNK: usize = 512;
+/// Page-type entries per record.
+pub const MAX_TYPES_CHUNK: usize = 4096;
+/// Largest body of any record other than PAGE_BATCH (fits the decoder's fixed buffer).
+pub const MAX_SMALL_BODY: usize = 16384;
+/// Largest kernel string in HEADER.
+pub const MAX_KERNEL_STRING: usize = 256;
+/// Largest vCPU count.
+pub const MAX_VCPUS: u32 = 128;
+
+/// Bits of a page-batch entry: pfn in 0..=51, kind in 60..=63, 52..=59 zero.
+pub const ENTRY_PFN_MASK: u64 = (1 << 52) - 1;
+pub const ENTRY_KIND_SHIFT: u32 = 60;
+pub const ENTRY_RESERVED_MASK: u64 = 0xFF << 52;
+pub const ENTRY_KIND_DATA: u64 = 0;
+pub const ENTRY_KIND_ZERO: u64 = 1;
+
+/// ROUND flags.
+pub const ROUND_FLAG_DRAIN: u32 = 1;
+
+/// DIGEST algorithm 1: SHA-256 root over per-page SHA-256 leaves (see digest.rs).
+pub const DIGEST_ALG_SHA256_LEAVES: u32 = 1;
+
+/// Record types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RecordType {
+    End = 0,
+    Header = 1,
+    Round = 2,
+    PageBatch = 3,
+    Capture = 4,
+    PageTypes = 5,
+    P2m = 6,
+    Vcpu = 7,
+    SharedInfo = 8,
+    Digest = 9,
+}
+
+impl RecordType {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use RecordType::*;
+        Some(match v {
+            0 => End,
+            1 => Header,
+            2 => Round,
+            3 => PageBatch,
+            4 => Capture,
+            5 => PageTypes,
+            6 => P2m,
+            7 => Vcpu,
+            8 => SharedInfo,
+            9 => Digest,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        use RecordType::*;
+        match self {
+            End => "END",
+            Header => "HEADER",
+            Round => "ROUND",
+            PageBatch => "PAGE_BATCH",
+            Capture => "CAPTURE",
+            PageTypes => "PAGE_TYPES",
+            P2m => "P2M",
+            Vcpu => "VCPU",
+            SharedInfo => "SHARED_INFO",
+            Digest => "DIGEST",
+        }
+    }
+}
+
+impl core::fmt::Display for RecordType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// vCPU state kinds carried by VCPU records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum VcpuKind {
+    /// Xen's `vcpu_guest_context` for a 64-bit PV guest (public/arch-x86/xen-x86_64.h
+    /// layout, 5168 bytes), frame numbers in CR3/GDT as the guest saw them (source mfns).
+    Basic = 1,
+    /// Xen's `xen_domctl_ext_vcpucontext` bytes, as libxc's X86_PV_VCPU_EXTENDED carries.
+    Extended = 2,
+    /// XSAVE area (xcr0 u64, xcr0_accum u64, then the area), as X86_PV_VCPU_XSAVE.
+    Xsave = 3,
+    /// MSR list: { u32 index, u32 reserved, u64 value } entries, as X86_PV_VCPU_MSRS.
+    Msrs = 4,
+}
+
+impl VcpuKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => VcpuKind::Basic,
+            2 => VcpuKind::Extended,
+            3 => VcpuKind::Xsave,
+            4 => VcpuKind::Msrs,
+            _ => return None,
+        })
+    }
+}
+
+/// Page-type byte of PAGE_TYPES: level in bits 0..=3, bit 7 pinned.
+pub mod page_type {
+    pub const NORMAL: u8 = 0;
+    pub const L1: u8 = 1;
+    pub const L2: u8 = 2;
+    pub const L3: u8 = 3;
+    pub const L4: u8 = 4;
+    /// No frame behind this pfn at the source (p2m entry invalid).
+    pub const UNPOPULATED: u8 = 0x0F;
+    pub const PINNED: u8 = 0x80;
+
+    /// Whether a type byte is one the format allows.
+    pub fn valid(t: u8) -> bool {
+        match t & !PINNED {
+            NORMAL | UNPOPULATED => t & PINNED == 0,
+            L1..=L4 => true,
+            _ => false,
+        }
+    }
+}
+
+/// P2M value for a pfn with no machine frame.
+pub const INVALID_MFN: u64 = u64::MAX;
+
+/// Round a length up to the next multiple of 8.
+pub const fn pad8(n: usize) -> usize {
+    (n + 7) & !7
+}

@@ -1,0 +1,466 @@
+//! Decoder behaviour: valid streams, incremental feeding, and one test per rejection.
+
+use checkpoint_stream::digest::{root_of_pages, ZERO_LEAF};
+use checkpoint_stream::format::*;
+use checkpoint_stream::model::Checkpoint;
+use checkpoint_stream::*;
+
+fn page(fill: u8) -> [u8; PAGE_SIZE] {
+    let mut p = [fill; PAGE_SIZE];
+    p[0] = 0xAA; // never a zero page
+    p
+}
+
+const MAX_PFN: u64 = 7;
+
+/// A valid stream: round 0 sends pfns 0..=7 (2 and 5 as zero), capture, drain round re-sends
+/// pfn 3 with new content and pfn 6 as zero; state; digest; end.
+fn build(mut mutate: impl FnMut(&mut Encoder<Vec<u8>>, Stage) -> bool) -> Vec<u8> {
+    let p: Vec<[u8; PAGE_SIZE]> = (0..8).map(|i| page(i as u8 + 1)).collect();
+    let p3b = page(0x33);
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    // `mutate` sees every stage and returns true to replace the normal record.
+    let mut run = |e: &mut Encoder<Vec<u8>>, s: Stage, f: &mut dyn FnMut(&mut Encoder<Vec<u8>>)| {
+        if !mutate(e, s) {
+            f(e)
+        }
+    };
+    run(&mut e, Stage::Header, &mut |e| {
+        e.header(MAX_PFN, b"Linux 6.12-test").unwrap()
+    });
+    run(&mut e, Stage::Round0, &mut |e| e.round(0, false).unwrap());
+    run(&mut e, Stage::Batch0, &mut |e| {
+        let refs: Vec<PageRef<'_>> = (0..8u64)
+            .map(|i| {
+                (
+                    i,
+                    if i == 2 || i == 5 {
+                        None
+                    } else {
+                        Some(&p[i as usize])
+                    },
+                )
+            })
+            .collect();
+        e.page_batch(&refs).unwrap()
+    });
+    run(&mut e, Stage::Capture, &mut |e| {
+        e.capture(4, 1, 12345).unwrap()
+    });
+    run(&mut e, Stage::Round1, &mut |e| e.round(1, true).unwrap());
+    run(&mut e, Stage::Batch1, &mut |e| {
+        e.page_batch(&[(3, Some(&p3b)), (6, None)]).unwrap()
+    });
+    run(&mut e, Stage::Types, &mut |e| {
+        e.page_types(0, &[0, 1, 0, 0, 0, 2, 3, 4 | page_type::PINNED])
+            .unwrap()
+    });
+    run(&mut e, Stage::P2m, &mut |e| {
+        e.p2m(0, &[100, 101, 102, 103, 104, 105, 106, INVALID_MFN])
+            .unwrap()
+    });
+    run(&mut e, Stage::Vcpu, &mut |e| {
+        e.vcpu(0, VcpuKind::Basic, &[7u8; 64]).unwrap()
+    });
+    run(&mut e, Stage::Shared, &mut |e| {
+        e.shared_info(&page(9)).unwrap()
+    });
+    run(&mut e, Stage::Digest, &mut |e| {
+        e.digest(&expected_digest()).unwrap()
+    });
+    run(&mut e, Stage::End, &mut |_| {});
+    e.end().unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stage {
+    Header,
+    Round0,
+    Batch0,
+    Capture,
+    Round1,
+    Batch1,
+    Types,
+    P2m,
+    Vcpu,
+    Shared,
+    Digest,
+    End,
+}
+
+fn final_page(pfn: u64) -> Option<[u8; PAGE_SIZE]> {
+    match pfn {
+        2 | 5 | 6 => None,
+        3 => Some(page(0x33)),
+        _ => Some(page(pfn as u8 + 1)),
+    }
+}
+
+fn expected_digest() -> [u8; 32] {
+    let pages: Vec<Option<[u8; PAGE_SIZE]>> = (0..=MAX_PFN).map(final_page).collect();
+    root_of_pages(MAX_PFN, |pfn| pages[pfn as usize].as_ref())
+}
+
+fn valid() -> Vec<u8> {
+    build(|_, _| false)
+}
+
+fn decode(data: &[u8]) -> Result<Checkpoint, Error> {
+    Checkpoint::from_bytes(data)
+}
+
+/// Decode with the allocation-free path (decoder checks the digest with a leaf table).
+fn decode_leaves(data: &[u8]) -> Result<(), Error> {
+    let mut leaves = vec![[0u8; 32]; 64];
+    struct Nop;
+    impl Sink for Nop {}
+    decode_slice(data, Some(&mut leaves), &mut Nop)
+}
+
+fn with(stage: Stage, f: impl Fn(&mut Encoder<Vec<u8>>)) -> Vec<u8> {
+    build(move |e, s| {
+        if s == stage {
+            f(e);
+            true
+        } else {
+            false
+        }
+    })
+}
+
+#[test]
+fn valid_stream_decodes_with_last_copy_winning() {
+    let data = valid();
+    let c = decode(&data).unwrap();
+    assert_eq!(c.max_pfn, MAX_PFN);
+    assert_eq!(c.kernel, "Linux 6.12-test");
+    for pfn in 0..=MAX_PFN {
+        assert_eq!(c.page(pfn).copied(), final_page(pfn), "pfn {pfn}");
+    }
+    assert_eq!(c.rounds.len(), 2);
+    assert_eq!(
+        (c.rounds[0].pages, c.rounds[0].zero_pages, c.rounds[0].drain),
+        (8, 2, false)
+    );
+    assert_eq!(
+        (c.rounds[1].pages, c.rounds[1].zero_pages, c.rounds[1].drain),
+        (2, 1, true)
+    );
+    assert_eq!(c.rounds[0].bytes, 16 + 8 + 64 + 6 * 4096);
+    assert_eq!(
+        c.capture,
+        Capture {
+            start_info_pfn: 4,
+            nr_vcpus: 1,
+            pause_ns: 12345
+        }
+    );
+    assert_eq!(c.page_types[7], 4 | page_type::PINNED);
+    assert_eq!(c.p2m[7], INVALID_MFN);
+    assert_eq!(c.vcpu(0, VcpuKind::Basic), Some(&[7u8; 64][..]));
+    assert_eq!(c.shared_info.as_deref(), Some(&page(9)));
+    assert_eq!(c.stream_bytes, data.len() as u64);
+    decode_leaves(&data).unwrap();
+    assert_eq!(data.len() % 8, 0);
+}
+
+#[test]
+fn feeding_one_byte_at_a_time_gives_the_same_result() {
+    let data = valid();
+    let mut leaves = vec![[0u8; 32]; 8];
+    #[derive(Default)]
+    struct Count(u64, u64);
+    impl Sink for Count {
+        fn page(&mut self, _: u64, d: Option<&[u8; PAGE_SIZE]>) -> Result<(), Error> {
+            self.0 += 1;
+            self.1 += d.is_none() as u64;
+            Ok(())
+        }
+    }
+    let mut d = Decoder::with_leaf_table(&mut leaves);
+    let mut s = Count::default();
+    for b in data.chunks(1) {
+        d.feed(b, &mut s).unwrap();
+    }
+    d.finish().unwrap();
+    assert_eq!((s.0, s.1), (10, 3));
+    // Odd chunk sizes through the model reader.
+    let c = Checkpoint::read_from(std::io::Cursor::new(&data)).unwrap();
+    assert_eq!(c.compute_digest(), expected_digest());
+}
+
+#[test]
+fn model_round_trips_through_write_to() {
+    let c = decode(&valid()).unwrap();
+    let again = c.write_to(Vec::new()).unwrap();
+    let c2 = decode(&again).unwrap();
+    assert_eq!(c.pages, c2.pages);
+    assert_eq!(c.p2m, c2.p2m);
+    assert_eq!(c.page_types, c2.page_types);
+    assert_eq!(c.vcpus, c2.vcpus);
+    assert_eq!(c.digest, c2.digest);
+}
+
+#[test]
+fn every_truncation_is_reported_as_truncation() {
+    let data = valid();
+    for cut in 0..data.len() {
+        let err = decode(&data[..cut]).unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated { .. }),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn rejects_bad_magic_and_version() {
+    let mut d = valid();
+    d[0] = b'X';
+    assert_eq!(decode(&d).unwrap_err(), Error::BadMagic);
+    let mut d = valid();
+    d[8] = 2;
+    assert_eq!(decode(&d).unwrap_err(), Error::UnsupportedVersion(2));
+}
+
+#[test]
+fn rejects_bad_header_checksum() {
+    let mut d = valid();
+    d[16 + 4] ^= 1; // HEADER's length field
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::BadHeaderChecksum { offset: 16 }
+    ));
+}
+
+#[test]
+fn rejects_bad_body_checksum_in_a_page() {
+    let mut d = valid();
+    // Round 0's first page data: preamble 16 + HEADER (16+48) + ROUND (16+8) + batch header 16 + 8 + 64.
+    let off = 16 + 64 + 24 + 16 + 72 + 100;
+    d[off] ^= 0x40;
+    match decode(&d).unwrap_err() {
+        Error::BadChecksum {
+            record: RecordType::PageBatch,
+            ..
+        } => {}
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn rejects_bad_length() {
+    let d = with(Stage::Round0, |e| {
+        e.raw_record(RecordType::Round as u32, &[&[0u8; 16]])
+            .unwrap()
+    });
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::BadLength {
+            record: RecordType::Round,
+            len: 16,
+            ..
+        }
+    ));
+    // A batch whose length disagrees with its pfn list (one data page claimed, none present).
+    let d = with(Stage::Batch0, |e| {
+        let mut b = vec![0u8; 16];
+        b[0] = 1;
+        e.raw_record(RecordType::PageBatch as u32, &[&b]).unwrap()
+    });
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::BadLength {
+            record: RecordType::PageBatch,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rejects_unknown_type() {
+    let d = with(Stage::Round0, |e| e.raw_record(0x77, &[&[0u8; 8]]).unwrap());
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::UnknownType { ty: 0x77, .. }
+    ));
+}
+
+#[test]
+fn rejects_pfn_out_of_range() {
+    let d = with(Stage::Batch1, |e| {
+        e.page_batch(&[(MAX_PFN + 1, None)]).unwrap()
+    });
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            pfn: 8,
+            max_pfn: 7,
+            ..
+        }
+    ));
+    let d = with(Stage::Capture, |e| e.capture(99, 1, 0).unwrap());
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            record: RecordType::Capture,
+            ..
+        }
+    ));
+    let d = with(Stage::P2m, |e| e.p2m(0, &[1; 9]).unwrap());
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            record: RecordType::P2m,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rejects_digest_mismatch_on_both_paths() {
+    let d = with(Stage::Digest, |e| e.digest(&[0x55; 32]).unwrap());
+    assert_eq!(decode(&d).unwrap_err(), Error::DigestMismatch);
+    assert_eq!(decode_leaves(&d).unwrap_err(), Error::DigestMismatch);
+    // The digest of round 0's copy of pfn 3 instead of the drained one also mismatches.
+    let d = with(Stage::Batch1, |e| e.page_batch(&[(6, None)]).unwrap());
+    assert_eq!(decode(&d).unwrap_err(), Error::DigestMismatch);
+    assert_eq!(decode_leaves(&d).unwrap_err(), Error::DigestMismatch);
+}
+
+#[test]
+fn rejects_records_out_of_order() {
+    let ooo = |d: Vec<u8>, want: RecordType| match decode(&d).unwrap_err() {
+        Error::OutOfOrder { record, .. } if record == want => {}
+        e => panic!("expected out-of-order {want}, got {e}"),
+    };
+    // PAGE_BATCH before any ROUND.
+    ooo(with(Stage::Round0, |_| {}), RecordType::PageBatch);
+    // Capture state before CAPTURE.
+    ooo(
+        with(Stage::Round0, |e| e.p2m(0, &[1]).unwrap()),
+        RecordType::P2m,
+    );
+    // A second HEADER.
+    ooo(
+        with(Stage::Round0, |e| e.header(MAX_PFN, b"x").unwrap()),
+        RecordType::Header,
+    );
+    // Round numbers that skip.
+    ooo(
+        with(Stage::Round1, |e| e.round(5, true).unwrap()),
+        RecordType::Round,
+    );
+    // A drain round before CAPTURE.
+    ooo(
+        with(Stage::Round0, |e| e.round(0, true).unwrap()),
+        RecordType::Round,
+    );
+    // A page batch after CAPTURE without a drain round.
+    ooo(with(Stage::Round1, |_| {}), RecordType::PageBatch);
+    // P2M chunks with a gap.
+    ooo(
+        with(Stage::P2m, |e| e.p2m(1, &[1; 7]).unwrap()),
+        RecordType::P2m,
+    );
+    // END before DIGEST.
+    ooo(with(Stage::Digest, |_| {}), RecordType::End);
+    // Anything but END after DIGEST.
+    let d = with(Stage::End, |e| e.round(2, true).unwrap());
+    ooo(d, RecordType::Round);
+}
+
+#[test]
+fn rejects_missing_capture_state() {
+    let d = with(Stage::Vcpu, |_| {});
+    assert!(matches!(decode(&d).unwrap_err(), Error::Missing(_)));
+    let d = with(Stage::Types, |_| {});
+    assert!(matches!(decode(&d).unwrap_err(), Error::Missing(_)));
+}
+
+#[test]
+fn rejects_trailing_data_and_bad_values() {
+    let mut d = valid();
+    d.extend_from_slice(&[0; 8]);
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::TrailingData { .. }
+    ));
+    let d = with(Stage::Types, |e| e.page_types(0, &[9; 8]).unwrap());
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::BadValue {
+            record: RecordType::PageTypes,
+            ..
+        }
+    ));
+    let d = with(Stage::Vcpu, |e| {
+        e.vcpu(3, VcpuKind::Basic, &[1; 8]).unwrap()
+    });
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::BadValue {
+            record: RecordType::Vcpu,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rejects_nonzero_padding() {
+    // HEADER's kernel string is 15 bytes, so its body has one padding byte at offset
+    // 16 + 16 + 47.
+    let mut d = valid();
+    d[16 + 16 + 47] = 1;
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::NonZeroPadding { offset: 16 }
+    ));
+}
+
+#[test]
+fn leaf_table_must_cover_the_guest() {
+    let mut leaves = vec![ZERO_LEAF; 4];
+    struct Nop;
+    impl Sink for Nop {}
+    let e = decode_slice(&valid(), Some(&mut leaves), &mut Nop).unwrap_err();
+    assert_eq!(e, Error::LeafTableTooSmall { have: 4, need: 8 });
+}
+
+/// The worked example of docs/stream.md, byte for byte.
+#[test]
+fn worked_example_in_docs_matches_the_encoder() {
+    let doc = include_str!("../../docs/stream.md");
+    let start = doc.find("<!-- example-hex-begin -->").expect("marker");
+    let end = doc.find("<!-- example-hex-end -->").expect("marker");
+    let mut hex = String::new();
+    for line in doc[start..end].lines().filter(|l| l.starts_with("    ")) {
+        // "    OFFSET: xx xx ...  # comment"
+        let l = line.split('#').next().unwrap();
+        let l = l.split_once(':').map(|x| x.1).unwrap_or("");
+        hex.extend(l.chars().filter(|c| c.is_ascii_hexdigit()));
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    e.header(1, b"6.12").unwrap();
+    e.round(0, false).unwrap();
+    e.page_batch(&[(0, None), (1, None)]).unwrap();
+    e.capture(1, 1, 0).unwrap();
+    e.page_types(0, &[page_type::L4 | page_type::PINNED, 0])
+        .unwrap();
+    e.p2m(0, &[0x1000, 0x1001]).unwrap();
+    e.vcpu(0, VcpuKind::Basic, &[0xAB]).unwrap();
+    let root = root_of_pages(1, |_| None);
+    e.digest(&root).unwrap();
+    let ours = e.end().unwrap();
+    assert_eq!(
+        bytes, ours,
+        "docs/stream.md example differs from the encoder"
+    );
+    let c = decode(&bytes).unwrap();
+    assert_eq!(c.max_pfn, 1);
+    assert!(c.pages.is_empty());
+}
