@@ -6,5 +6,8 @@
 
 pub mod cmdline;
 pub mod frames;
+pub mod receive;
 pub mod result;
+#[cfg(any(test, feature = "cli"))]
+pub mod synth;
 pub mod xs;

@@ -3,7 +3,7 @@
 use core::arch::global_asm;
 
 /// Our own boot stack (Xen's is a single page).
-pub const STACK_SIZE: usize = 256 * 1024;
+pub const STACK_SIZE: usize = 512 * 1024;
 
 #[repr(C, align(4096))]
 pub struct Stack(pub [u8; STACK_SIZE]);

@@ -1,19 +1,38 @@
 //! inflate-loader: a no_std kernel for 64-bit Xen PV. It boots as an unprivileged domU, brings
 //! up netfront and a smoltcp TCP server, receives one checkpoint stream, places its pages into
-//! frames the domain owns, verifies the digest and answers with a result record.
-//! Layout and build: docs/inflate-loader.md.
+//! frames the domain owns, verifies the digest and answers with a result record, then leaves
+//! its devices in the state a resuming guest needs. Layout and build: docs/inflate-loader.md.
 #![no_std]
 #![no_main]
 
 mod console;
 mod entry;
 mod events;
+mod gnttab;
 mod hypercall;
 mod memfuncs;
 mod mm;
+mod net;
+mod netfront;
 mod startinfo;
+mod xenstore;
 
+use core::cell::RefCell;
 use core::panic::PanicInfo;
+use inflate_core::frames::{FrameBook, Plan};
+use inflate_core::receive::Receiver;
+
+/// Frame book: one bit per pfn, up to 1 GiB of loader memory.
+static mut FRAME_BITS: [u64; 4096] = [0; 4096];
+/// Placement plan: one loader pfn per guest pfn, guests up to 512 MiB.
+static mut PLAN_SLOTS: [u32; 131072] = [0; 131072];
+
+fn status(xs: &mut xenstore::Xenstore, s: &str) {
+    // Progress for the lab, readable from dom0 at /local/domain/<id>/data/inflate-loader.
+    if let Err(e) = xs.write("data/inflate-loader", s) {
+        kprintln!("inflate-loader: cannot write data/inflate-loader: {e}");
+    }
+}
 
 /// Rust entry, called by the assembly stub in `entry.rs` on our own stack with the start_info
 /// pointer Xen passed in %rsi.
@@ -24,12 +43,67 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     mm::init_p2m(si);
     console::init(si);
     mm::map_shared_info(si);
+    let boot_ns = mm::system_time_ns();
     kprintln!("inflate-loader: booting on {}, {} pages, cmdline '{}'", si.magic(), si.nr_pages, si.cmdline());
+    let mapped = mm::mapped_pages(si);
+    let first_free = mapped.max(mm::image_end_pfn());
     kprintln!("inflate-loader: image ends at pfn {}, boot mapping covers {} pages, pt_base {:#x} (+{} frames), upcall mask {}",
-        mm::image_end_pfn(), mm::mapped_pages(si), si.pt_base, si.nr_pt_frames, mm::upcall_mask());
-    kprintln!("inflate-loader: xen time {} ns", mm::system_time_ns());
+        mm::image_end_pfn(), mapped, si.pt_base, si.nr_pt_frames, mm::upcall_mask());
+
+    let cfg = match inflate_core::cmdline::parse(si.cmdline()) {
+        Ok(c) => c,
+        Err(e) => {
+            kprintln!("inflate-loader: bad command line: {e}");
+            console::flush();
+            hypercall::shutdown(hypercall::SHUTDOWN_POWEROFF);
+        }
+    };
+
+    let mut xs = xenstore::Xenstore::new(si);
+    status(&mut xs, "starting");
+    let mut gt = match gnttab::GrantTable::init() {
+        Ok(g) => g,
+        Err(e) => fatal(format_args!("grant table setup failed: {e:?}")),
+    };
+    let nf = match netfront::Netfront::connect(&mut xs, &mut gt) {
+        Ok(n) => n,
+        Err(e) => fatal(format_args!("netfront: {e}")),
+    };
+
+    // SAFETY: kmain runs once; these are the only references ever made to the two statics.
+    let (bits, slots) = unsafe { (&mut *(&raw mut FRAME_BITS), &mut *(&raw mut PLAN_SLOTS)) };
+    let book = FrameBook::new(bits, si.nr_pages, first_free);
+    kprintln!("inflate-loader: {} frames free for guest pages (pfn {}..{})", book.free_count(), first_free, si.nr_pages);
+    let mut rx = Receiver::new(book, Plan::new(slots));
+    status(&mut xs, "listening");
+    let nf = RefCell::new(nf);
+    let rec = net::serve(&nf, &cfg, &mut rx, boot_ns);
+    status(&mut xs, "verified");
+
+    // Hand-over: what a guest resuming in this domain needs (docs/inflate-loader.md).
+    let nf = nf.into_inner();
+    let (rxp, txp, rxe) = (nf.rx_packets, nf.tx_packets, nf.rx_errors);
+    match nf.disconnect(&mut xs, &mut gt) {
+        Ok(st) => kprintln!("inflate-loader: netfront disconnected, backend state {st}"),
+        Err(e) => kprintln!("inflate-loader: netfront disconnect failed: {e}"),
+    }
+    kprintln!("inflate-loader: packets rx {rxp} tx {txp} rx-errors {rxe}; grants still active {}; {} guest pages held",
+        gt.active, rec.pages);
+    status(&mut xs, "handed-over");
+    kprintln!("inflate-loader: hand-over done: xenstore ring idle {}, events closed; idling", xs.idle());
     console::flush();
-    hypercall::shutdown(hypercall::SHUTDOWN_POWEROFF);
+    let port = xs.port();
+    loop {
+        // Nothing more to do until the guest is resumed here (next stage); sleep on the store
+        // channel so the domain costs nothing.
+        events::wait(&[port], mm::system_time_ns() + 10_000_000_000);
+    }
+}
+
+fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    kprintln!("inflate-loader: FATAL: {args}");
+    console::flush();
+    hypercall::shutdown(hypercall::SHUTDOWN_CRASH);
 }
 
 #[panic_handler]

@@ -127,6 +127,11 @@ pub fn upcall_mask() -> u8 {
     unsafe { core::ptr::read_volatile(shared_info().add(1)) }
 }
 
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects; PV guests may execute it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Xen system time in ns from vcpu 0's pvclock in shared_info.
 pub fn system_time_ns() -> u64 {
     let base = shared_info().wrapping_add(32); // vcpu_info[0].time

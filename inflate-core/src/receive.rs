@@ -1,0 +1,327 @@
+//! The receive state machine: bytes from the one TCP connection go through the stream
+//! decoder; every page is placed into a loader frame by the plan; at END the pages are hashed
+//! back out of those frames, in pfn order, and compared with the stream's digest. Any failure
+//! abandons the plan (frames go back to the book) and yields a result record naming the check.
+use crate::frames::{FrameBook, Plan, PlanError};
+use crate::result::{ResultRecord, Status};
+use checkpoint_stream::digest::{RootBuilder, ZERO_LEAF};
+use checkpoint_stream::{Decoder, Error as StreamError, Header, Phase, Sink, PAGE_SIZE};
+
+/// Where placed pages live. The kernel maps a machine frame per call; tests use memory.
+pub trait FrameStore {
+    /// Write a page (None = zeros) into loader frame `pfn`.
+    fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>);
+    /// SHA-256 leaf of loader frame `pfn`'s current contents.
+    fn leaf(&mut self, pfn: u64) -> [u8; 32];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a connection.
+    Idle,
+    /// Connection accepted, stream in progress.
+    Receiving,
+    /// A result was produced; the verified pages (if ok) stay placed.
+    Finished(Status),
+}
+
+struct Placer<'r, 'a, S: FrameStore> {
+    book: &'r mut FrameBook<'a>,
+    plan: &'r mut Plan<'a>,
+    store: &'r mut S,
+    plan_err: Option<PlanError>,
+    digest: Option<[u8; 32]>,
+    verified: bool,
+}
+
+impl<S: FrameStore> Sink for Placer<'_, '_, S> {
+    fn header(&mut self, h: &Header<'_>) -> Result<(), StreamError> {
+        if h.page_size as usize != PAGE_SIZE || h.word_size != 8 {
+            return Err(StreamError::Unsupported("only 64-bit guests with 4 KiB pages"));
+        }
+        self.plan.start(h.max_pfn, self.book).map_err(|e| {
+            self.plan_err = Some(e);
+            StreamError::Sink("plan")
+        })
+    }
+
+    fn page(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), StreamError> {
+        let f = self.plan.place(pfn, self.book).map_err(|e| {
+            self.plan_err = Some(e);
+            StreamError::Sink("plan")
+        })?;
+        self.store.write(f, data);
+        Ok(())
+    }
+
+    fn digest(&mut self, root: &[u8; 32]) -> Result<(), StreamError> {
+        self.digest = Some(*root);
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), StreamError> {
+        let want = self.digest.ok_or(StreamError::Missing("DIGEST"))?;
+        let max = self.plan.max_pfn().ok_or(StreamError::Missing("HEADER"))?;
+        let mut b = RootBuilder::new(max);
+        for pfn in 0..=max {
+            match self.plan.lookup(pfn) {
+                Some(f) => b.push(&self.store.leaf(f)),
+                None => b.push(&ZERO_LEAF),
+            }
+        }
+        if b.finish() != Some(want) {
+            return Err(StreamError::DigestMismatch);
+        }
+        self.verified = true;
+        Ok(())
+    }
+}
+
+pub struct Receiver<'a> {
+    pub book: FrameBook<'a>,
+    pub plan: Plan<'a>,
+    decoder: Decoder<'static>,
+    state: State,
+    bytes: u64,
+    started_us: u64,
+    digest: Option<[u8; 32]>,
+}
+
+fn classify(e: &StreamError, plan_err: Option<PlanError>) -> Status {
+    match (e, plan_err) {
+        (_, Some(PlanError::TooLarge { .. })) => Status::TooLarge,
+        (_, Some(PlanError::PfnOutOfRange { .. })) | (StreamError::PfnOutOfRange { .. }, _) => Status::PfnOutOfRange,
+        (StreamError::DigestMismatch, _) => Status::DigestMismatch,
+        (StreamError::Truncated { .. }, _) => Status::Truncated,
+        _ => Status::Corrupt,
+    }
+}
+
+/// Writes Display output into a fixed buffer (for result messages without alloc).
+struct Msg {
+    b: [u8; crate::result::MSG_MAX],
+    n: usize,
+}
+
+impl core::fmt::Write for Msg {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for c in s.chars() {
+            let mut tmp = [0u8; 4];
+            let e = c.encode_utf8(&mut tmp);
+            if self.n + e.len() > self.b.len() {
+                return Ok(());
+            }
+            self.b[self.n..self.n + e.len()].copy_from_slice(e.as_bytes());
+            self.n += e.len();
+        }
+        Ok(())
+    }
+}
+
+fn message(args: core::fmt::Arguments<'_>) -> Msg {
+    let mut m = Msg { b: [0; crate::result::MSG_MAX], n: 0 };
+    let _ = core::fmt::write(&mut m, args);
+    m
+}
+
+impl<'a> Receiver<'a> {
+    pub fn new(book: FrameBook<'a>, plan: Plan<'a>) -> Self {
+        Receiver { book, plan, decoder: Decoder::new(), state: State::Idle, bytes: 0, started_us: 0, digest: None }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A connection was accepted at time `now_us`.
+    pub fn begin(&mut self, now_us: u64) {
+        self.plan.abandon(&mut self.book);
+        self.decoder = Decoder::new();
+        self.state = State::Receiving;
+        self.bytes = 0;
+        self.started_us = now_us;
+        self.digest = None;
+    }
+
+    fn fail(&mut self, status: Status, now_us: u64, args: core::fmt::Arguments<'_>) -> ResultRecord {
+        let placed = self.plan.placed();
+        self.plan.abandon(&mut self.book);
+        self.state = State::Finished(status);
+        let m = message(args);
+        ResultRecord::new(status, placed, self.bytes, now_us - self.started_us, core::str::from_utf8(&m.b[..m.n]).unwrap_or(""))
+    }
+
+    /// Feed received bytes. Returns a result record once the stream is finished: after END
+    /// (ok or a failed check) or at the first error; None while more is expected.
+    pub fn feed<S: FrameStore>(&mut self, data: &[u8], store: &mut S, now_us: u64) -> Option<ResultRecord> {
+        if self.state != State::Receiving {
+            return None;
+        }
+        self.bytes += data.len() as u64;
+        // DIGEST arrives in one feed() call and END maybe in a later one: carry it over.
+        let mut sink = Placer { book: &mut self.book, plan: &mut self.plan, store, plan_err: None, digest: self.digest, verified: false };
+        let r = self.decoder.feed(data, &mut sink);
+        let (plan_err, verified) = (sink.plan_err, sink.verified);
+        self.digest = sink.digest;
+        match r {
+            Err(e) => {
+                let st = classify(&e, plan_err);
+                Some(match plan_err {
+                    Some(pe) => self.fail(st, now_us, format_args!("{pe}")),
+                    None => self.fail(st, now_us, format_args!("{e}")),
+                })
+            }
+            Ok(_) if self.decoder.phase() == Phase::Ended && verified => {
+                self.state = State::Finished(Status::Ok);
+                let placed = self.plan.placed();
+                let m = message(format_args!("{placed} pages placed, digest verified"));
+                Some(ResultRecord::new(Status::Ok, placed, self.bytes, now_us - self.started_us, core::str::from_utf8(&m.b[..m.n]).unwrap_or("")))
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// The peer closed its side (or the connection broke) at `now_us`.
+    pub fn eof(&mut self, now_us: u64) -> Option<ResultRecord> {
+        if self.state != State::Receiving {
+            return None;
+        }
+        let e = self.decoder.finish().err();
+        Some(match e {
+            Some(e) => self.fail(Status::Truncated, now_us, format_args!("{e}")),
+            None => self.fail(Status::Internal, now_us, format_args!("stream ended without a result")),
+        })
+    }
+
+    /// Back to Idle for a next connection, keeping a verified checkpoint's frames placed only if
+    /// `keep` (the loader serves one checkpoint; tests reuse receivers).
+    pub fn reset(&mut self, keep: bool) {
+        if !keep {
+            self.plan.abandon(&mut self.book);
+        }
+        self.state = State::Idle;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth;
+
+    /// Test fake: frames held in memory.
+    struct FakeStore(std::collections::HashMap<u64, Box<[u8; PAGE_SIZE]>>);
+    impl FrameStore for FakeStore {
+        fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) {
+            self.0.insert(pfn, Box::new(*data.unwrap_or(&[0; PAGE_SIZE])));
+        }
+        fn leaf(&mut self, pfn: u64) -> [u8; 32] {
+            checkpoint_stream::digest::leaf_hash(Some(&self.0[&pfn]))
+        }
+    }
+
+    fn run(stream: &[u8], nr_pages: u64, chunk: usize) -> (ResultRecord, FakeStore) {
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let mut r = Receiver::new(FrameBook::new(&mut bits, nr_pages, 100), Plan::new(&mut slots));
+        let mut st = FakeStore(Default::default());
+        r.begin(1000);
+        for c in stream.chunks(chunk) {
+            if let Some(res) = r.feed(c, &mut st, 2000) {
+                return (res, st);
+            }
+        }
+        (r.eof(3000).unwrap(), st)
+    }
+
+    #[test]
+    fn good_stream_is_placed_and_verified() {
+        let s = synth::stream(63, 7);
+        for chunk in [1, 1460, 5000, s.len()] {
+            let (res, st) = run(&s, 1000, chunk);
+            assert_eq!(res.status, Status::Ok, "chunk {chunk}: {}", res.message());
+            assert_eq!(res.pages, 64);
+            assert_eq!(res.bytes, s.len() as u64);
+            assert_eq!(st.0.len(), 64);
+            assert!(st.0.keys().all(|&f| (100..1000).contains(&f)), "frames below first_free untouched");
+        }
+    }
+
+    #[test]
+    fn truncated_stream_is_refused() {
+        let s = synth::stream(15, 1);
+        for cut in [0, 10, 100, s.len() / 2, s.len() - 1] {
+            let (res, _) = run(&s[..cut], 1000, 512);
+            assert_eq!(res.status, Status::Truncated, "cut at {cut}: {}", res.message());
+        }
+    }
+
+    #[test]
+    fn corrupted_page_fails_its_checksum() {
+        let mut s = synth::stream(15, 1);
+        let i = s.len() / 2;
+        s[i] ^= 0x40;
+        let (res, _) = run(&s, 1000, 4096);
+        assert_eq!(res.status, Status::Corrupt, "{}", res.message());
+        assert!(res.message().contains("checksum"), "{}", res.message());
+    }
+
+    #[test]
+    fn too_large_stream_is_refused_at_the_header() {
+        let s = synth::stream(255, 1);
+        let (res, _) = run(&s, 300, 4096); // 200 free frames < 256 pfns
+        assert_eq!(res.status, Status::TooLarge, "{}", res.message());
+        assert_eq!(res.pages, 0);
+        assert!(res.message().contains("256"), "{}", res.message());
+    }
+
+    /// A frame store that silently corrupts one placed page: the digest over the frames must
+    /// catch what the per-record checksums cannot.
+    struct FlippingStore(FakeStore);
+    impl FrameStore for FlippingStore {
+        fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) {
+            self.0.write(pfn, data);
+            if pfn == 105 {
+                self.0 .0.get_mut(&pfn).unwrap()[17] ^= 1;
+            }
+        }
+        fn leaf(&mut self, pfn: u64) -> [u8; 32] {
+            self.0.leaf(pfn)
+        }
+    }
+
+    #[test]
+    fn digest_is_checked_over_placed_frames() {
+        let s = synth::stream(15, 3);
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let mut r = Receiver::new(FrameBook::new(&mut bits, 1000, 100), Plan::new(&mut slots));
+        let mut st = FlippingStore(FakeStore(Default::default()));
+        r.begin(0);
+        let res = r.feed(&s, &mut st, 5).unwrap();
+        assert_eq!(res.status, Status::DigestMismatch, "{}", res.message());
+        assert_eq!(r.book.free_count(), 900, "frames returned after a failure");
+    }
+
+    #[test]
+    fn receiver_serves_again_after_failure() {
+        let s = synth::stream(15, 3);
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let mut r = Receiver::new(FrameBook::new(&mut bits, 1000, 100), Plan::new(&mut slots));
+        let mut st = FakeStore(Default::default());
+        r.begin(0);
+        assert_eq!(r.feed(&s[..100], &mut st, 1), None);
+        assert_eq!(r.eof(2).unwrap().status, Status::Truncated);
+        assert_eq!(r.feed(&s, &mut st, 3), None, "no feeding after a result");
+        r.reset(false);
+        r.begin(10);
+        let res = r.feed(&s, &mut st, 20).unwrap();
+        assert_eq!(res.status, Status::Ok);
+        assert_eq!(res.micros, 10);
+        assert_eq!(r.state(), State::Finished(Status::Ok));
+    }
+}

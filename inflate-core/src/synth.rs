@@ -1,0 +1,51 @@
+//! Synthetic checkpoints for tests and for the lab scenario while no real capture exists:
+//! deterministic page contents from a seed, a share of zero pages, one vCPU.
+extern crate std;
+use checkpoint_stream::model::{Checkpoint, VcpuState};
+use checkpoint_stream::{page_type, Capture, VcpuKind, PAGE_SIZE};
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+/// A checkpoint of `max_pfn + 1` pages; every fourth page is zero, the others are filled from
+/// an xorshift generator seeded with `seed` and the pfn.
+pub fn checkpoint(max_pfn: u64, seed: u64) -> Checkpoint {
+    let mut pages = HashMap::new();
+    for pfn in 0..=max_pfn {
+        if pfn % 4 == 3 {
+            continue;
+        }
+        let mut p = Box::new([0u8; PAGE_SIZE]);
+        let mut x = seed ^ (pfn.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        for c in p.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        pages.insert(pfn, p);
+    }
+    let n = (max_pfn + 1) as usize;
+    let mut c = Checkpoint {
+        max_pfn,
+        kernel: String::from("synthetic"),
+        pages,
+        rounds: Vec::new(),
+        capture: Capture { start_info_pfn: 1, nr_vcpus: 1, pause_ns: 0 },
+        page_types: vec![page_type::NORMAL; n],
+        p2m: (0..n as u64).map(|p| 0x10_0000 + p).collect(),
+        vcpus: vec![VcpuState { id: 0, kind: VcpuKind::Basic, data: vec![0u8; 5168] }],
+        shared_info: None,
+        digest: [0; 32],
+        stream_bytes: 0,
+    };
+    c.digest = c.compute_digest();
+    c
+}
+
+/// The encoded stream of `checkpoint(max_pfn, seed)`.
+pub fn stream(max_pfn: u64, seed: u64) -> Vec<u8> {
+    checkpoint(max_pfn, seed).write_to(Vec::new()).expect("writing to memory")
+}
