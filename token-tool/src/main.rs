@@ -249,6 +249,8 @@ struct Exhausted {
     job: u64,
     wanted: u64,
     debited: u64,
+    /// The debit as JSON, reported with the error.
+    debit: serde_json::Value,
 }
 
 fn main() -> ExitCode {
@@ -259,7 +261,12 @@ fn main() -> ExitCode {
         Err(e) => {
             let (code, kind) = classify(&e);
             if json {
-                println!("{}", json!({"ok": false, "error": kind, "message": format!("{e:#}")}));
+                let mut v = json!({"ok": false, "error": kind, "message": format!("{e:#}")});
+                if let Some(x) = e.downcast_ref::<Exhausted>() {
+                    v["job"] = json!(x.job);
+                    v["debit"] = x.debit.clone();
+                }
+                println!("{v}");
             }
             eprintln!("token-tool: {} ({kind})", format_args!("{e:#}"));
             ExitCode::from(code)
@@ -557,12 +564,12 @@ fn node(json: bool, a: NodeArgs) -> anyhow::Result<()> {
         }
         NodeCmd::Consume { job, tokens } => {
             let d = l.consume(job, tokens)?;
-            emit(json, json!({"ok": !d.exhausted, "job": job, "debit": d}), || {
+            if d.exhausted {
+                return Err(Exhausted { job, wanted: tokens, debited: d.debited, debit: json!(d) }.into());
+            }
+            emit(json, json!({"ok": true, "job": job, "debit": d}), || {
                 format!("job {job}: debited {}, balance {}", d.debited, d.balance)
             });
-            if d.exhausted {
-                return Err(Exhausted { job, wanted: tokens, debited: d.debited }.into());
-            }
         }
         NodeCmd::Balance { job } => {
             let jobs: Vec<_> = match job {
