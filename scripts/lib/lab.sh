@@ -1,0 +1,193 @@
+# Functions of the Xen lab (scripts/lab). Source after common.sh.
+# shellcheck shell=bash
+
+LAB_NAME=${LAB_NAME:-lab}
+[[ $LAB_NAME =~ ^[A-Za-z0-9_-]{1,20}$ ]] || die "LAB_NAME must be 1-20 characters of [A-Za-z0-9_-]"
+LAB_RUN=$CACHE_ROOT/run/$LAB_NAME
+LAB_HOST_MEM=${LAB_HOST_MEM:-2048}       # MiB of emulated RAM per host
+LAB_DOM0_MEM=${LAB_DOM0_MEM:-1024}       # MiB for dom0, the rest is for guests
+LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-300}
+LAB_SUBNET=10.0.0                         # hosts are .1 .. .N, guests .100 and up
+
+lab_image_dir() { echo "$CACHE_ROOT/lab/dom0-$(recipe_hash "$REPO_ROOT/scripts/lab-dom0")"; }
+
+# lab_build: build (or reuse) the host image; prints its directory.
+lab_build() {
+    local dir; dir=$(lab_image_dir)
+    if [ -e "$dir/dom0.cpio" ] && [ -e "$dir/xen" ] && [ -e "$dir/vmlinuz" ]; then
+        log "lab image up to date: $dir"
+    else
+        [ "$(id -u)" = 0 ] || die "building the lab image needs root (debootstrap, chroot)"
+        mkdir -p "$(dirname "$dir")"
+        exec 8>"$(dirname "$dir")/.build.lock"
+        flock 8
+        if [ ! -e "$dir/dom0.cpio" ]; then
+            bash "$REPO_ROOT/scripts/lab-dom0/build.sh" "$dir" || die "lab image build failed"
+        fi
+        exec 8>&-
+    fi
+    echo "$dir"
+}
+
+lab_hosts() { cat "$LAB_RUN/hosts" 2>/dev/null || echo 0; }
+host_dir() { echo "$LAB_RUN/host$1"; }
+check_host() {
+    [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$(lab_hosts)" ] \
+        || die "no host '$1' in lab '$LAB_NAME' (hosts up: $(lab_hosts); run 'scripts/lab up')"
+}
+qemu_alive() {
+    local pid; pid=$(cat "$(host_dir "$1")/qemu.pid" 2>/dev/null) || return 1
+    kill -0 "$pid" 2>/dev/null && grep -q qemu "/proc/$pid/cmdline" 2>/dev/null
+}
+free_port() { perl -MSocket -e 'socket(S,PF_INET,SOCK_STREAM,0);bind(S,sockaddr_in(0,inet_aton("127.0.0.1")));print((sockaddr_in(getsockname(S)))[0])'; }
+
+# lab_exec_raw HOST TIMEOUT STDIN_FILE CMD: one request on the control channel.
+lab_exec_raw() {
+    local h=$1 t=$2 in=$3 cmd=$4 d; d=$(host_dir "$h")
+    [ -S "$d/ctl.sock" ] || die "host $h has no control socket ($d/ctl.sock): is it up?"
+    # One request per host at a time: the channel is a single stream.
+    flock -w "$((t + 300))" "$d/ctl.lock" perl "$REPO_ROOT/scripts/lib/lab-client.pl" "$d/ctl.sock" "$t" "$in" "$cmd"
+}
+
+# lab_exec HOST CMD...: like ssh, the words are joined into one shell command for bash -c.
+lab_exec() {
+    local h=$1; shift
+    lab_exec_raw "$h" "${LAB_EXEC_TIMEOUT:-600}" "" "$*"
+}
+
+lab_push() {
+    local h=$1 src=$2 dst=$3 sum got q
+    [ -f "$src" ] || die "push: no such file: $src"
+    sum=$(sha256sum "$src" | cut -d' ' -f1)
+    printf -v q '%q' "$dst"
+    got=$(lab_exec_raw "$h" 600 "$src" "mkdir -p \"\$(dirname $q)\" && cat > $q.lab-part && mv $q.lab-part $q && sha256sum $q") \
+        || die "push $src to host $h:$dst failed"
+    [ "${got%% *}" = "$sum" ] || die "push $src to host $h:$dst: checksum mismatch ($sum vs ${got%% *})"
+}
+
+lab_pull() {
+    local h=$1 src=$2 dst=$3 sum q
+    printf -v q '%q' "$src"
+    sum=$(lab_exec_raw "$h" 60 "" "sha256sum $q") || die "pull: cannot read host $h:$src"
+    lab_exec_raw "$h" 600 "" "cat $q" >"$dst.lab-part" || die "pull host $h:$src failed"
+    [ "$(sha256sum "$dst.lab-part" | cut -d' ' -f1)" = "${sum%% *}" ] \
+        || { rm -f "$dst.lab-part"; die "pull host $h:$src: checksum mismatch"; }
+    mv "$dst.lab-part" "$dst"
+}
+
+# lab_start_host N IMAGE_DIR NETDEV_ARGS: start one QEMU (software emulation, 1 vCPU).
+lab_start_host() {
+    local n=$1 img=$2 netdev=$3 d; d=$(host_dir "$n")
+    rm -rf "$d"; mkdir -p "$d"
+    [ ${#d} -lt 90 ] || die "run directory path too long for unix sockets: $d (set LAUNDROMAT_CACHE shorter)"
+    local mac; mac=$(printf '52:54:00:4c:41:%02x' "$n")
+    local xen_args="console=com1 com1=115200,8n1 dom0_mem=${LAB_DOM0_MEM}M,max:${LAB_DOM0_MEM}M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot"
+    local dom0_args="console=hvc0 earlyprintk=xen lab.host=$n lab.ip=$LAB_SUBNET.$n/24"
+    # -cpu max,-smap,-xsave is required (docs/lab.md): without -smap dom0 faults at once,
+    # without -xsave register state is corrupted across vCPU switches.
+    setsid qemu-system-x86_64 -machine pc -cpu max,-smap,-xsave -m "$LAB_HOST_MEM" -smp 1 \
+        -display none -no-reboot -name "lab-$LAB_NAME-host$n" \
+        -kernel "$img/xen" -append "$xen_args" -initrd "$img/vmlinuz $dom0_args,$img/dom0.cpio" \
+        -chardev "socket,id=ser0,path=$d/console.sock,server=on,wait=off,logfile=$d/serial.log" \
+        -serial chardev:ser0 \
+        -device virtio-serial-pci \
+        -chardev "socket,id=ctl,path=$d/ctl.sock,server=on,wait=off" \
+        -device virtserialport,chardev=ctl,name=lab.ctl \
+        -netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=$mac" \
+        -monitor "unix:$d/monitor.sock,server=on,wait=off" \
+        </dev/null >"$d/qemu.log" 2>&1 &
+    echo $! >"$d/qemu.pid"
+    date +%s.%N >"$d/started"
+}
+
+# lab_wait_host N: bounded wait until the dom0 agent answers.
+lab_wait_host() {
+    local n=$1 d t0; d=$(host_dir "$n"); t0=$(date +%s)
+    while :; do
+        qemu_alive "$n" || { tail -n 30 "$d/serial.log" "$d/qemu.log" >&2 2>/dev/null; die "host $n: QEMU exited during boot (logs in $d)"; }
+        if grep -q LAB-DOM0-READY "$d/serial.log" 2>/dev/null \
+            && [ "$(lab_exec_raw "$n" 20 "" "echo ok" 2>/dev/null)" = ok ]; then
+            return 0
+        fi
+        if [ $(( $(date +%s) - t0 )) -ge "$LAB_BOOT_TIMEOUT" ]; then
+            tail -n 30 "$d/serial.log" >&2 2>/dev/null
+            die "host $n not ready after $LAB_BOOT_TIMEOUT s (serial log: $d/serial.log)"
+        fi
+        sleep 1
+    done
+}
+
+lab_up() {
+    local n=${1:-2} img i
+    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 8 ] || die "up: N must be 1..8"
+    [ "$(lab_hosts)" = 0 ] || die "lab '$LAB_NAME' is already up with $(lab_hosts) hosts ('scripts/lab down' first)"
+    need_pkgs qemu-system-x86 socat
+    img=$(lab_build)
+    mkdir -p "$LAB_RUN"
+    echo "$img" >"$LAB_RUN/image"
+    echo "$n" >"$LAB_RUN/hosts"
+    local t0; t0=$(date +%s.%N)
+    if [ "$n" -le 2 ]; then
+        # Two hosts: one point-to-point TCP socket on loopback, no extra process.
+        local port; port=$(free_port)
+        lab_start_host 1 "$img" "socket,id=n0,listen=127.0.0.1:$port"
+        if [ "$n" = 2 ]; then
+            for i in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+            lab_start_host 2 "$img" "socket,id=n0,connect=127.0.0.1:$port"
+        fi
+    else
+        local hub ports=() p
+        hub=$(free_port)
+        for i in $(seq "$n"); do ports+=("$(free_port)"); done
+        setsid perl "$REPO_ROOT/scripts/lib/lab-hub.pl" "$hub" "${ports[@]}" </dev/null >"$LAB_RUN/hub.log" 2>&1 &
+        echo $! >"$LAB_RUN/hub.pid"
+        for i in $(seq "$n"); do
+            p=${ports[$((i - 1))]}
+            lab_start_host "$i" "$img" "socket,id=n0,udp=127.0.0.1:$hub,localaddr=127.0.0.1:$p"
+        done
+    fi
+    log "booting $n host(s) (lab '$LAB_NAME', run dir $LAB_RUN)"
+    for i in $(seq "$n"); do
+        lab_wait_host "$i" || return 1
+        log "host $i ready: dom0 $LAB_SUBNET.$i ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after start)"
+    done
+}
+
+lab_down() {
+    local n i pid d
+    n=$(lab_hosts)
+    for i in $(seq "$n"); do
+        d=$(host_dir "$i")
+        if qemu_alive "$i"; then
+            pid=$(cat "$d/qemu.pid")
+            kill "$pid" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ -f "$LAB_RUN/hub.pid" ]; then
+        pid=$(cat "$LAB_RUN/hub.pid")
+        grep -q lab-hub "/proc/$pid/cmdline" 2>/dev/null && kill "$pid" 2>/dev/null
+        rm -f "$LAB_RUN/hub.pid"
+    fi
+    rm -f "$LAB_RUN/hosts"
+    [ "$n" = 0 ] || log "lab '$LAB_NAME' down ($n host(s)); logs kept in $LAB_RUN"
+}
+
+lab_status() {
+    local n i d
+    n=$(lab_hosts)
+    echo "lab '$LAB_NAME': $n host(s) up, run dir $LAB_RUN"
+    [ "$n" = 0 ] && return 0
+    echo "image: $(cat "$LAB_RUN/image" 2>/dev/null)"
+    for i in $(seq "$n"); do
+        d=$(host_dir "$i")
+        if qemu_alive "$i"; then
+            local doms
+            doms=$(lab_exec_raw "$i" 20 "" "xl list | tail -n +2 | awk '{print \$1\"(\"\$3\"M)\"}' | xargs" 2>&1) || doms="(agent not answering)"
+            echo "host$i: up, pid $(cat "$d/qemu.pid"), dom0 $LAB_SUBNET.$i, domains: $doms"
+        else
+            echo "host$i: QEMU not running (see $d/serial.log)"
+        fi
+    done
+}
