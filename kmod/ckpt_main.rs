@@ -1,0 +1,1086 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `/dev/checkpoint`: a Xen PV guest copies its own memory while it runs and captures a
+//! consistent checkpoint through Linux's own Xen suspend sequence. The ABI is specified in
+//! docs/checkpoint-abi.md; this file implements it. The misc device and one-line wrappers
+//! for kernel inlines are in ckpt_shim.c; the capture hook is kmod/patches/.
+//!
+//! Concurrency: every entry point (ioctl, read, release) runs under the shim's mutex, and
+//! the capture routine runs in stop_machine while the ioctl that started it waits under
+//! that mutex. So all module state lives in one `static mut STATE` that only those paths
+//! touch, through `st()`.
+
+use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
+use core::ptr;
+use kernel::prelude::*;
+
+module! {
+    type: Checkpoint,
+    name: "checkpoint",
+    author: "laundromat",
+    description: "self-checkpointing Xen PV guest: /dev/checkpoint",
+    license: "GPL",
+}
+
+const PAGE: usize = 4096;
+const ABI_VERSION: u32 = 1;
+const MAX_READ_PAGES: usize = 256;
+const VCPU_CTX_BYTES: usize = 5168;
+
+// errnos
+const EPERM: c_long = 1;
+const EIO: c_long = 5;
+const EFAULT: c_long = 14;
+const EBUSY: c_long = 16;
+const ENODEV: c_long = 19;
+const EINVAL: c_long = 22;
+const ENOTTY: c_long = 25;
+const ENOSPC: c_long = 28;
+const ENOMEM: c_long = 12;
+const ENODATA: c_long = 61;
+const EOPNOTSUPP: c_long = 95;
+
+// ioctl numbers (docs/checkpoint-abi.md): _IOC(dir, 'C', nr, size)
+const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
+    (dir << 30) | (size << 16) | (0x43 << 8) | nr
+}
+const IOC_GET_FACTS: u32 = ioc(2, 1, 128);
+const IOC_TRACK_START: u32 = ioc(1, 2, 16);
+const IOC_TRACK_STOP: u32 = ioc(0, 3, 0);
+const IOC_NEXT_ROUND: u32 = ioc(3, 4, 64);
+const IOC_CAPTURE: u32 = ioc(3, 5, 128);
+const IOC_READ_TABLE: u32 = ioc(3, 6, 48);
+
+const TABLE_P2M: u32 = 1;
+const TABLE_P2M_CAPTURED: u32 = 2;
+const TABLE_PAGE_TYPES: u32 = 3;
+const TABLE_P2M_FRAMES: u32 = 4;
+
+/// Reference-hash values with a meaning of their own; real hashes avoid both.
+const REF_NEVER_READ: u64 = 0;
+const REF_EXCLUDED: u64 = u64::MAX;
+
+const P2M_INVALID: u64 = u64::MAX;
+const P2M_SPECIAL_BITS: u64 = 3 << 62; // identity (62) and foreign (63) frames
+
+const TYPE_NOT_RAM: u8 = 0x0f;
+const TYPE_PINNED: u8 = 0x80;
+
+// Xen MMUEXT commands used to ask Xen whether a table page is pinned.
+const MMUEXT_PIN_L1_TABLE: c_uint = 0;
+
+#[repr(C)]
+#[derive(Default)]
+struct Facts {
+    abi_version: u32,
+    page_size: u32,
+    max_pfn: u64,
+    nr_pages: u64,
+    start_info_pfn: u64,
+    start_info_mfn: u64,
+    shared_info_maddr: u64,
+    store_mfn: u64,
+    console_mfn: u64,
+    store_evtchn: u32,
+    console_evtchn: u32,
+    online_cpus: u32,
+    guest_width: u32,
+    pt_levels: u32,
+    state: u32,
+    p2m_frames: u64,
+    reserved: [u64; 4],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Track {
+    flags: u64,
+    reserved: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Round {
+    bitmap: u64,
+    bitmap_bytes: u64,
+    flags: u64,
+    round: u64,
+    dirty: u64,
+    scanned: u64,
+    scan_ns: u64,
+    reserved: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CaptureArg {
+    flags: u64,
+    max_snapshot_pages: u64,
+    bitmap: u64,
+    bitmap_bytes: u64,
+    vcpu: u64,
+    vcpu_bytes: u64,
+    result: u64,
+    snapshot_pages: u64,
+    pause_ns: u64,
+    suspend_ns: u64,
+    pt_pages: u64,
+    scanned: u64,
+    reserved: [u64; 4],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Table {
+    table: u32,
+    reserved: u32,
+    start: u64,
+    count: u64,
+    buf: u64,
+    buf_bytes: u64,
+    returned: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Facts>() == 128);
+const _: () = assert!(core::mem::size_of::<Track>() == 16);
+const _: () = assert!(core::mem::size_of::<Round>() == 64);
+const _: () = assert!(core::mem::size_of::<CaptureArg>() == 128);
+const _: () = assert!(core::mem::size_of::<Table>() == 48);
+
+/// Xen's `struct vcpu_guest_context` (x86_64), kept as bytes: the asm capture entry and
+/// the kernel's xen_checkpoint_vcpu_context() fill it at the offsets of Xen's layout.
+#[repr(C, align(64))]
+pub struct VcpuCtx([u8; VCPU_CTX_BYTES]);
+
+// Offsets inside VcpuCtx (docs/checkpoint-abi.md, "The vCPU context").
+const CTX_FLAGS: usize = 512;
+const CTX_RAX: usize = 600;
+const CTX_RDX: usize = 616;
+const VGCF_I387_VALID: u64 = 1;
+
+/// The capture's vCPU context. Written by the asm entry and the capture routine (in
+/// stop_machine), read by the ioctl after it; never concurrently.
+#[no_mangle]
+pub static mut ckpt_ctx: VcpuCtx = VcpuCtx([0; VCPU_CTX_BYTES]);
+/// start_info gfn handed to the capture hook (stored by the asm entry).
+#[no_mangle]
+pub static mut ckpt_start_info_gfn: u64 = 0;
+
+extern "C" {
+    fn ckpt_shim_register() -> c_int;
+    fn ckpt_shim_deregister();
+    fn ckpt_vzalloc(size: c_ulong) -> *mut c_void;
+    fn ckpt_vfree(p: *mut c_void);
+    fn ckpt_copy_to_user(to: *mut c_void, from: *const c_void, n: c_ulong) -> c_ulong;
+    fn ckpt_copy_from_user(to: *mut c_void, from: *const c_void, n: c_ulong) -> c_ulong;
+    fn ckpt_pfn_to_virt(pfn: c_ulong) -> *mut u8;
+    fn ckpt_virt_to_pfn(v: *const c_void) -> c_ulong;
+    fn ckpt_vmalloc_to_pfn(v: *const c_void) -> c_ulong;
+    fn ckpt_cond_resched();
+    fn ckpt_now_ns() -> u64;
+    fn ckpt_online_cpus() -> c_uint;
+    fn ckpt_xen_pv() -> c_int;
+    fn ckpt_m2p_entries() -> c_ulong;
+    fn ckpt_m2p() -> *const c_ulong;
+    fn ckpt_pin_probe(mfn: c_ulong, pin_cmd: c_uint) -> c_int;
+    fn ckpt_rdtsc() -> u64;
+    fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
+    static xen_p2m_addr: *mut c_ulong;
+    static xen_p2m_size: c_ulong;
+    static xen_start_info: *mut u8;
+    static tsc_khz: c_uint;
+    fn xen_checkpoint_suspend(
+        capture: unsafe extern "C" fn(c_ulong, *mut c_void) -> c_int,
+        arg: *mut c_void,
+    ) -> c_int;
+    fn xen_checkpoint_for_each_pgd(
+        f: extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> c_int,
+        arg: *mut c_void,
+    ) -> c_int;
+    fn xen_checkpoint_vcpu_context(ctxt: *mut VcpuCtx);
+    /// The asm entry below.
+    fn ckpt_capture_entry(start_info_gfn: c_ulong, arg: *mut c_void) -> c_int;
+}
+
+// The capture entry: what xen_suspend calls instead of the suspend hypercall. A setjmp-like
+// save of this vCPU's registers into ckpt_ctx.user_regs, with rip = label 1 and rax = 0,
+// so a guest revived from the checkpoint continues at 1 and returns 0 ("resumed in a new
+// domain") to xen_suspend. The first pass calls ckpt_capture_rest (deeper on the stack,
+// below the saved rsp, so this frame — callee-saved registers and return address — stays
+// as captured) and returns its result (1 = cancelled, the source carries on).
+core::arch::global_asm!(
+    ".pushsection .text.ckpt_capture_entry,\"ax\"",
+    ".globl ckpt_capture_entry",
+    ".type ckpt_capture_entry,@function",
+    "ckpt_capture_entry:",
+    "endbr64",
+    "push rbp",
+    "mov rbp, rsp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "sub rsp, 8",
+    "mov [rip + {gfn}], rdi",
+    "lea rax, [rip + {ctx}]",
+    "fxsave64 [rax]",
+    "mov [rax + 520], r15",
+    "mov [rax + 528], r14",
+    "mov [rax + 536], r13",
+    "mov [rax + 544], r12",
+    "mov [rax + 552], rbp",
+    "mov [rax + 560], rbx",
+    "mov [rax + 616], rdi", // rdx: start_info mfn (PV gfn == mfn)
+    "lea rcx, [rip + 1f]",
+    "mov [rax + 648], rcx", // rip
+    "mov [rax + 672], rsp",
+    "pushfq",
+    "pop rcx",
+    "mov [rax + 664], rcx",
+    "xor ecx, ecx",
+    "mov cx, cs",
+    "mov [rax + 656], rcx",
+    "mov cx, ss",
+    "mov [rax + 680], rcx",
+    "mov cx, es",
+    "mov [rax + 688], rcx",
+    "mov cx, ds",
+    "mov [rax + 696], rcx",
+    "mov cx, fs",
+    "mov [rax + 704], rcx",
+    "mov cx, gs",
+    "mov [rax + 712], rcx",
+    "call {rest}",
+    "jmp 2f",
+    "1:",
+    "call {resumed}",
+    "xor eax, eax",
+    "2:",
+    "add rsp, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size ckpt_capture_entry, .-ckpt_capture_entry",
+    ".popsection",
+    gfn = sym ckpt_start_info_gfn,
+    ctx = sym ckpt_ctx,
+    rest = sym ckpt_capture_rest,
+    resumed = sym ckpt_capture_resumed,
+);
+
+/// A vmalloc'd array that knows its size. Freed explicitly (state is a static).
+struct VBuf {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl VBuf {
+    const fn empty() -> Self {
+        VBuf { ptr: ptr::null_mut(), bytes: 0 }
+    }
+    fn alloc(bytes: usize) -> Option<VBuf> {
+        // SAFETY: vzalloc has no preconditions; null means failure.
+        let p = unsafe { ckpt_vzalloc(bytes.max(1) as c_ulong) } as *mut u8;
+        if p.is_null() {
+            None
+        } else {
+            Some(VBuf { ptr: p, bytes })
+        }
+    }
+    fn free(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: ptr came from vzalloc and is freed once (then nulled).
+            unsafe { ckpt_vfree(self.ptr as *mut c_void) };
+        }
+        *self = VBuf::empty();
+    }
+    fn u64s(&self) -> *mut u64 {
+        self.ptr as *mut u64
+    }
+    /// Calls f with the pfn of every page of the buffer.
+    fn for_each_pfn(&self, mut f: impl FnMut(u64)) {
+        let mut off = 0;
+        while off < self.bytes {
+            // SAFETY: the address lies inside this live vmalloc area.
+            f(unsafe { ckpt_vmalloc_to_pfn(self.ptr.add(off) as *const c_void) } as u64);
+            off += PAGE;
+        }
+    }
+}
+
+struct State {
+    owner: usize,
+    max_pfn: u64,
+    refs: VBuf,
+    round: u64,
+    bounce: VBuf,
+    // capture
+    held: bool,
+    snap: VBuf,
+    snap_pfns: VBuf,
+    snap_cap: u64,
+    snap_n: u64,
+    cap_p2m: VBuf,
+    cap_types: VBuf,
+    cap_frames: VBuf,
+    n_frames: u64,
+    ran: bool,
+    resumed: bool,
+    overflow: bool,
+    walk_err: bool,
+    pt_pages: u64,
+    scanned: u64,
+    tsc_in: u64,
+    tsc_out: u64,
+}
+
+static mut STATE: State = State {
+    owner: 0,
+    max_pfn: 0,
+    refs: VBuf::empty(),
+    round: 0,
+    bounce: VBuf::empty(),
+    held: false,
+    snap: VBuf::empty(),
+    snap_pfns: VBuf::empty(),
+    snap_cap: 0,
+    snap_n: 0,
+    cap_p2m: VBuf::empty(),
+    cap_types: VBuf::empty(),
+    cap_frames: VBuf::empty(),
+    n_frames: 0,
+    ran: false,
+    resumed: false,
+    overflow: false,
+    walk_err: false,
+    pt_pages: 0,
+    scanned: 0,
+    tsc_in: 0,
+    tsc_out: 0,
+};
+
+fn st() -> &'static mut State {
+    // SAFETY: see the module comment: callers are serialised by the shim's mutex or run in
+    // stop_machine under the ioctl that holds it; no two references are used at once.
+    unsafe { &mut *ptr::addr_of_mut!(STATE) }
+}
+
+fn max_pfn() -> u64 {
+    // SAFETY: exported kernel variable, fixed after boot.
+    unsafe { xen_p2m_size as u64 }
+}
+
+/// Linux's raw p2m entry for pfn.
+fn p2m(pfn: u64) -> u64 {
+    if pfn >= max_pfn() {
+        return P2M_INVALID;
+    }
+    // SAFETY: pfn < xen_p2m_size; the p2m array is mapped for its whole size (missing
+    // ranges point at Linux's shared "missing" page).
+    unsafe { *xen_p2m_addr.add(pfn as usize) as u64 }
+}
+
+fn is_ram(e: u64) -> bool {
+    e != P2M_INVALID && e & P2M_SPECIAL_BITS == 0
+}
+
+fn page_ptr(pfn: u64) -> *const u8 {
+    // SAFETY: pure address arithmetic (__va).
+    unsafe { ckpt_pfn_to_virt(pfn as c_ulong) }
+}
+
+/// True if the page's direct mapping can be read (checked without faulting).
+fn page_readable(pfn: u64) -> bool {
+    let mut probe = 0u64;
+    // SAFETY: copy_from_kernel_nofault tolerates unmapped addresses.
+    unsafe { copy_from_kernel_nofault(ptr::addr_of_mut!(probe) as *mut c_void, page_ptr(pfn) as *const c_void, 8) == 0 }
+}
+
+/// 64-bit hash of one page: four lanes of xor-rotate-multiply, then a final mix. Never
+/// returns REF_NEVER_READ or REF_EXCLUDED.
+fn hash_page(p: *const u8) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let w = p as *const u64;
+    let (mut a, mut b, mut c, mut d) = (K, K ^ 1, K ^ 2, K ^ 3);
+    let mut i = 0;
+    while i < PAGE / 8 {
+        // SAFETY: p points at a readable 4096-byte page (caller checked); reads are
+        // volatile because the page may change under us (a torn read is fine: the next
+        // round sees the difference).
+        unsafe {
+            a = (a ^ ptr::read_volatile(w.add(i))).rotate_left(31).wrapping_mul(K);
+            b = (b ^ ptr::read_volatile(w.add(i + 1))).rotate_left(29).wrapping_mul(K);
+            c = (c ^ ptr::read_volatile(w.add(i + 2))).rotate_left(27).wrapping_mul(K);
+            d = (d ^ ptr::read_volatile(w.add(i + 3))).rotate_left(25).wrapping_mul(K);
+        }
+        i += 4;
+    }
+    let mut h = a ^ b.rotate_left(17) ^ c.rotate_left(34) ^ d.rotate_left(51);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    if h == REF_NEVER_READ || h == REF_EXCLUDED {
+        h = 1;
+    }
+    h
+}
+
+fn to_user<T>(dst: u64, v: &T) -> Result<(), c_long> {
+    to_user_bytes(dst, v as *const T as *const u8, core::mem::size_of::<T>())
+}
+
+fn to_user_bytes(dst: u64, src: *const u8, n: usize) -> Result<(), c_long> {
+    // SAFETY: copy_to_user checks the user range; src is n readable kernel bytes.
+    if unsafe { ckpt_copy_to_user(dst as *mut c_void, src as *const c_void, n as c_ulong) } != 0 {
+        Err(-EFAULT)
+    } else {
+        Ok(())
+    }
+}
+
+fn from_user<T: Default>(src: u64) -> Result<T, c_long> {
+    let mut v = T::default();
+    // SAFETY: copy_from_user checks the user range; v is a plain repr(C) struct.
+    if unsafe { ckpt_copy_from_user(ptr::addr_of_mut!(v) as *mut c_void, src as *const c_void, core::mem::size_of::<T>() as c_ulong) } != 0 {
+        return Err(-EFAULT);
+    }
+    Ok(v)
+}
+
+fn bitmap_bytes(max_pfn: u64) -> u64 {
+    max_pfn.div_ceil(64) * 8
+}
+
+/// Sets the reference of every page of b to r (module buffers are excluded from tracking:
+/// their content is meaningless in a checkpoint and a revived module discards them).
+fn mark_refs(s: &State, b: &VBuf, r: u64) {
+    if s.refs.ptr.is_null() {
+        return;
+    }
+    let refs = s.refs.u64s();
+    let max = s.max_pfn;
+    b.for_each_pfn(|pfn| {
+        if pfn < max {
+            // SAFETY: refs holds max_pfn entries.
+            unsafe { *refs.add(pfn as usize) = r };
+        }
+    });
+}
+
+fn free_capture(s: &mut State) {
+    let (mut a, mut b, mut c, mut d, mut e) = (
+        core::mem::replace(&mut s.snap, VBuf::empty()),
+        core::mem::replace(&mut s.snap_pfns, VBuf::empty()),
+        core::mem::replace(&mut s.cap_p2m, VBuf::empty()),
+        core::mem::replace(&mut s.cap_types, VBuf::empty()),
+        core::mem::replace(&mut s.cap_frames, VBuf::empty()),
+    );
+    for buf in [&a, &b, &c, &d, &e] {
+        mark_refs(s, buf, REF_NEVER_READ);
+    }
+    a.free();
+    b.free();
+    c.free();
+    d.free();
+    e.free();
+    s.held = false;
+    s.snap_n = 0;
+    s.snap_cap = 0;
+}
+
+fn stop_session(s: &mut State) {
+    free_capture(s);
+    s.refs.free();
+    s.owner = 0;
+    s.round = 0;
+}
+
+#[no_mangle]
+pub extern "C" fn ckpt_rs_release(file: c_ulong) {
+    let s = st();
+    if s.owner == file as usize {
+        stop_session(s);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn ckpt_rs_ioctl(file: c_ulong, cmd: c_uint, arg: c_ulong) -> c_long {
+    let file = file as usize;
+    let arg = arg as u64;
+    let r = match cmd {
+        IOC_GET_FACTS => get_facts(arg),
+        IOC_TRACK_START => track_start(file, arg),
+        IOC_TRACK_STOP => {
+            let s = st();
+            if s.owner != file {
+                Err(-EINVAL)
+            } else {
+                stop_session(s);
+                Ok(0)
+            }
+        }
+        IOC_NEXT_ROUND => next_round(file, arg),
+        IOC_CAPTURE => capture(file, arg),
+        IOC_READ_TABLE => read_table(arg),
+        _ => Err(-ENOTTY),
+    };
+    match r {
+        Ok(v) => v,
+        Err(e) => e,
+    }
+}
+
+fn get_facts(arg: u64) -> Result<c_long, c_long> {
+    let s = st();
+    // SAFETY: xen_start_info points at the start_info page for the guest's lifetime; the
+    // offsets are those of Xen's public start_info (x86_64).
+    let si = unsafe { xen_start_info };
+    let rd64 = |off: usize| -> u64 { unsafe { ptr::read_unaligned(si.add(off) as *const u64) } };
+    let rd32 = |off: usize| -> u32 { unsafe { ptr::read_unaligned(si.add(off) as *const u32) } };
+    // SAFETY: address arithmetic only.
+    let si_pfn = unsafe { ckpt_virt_to_pfn(si as *const c_void) } as u64;
+    let mut state = 0;
+    if s.owner != 0 {
+        state |= 1;
+    }
+    if s.held {
+        state |= 2;
+    }
+    let f = Facts {
+        abi_version: ABI_VERSION,
+        page_size: PAGE as u32,
+        max_pfn: max_pfn(),
+        nr_pages: rd64(32),
+        start_info_pfn: si_pfn,
+        start_info_mfn: p2m(si_pfn),
+        shared_info_maddr: rd64(40),
+        store_mfn: rd64(56),
+        console_mfn: rd64(72),
+        store_evtchn: rd32(64),
+        console_evtchn: rd32(80),
+        // SAFETY: plain query.
+        online_cpus: unsafe { ckpt_online_cpus() },
+        guest_width: 8,
+        pt_levels: 4,
+        state,
+        p2m_frames: max_pfn().div_ceil(512),
+        reserved: [0; 4],
+    };
+    to_user(arg, &f)?;
+    Ok(0)
+}
+
+fn track_start(file: usize, arg: u64) -> Result<c_long, c_long> {
+    let t: Track = from_user(arg)?;
+    if t.flags != 0 || t.reserved != 0 {
+        return Err(-EINVAL);
+    }
+    let s = st();
+    if s.owner != 0 {
+        return Err(-EBUSY);
+    }
+    let n = max_pfn();
+    let refs = VBuf::alloc((n as usize) * 8).ok_or(-ENOMEM)?;
+    s.max_pfn = n;
+    s.refs = refs;
+    s.round = 0;
+    s.owner = file;
+    let refs = core::mem::replace(&mut s.refs, VBuf::empty());
+    mark_refs(s, &refs, REF_EXCLUDED);
+    s.refs = refs;
+    let bounce = core::mem::replace(&mut s.bounce, VBuf::empty());
+    mark_refs(s, &bounce, REF_EXCLUDED);
+    s.bounce = bounce;
+    Ok(0)
+}
+
+fn next_round(file: usize, arg: u64) -> Result<c_long, c_long> {
+    let mut r: Round = from_user(arg)?;
+    let s = st();
+    if s.owner == 0 {
+        return Err(-EINVAL);
+    }
+    if s.owner != file {
+        return Err(-EBUSY);
+    }
+    let need = bitmap_bytes(s.max_pfn);
+    if r.flags != 0 || r.reserved != 0 || r.bitmap_bytes < need {
+        return Err(-EINVAL);
+    }
+    let mut bm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
+    let t0 = unsafe { ckpt_now_ns() };
+    let words = bm.u64s();
+    let refs = s.refs.u64s();
+    let (mut dirty, mut scanned) = (0u64, 0u64);
+    for pfn in 0..s.max_pfn {
+        if pfn % 256 == 255 {
+            // SAFETY: process context, no locks held other than our mutex.
+            unsafe { ckpt_cond_resched() };
+        }
+        // SAFETY: refs has max_pfn entries.
+        let rf = unsafe { *refs.add(pfn as usize) };
+        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) || !page_readable(pfn) {
+            continue;
+        }
+        scanned += 1;
+        if hash_page(page_ptr(pfn)) != rf {
+            dirty += 1;
+            // SAFETY: bm has ceil(max_pfn/64) words.
+            unsafe { *words.add((pfn / 64) as usize) |= 1 << (pfn % 64) };
+        }
+    }
+    let res = to_user_bytes(r.bitmap, bm.ptr, need as usize);
+    bm.free();
+    res?;
+    s.round += 1;
+    r.round = s.round;
+    r.dirty = dirty;
+    r.scanned = scanned;
+    r.scan_ns = unsafe { ckpt_now_ns() } - t0;
+    to_user(arg, &r)?;
+    Ok(0)
+}
+
+/// Index of pfn in the (ascending) snapshot pfn list.
+fn snap_slot(s: &State, pfn: u64) -> Option<usize> {
+    let (mut lo, mut hi) = (0usize, s.snap_n as usize);
+    let pfns = s.snap_pfns.u64s();
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        // SAFETY: mid < snap_n <= snap capacity.
+        let v = unsafe { *pfns.add(mid) };
+        if v == pfn {
+            return Some(mid);
+        } else if v < pfn {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    None
+}
+
+#[no_mangle]
+pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mut i64) -> c_long {
+    let s = st();
+    // SAFETY: pos is the kernel's file-position pointer for this call.
+    let off = unsafe { *pos };
+    if off < 0 || off as usize % PAGE != 0 || len == 0 || len % PAGE != 0 {
+        return -EINVAL;
+    }
+    if s.bounce.ptr.is_null() {
+        return -ENOMEM;
+    }
+    let n = max_pfn();
+    let first = off as u64 / PAGE as u64;
+    if first >= n {
+        return 0;
+    }
+    let pages = (len / PAGE).min(MAX_READ_PAGES).min((n - first) as usize);
+    let owner = s.owner == file as usize && !s.refs.ptr.is_null();
+    let bounce = s.bounce.ptr;
+    for i in 0..pages {
+        let pfn = first + i as u64;
+        let rf = if owner {
+            // SAFETY: refs has max_pfn entries (max_pfn fixed since boot).
+            unsafe { *s.refs.u64s().add(pfn as usize) }
+        } else {
+            0
+        };
+        let mut track = owner && rf != REF_EXCLUDED;
+        let slot = if s.held { snap_slot(s, pfn) } else { None };
+        if let Some(k) = slot {
+            // SAFETY: slot k < snap_n, each slot is one page of the snapshot buffer.
+            unsafe { ptr::copy_nonoverlapping(s.snap.ptr.add(k * PAGE), bounce, PAGE) };
+        } else if rf != REF_EXCLUDED && is_ram(p2m(pfn)) {
+            // SAFETY: nofault copy of one page into the one-page bounce buffer.
+            if unsafe { copy_from_kernel_nofault(bounce as *mut c_void, page_ptr(pfn) as *const c_void, PAGE) } != 0 {
+                // SAFETY: bounce is one page.
+                unsafe { ptr::write_bytes(bounce, 0, PAGE) };
+                track = false;
+            }
+        } else {
+            // SAFETY: bounce is one page.
+            unsafe { ptr::write_bytes(bounce, 0, PAGE) };
+            track = false;
+        }
+        if track {
+            // SAFETY: as above.
+            unsafe { *s.refs.u64s().add(pfn as usize) = hash_page(bounce) };
+        }
+        // SAFETY: buf + i*PAGE lies within the user's len bytes; copy_to_user checks it.
+        if unsafe { ckpt_copy_to_user(buf.add(i * PAGE) as *mut c_void, bounce as *const c_void, PAGE as c_ulong) } != 0 {
+            return if i == 0 { -EFAULT } else { (i * PAGE) as c_long };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *pos = off + (pages * PAGE) as i64 };
+    (pages * PAGE) as c_long
+}
+
+fn read_table(arg: u64) -> Result<c_long, c_long> {
+    let mut t: Table = from_user(arg)?;
+    if t.reserved != 0 {
+        return Err(-EINVAL);
+    }
+    let s = st();
+    let (size, esz) = match t.table {
+        TABLE_P2M => (max_pfn(), 8u64),
+        TABLE_P2M_CAPTURED | TABLE_PAGE_TYPES | TABLE_P2M_FRAMES if !s.held => return Err(-ENODATA),
+        TABLE_P2M_CAPTURED => (s.max_pfn, 8),
+        TABLE_PAGE_TYPES => (s.max_pfn, 1),
+        TABLE_P2M_FRAMES => (s.n_frames, 8),
+        _ => return Err(-EINVAL),
+    };
+    if t.start > size || t.buf_bytes < t.count.saturating_mul(esz) {
+        return Err(-EINVAL);
+    }
+    let n = t.count.min(size - t.start);
+    if t.table == TABLE_P2M {
+        // Live p2m: copy through a small stack chunk.
+        let mut chunk = [0u64; 64];
+        let mut done = 0u64;
+        while done < n {
+            let k = (n - done).min(64);
+            for j in 0..k {
+                chunk[j as usize] = p2m(t.start + done + j);
+            }
+            to_user_bytes(t.buf + done * 8, chunk.as_ptr() as *const u8, (k * 8) as usize)?;
+            done += k;
+        }
+    } else {
+        let base = match t.table {
+            TABLE_P2M_CAPTURED => s.cap_p2m.ptr,
+            TABLE_PAGE_TYPES => s.cap_types.ptr,
+            _ => s.cap_frames.ptr,
+        };
+        // SAFETY: start + n <= size entries of esz bytes are inside the buffer.
+        let src = unsafe { base.add((t.start * esz) as usize) };
+        to_user_bytes(t.buf, src, (n * esz) as usize)?;
+    }
+    t.returned = n;
+    to_user(arg, &t)?;
+    Ok(0)
+}
+
+fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
+    let mut c: CaptureArg = from_user(arg)?;
+    let s = st();
+    if s.owner == 0 {
+        return Err(-EINVAL);
+    }
+    if s.owner != file {
+        return Err(-EBUSY);
+    }
+    let need = bitmap_bytes(s.max_pfn);
+    if c.flags != 0
+        || c.reserved != [0; 4]
+        || c.max_snapshot_pages == 0
+        || c.max_snapshot_pages > s.max_pfn
+        || c.bitmap_bytes < need
+        || c.vcpu_bytes < VCPU_CTX_BYTES as u64
+    {
+        return Err(-EINVAL);
+    }
+    // SAFETY: plain query.
+    if unsafe { ckpt_online_cpus() } != 1 {
+        return Err(-EOPNOTSUPP);
+    }
+    free_capture(s);
+    let cap = c.max_snapshot_pages;
+    let n_frames = s.max_pfn.div_ceil(512);
+    let bufs = (
+        VBuf::alloc(cap as usize * PAGE),
+        VBuf::alloc(cap as usize * 8),
+        VBuf::alloc(s.max_pfn as usize * 8),
+        VBuf::alloc(s.max_pfn as usize),
+        VBuf::alloc(n_frames as usize * 8),
+        VBuf::alloc(need as usize),
+    );
+    let (Some(a), Some(b), Some(cc), Some(d), Some(e), Some(mut bm)) = bufs else {
+        let (a, b, cc, d, e, f) = bufs;
+        for mut x in [a, b, cc, d, e, f].into_iter().flatten() {
+            x.free();
+        }
+        return Err(-ENOMEM);
+    };
+    for buf in [&a, &b, &cc, &d, &e] {
+        mark_refs(s, buf, REF_EXCLUDED);
+    }
+    s.snap = a;
+    s.snap_pfns = b;
+    s.cap_p2m = cc;
+    s.cap_types = d;
+    s.cap_frames = e;
+    s.n_frames = n_frames;
+    s.snap_cap = cap;
+    s.snap_n = 0;
+    s.ran = false;
+    s.resumed = false;
+    s.overflow = false;
+    s.walk_err = false;
+    s.pt_pages = 0;
+    s.scanned = 0;
+
+    // SAFETY: nothing else uses ckpt_ctx until the capture is over.
+    unsafe { ptr::write_bytes(ptr::addr_of_mut!(ckpt_ctx) as *mut u8, 0, VCPU_CTX_BYTES) };
+    let t0 = unsafe { ckpt_now_ns() };
+    // SAFETY: the kernel runs its suspend sequence and calls our entry once, in
+    // stop_machine; the entry follows the C ABI.
+    let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, ptr::null_mut()) };
+    let t1 = unsafe { ckpt_now_ns() };
+
+    if s.resumed {
+        // We are a guest revived from this checkpoint: drop the session the source had.
+        bm.free();
+        stop_session(s);
+        c.result = 0;
+        to_user(arg, &c)?;
+        return Ok(0);
+    }
+    let fail = |s: &mut State, mut bm: VBuf, e: c_long| -> Result<c_long, c_long> {
+        bm.free();
+        free_capture(s);
+        Err(e)
+    };
+    if rc < 0 {
+        return fail(s, bm, rc as c_long);
+    }
+    if !s.ran || s.walk_err {
+        return fail(s, bm, -EIO);
+    }
+    c.result = 1;
+    c.snapshot_pages = s.snap_n;
+    c.pt_pages = s.pt_pages;
+    c.scanned = s.scanned;
+    // SAFETY: tsc_khz is set at boot.
+    let khz = unsafe { tsc_khz } as u64;
+    c.pause_ns = if khz > 0 { (s.tsc_out - s.tsc_in).saturating_mul(1_000_000) / khz } else { 0 };
+    c.suspend_ns = t1 - t0;
+    if s.overflow {
+        let _ = to_user(arg, &c);
+        return fail(s, bm, -ENOSPC);
+    }
+    let pfns = s.snap_pfns.u64s();
+    let words = bm.u64s();
+    for k in 0..s.snap_n as usize {
+        // SAFETY: k < snap_n; bitmap covers max_pfn bits.
+        unsafe {
+            let pfn = *pfns.add(k);
+            *words.add((pfn / 64) as usize) |= 1 << (pfn % 64);
+        }
+    }
+    let r1 = to_user_bytes(c.bitmap, bm.ptr, need as usize);
+    bm.free();
+    r1?;
+    // SAFETY: ckpt_ctx is not written any more.
+    to_user_bytes(c.vcpu, unsafe { ptr::addr_of!(ckpt_ctx) } as *const u8, VCPU_CTX_BYTES)?;
+    s.held = true;
+    to_user(arg, &c)?;
+    Ok(0)
+}
+
+/// Runs on the revived guest's first instructions after the capture point.
+#[no_mangle]
+pub extern "C" fn ckpt_capture_resumed() {
+    st().resumed = true;
+}
+
+/// Records the page-table page `pfn` at `level` (1..4) in the type map.
+fn mark_table(s: &mut State, pfn: u64, level: u8, pinned: bool) {
+    let types = s.cap_types.ptr;
+    // SAFETY: caller checked pfn < max_pfn; cap_types has max_pfn bytes.
+    unsafe {
+        let t = types.add(pfn as usize);
+        if *t == 0 {
+            s.pt_pages += 1;
+        }
+        *t = level | if pinned { TYPE_PINNED } else { 0 };
+    }
+}
+
+/// mfn -> pfn through Xen's M2P, checked against the p2m.
+fn m2p(mfn: u64) -> Option<u64> {
+    // SAFETY: plain queries of exported values.
+    if mfn >= unsafe { ckpt_m2p_entries() } as u64 {
+        return None;
+    }
+    let mut pfn: u64 = 0;
+    // SAFETY: nofault read of one M2P entry (Xen's read-only table).
+    let ok = unsafe {
+        copy_from_kernel_nofault(ptr::addr_of_mut!(pfn) as *mut c_void, ckpt_m2p().add(mfn as usize) as *const c_void, 8)
+    } == 0;
+    if ok && pfn < max_pfn() && p2m(pfn) == mfn {
+        Some(pfn)
+    } else {
+        None
+    }
+}
+
+/// Walks a table page at `level` (4 = L4) and everything below it.
+fn walk(s: &mut State, pfn: u64, level: u8) {
+    // SAFETY: pfn < max_pfn (checked by m2p or the caller).
+    if unsafe { *s.cap_types.ptr.add(pfn as usize) } != 0 {
+        return; // shared table, already walked
+    }
+    // Xen decides pinned-ness; ask it (pin succeeds only on an unpinned page, and is undone).
+    let mfn = p2m(pfn);
+    // SAFETY: hypercall wrapper; the page is a validated table of this level.
+    let pinned = unsafe { ckpt_pin_probe(mfn as c_ulong, MMUEXT_PIN_L1_TABLE + (level as c_uint - 1)) } != 0;
+    mark_table(s, pfn, level, pinned);
+    if level == 1 {
+        return;
+    }
+    let table = page_ptr(pfn) as *const u64;
+    for i in 0..512usize {
+        if level == 4 && (256..272).contains(&i) {
+            continue; // Xen's own slots
+        }
+        // SAFETY: the table page is mapped (read-only) in the direct map.
+        let e = unsafe { ptr::read_volatile(table.add(i)) };
+        if e & 1 == 0 {
+            continue;
+        }
+        if level <= 3 && e & 0x80 != 0 {
+            continue; // superpage: no table below (not used by PV Linux)
+        }
+        let child_mfn = (e >> 12) & ((1u64 << 40) - 1);
+        match m2p(child_mfn) {
+            Some(c) => walk(s, c, level - 1),
+            None => {
+                s.walk_err = true;
+                return;
+            }
+        }
+    }
+}
+
+extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, _arg: *mut c_void) -> c_int {
+    let s = st();
+    for p in [pgd, user_pgd] {
+        if p.is_null() {
+            continue;
+        }
+        // SAFETY: address arithmetic on a kernel pointer (__pa).
+        let pfn = unsafe { ckpt_virt_to_pfn(p) } as u64;
+        if pfn >= s.max_pfn {
+            s.walk_err = true;
+            return -(EIO as c_int);
+        }
+        walk(s, pfn, 4);
+        if s.walk_err {
+            return -(EIO as c_int);
+        }
+    }
+    0
+}
+
+/// The capture proper, in stop_machine on CPU 0 with interrupts off, right after the
+/// register save. Returns 1: "cancelled", the source carries on.
+#[no_mangle]
+pub extern "C" fn ckpt_capture_rest() -> c_int {
+    let s = st();
+    // SAFETY: rdtsc wrapper.
+    s.tsc_in = unsafe { ckpt_rdtsc() };
+    // SAFETY: ckpt_ctx is ours during the capture; the kernel fills its non-register part.
+    unsafe {
+        let ctx = ptr::addr_of_mut!(ckpt_ctx);
+        xen_checkpoint_vcpu_context(ctx);
+        let b = ctx as *mut u8;
+        let flags = b.add(CTX_FLAGS) as *mut u64;
+        *flags |= VGCF_I387_VALID;
+        *(b.add(CTX_RAX) as *mut u64) = 0;
+        *(b.add(CTX_RDX) as *mut u64) = ckpt_start_info_gfn;
+    }
+
+    // Page-type map: not-RAM marks first, then the tables.
+    for pfn in 0..s.max_pfn {
+        let e = p2m(pfn);
+        // SAFETY: cap_p2m and cap_types hold max_pfn entries.
+        unsafe {
+            *s.cap_p2m.u64s().add(pfn as usize) = e;
+            *s.cap_types.ptr.add(pfn as usize) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
+        }
+    }
+    // SAFETY: the kernel calls pgd_cb for each pinned top-level table.
+    unsafe { xen_checkpoint_for_each_pgd(pgd_cb, ptr::null_mut()) };
+    for i in 0..s.n_frames {
+        // SAFETY: xen_p2m_addr spans n_frames pages of the p2m's virtual area.
+        unsafe {
+            let va = (xen_p2m_addr as *const u8).add(i as usize * PAGE);
+            *s.cap_frames.u64s().add(i as usize) = ckpt_vmalloc_to_pfn(va as *const c_void) as u64;
+        }
+    }
+
+    // Snapshot: every page whose content is not what the owner last read.
+    let refs = s.refs.u64s();
+    for pfn in 0..s.max_pfn {
+        // SAFETY: refs has max_pfn entries.
+        let rf = unsafe { *refs.add(pfn as usize) };
+        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) || !page_readable(pfn) {
+            continue;
+        }
+        s.scanned += 1;
+        let p = page_ptr(pfn);
+        if hash_page(p) == rf {
+            continue;
+        }
+        if s.snap_n < s.snap_cap {
+            // SAFETY: slot snap_n is inside the snapshot buffer; the page is readable.
+            unsafe {
+                ptr::copy_nonoverlapping(p, s.snap.ptr.add(s.snap_n as usize * PAGE), PAGE);
+                *s.snap_pfns.u64s().add(s.snap_n as usize) = pfn;
+            }
+        } else {
+            s.overflow = true;
+        }
+        s.snap_n += 1;
+    }
+    s.ran = true;
+    // SAFETY: rdtsc wrapper.
+    s.tsc_out = unsafe { ckpt_rdtsc() };
+    1
+}
+
+struct Checkpoint;
+
+impl kernel::Module for Checkpoint {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: plain query.
+        if unsafe { ckpt_xen_pv() } == 0 {
+            pr_err!("checkpoint: not a Xen PV guest\n");
+            return Err(kernel::error::Error::from_errno(-(ENODEV as i32)));
+        }
+        let s = st();
+        s.bounce = VBuf::alloc(PAGE).ok_or(ENOMEM_ERR)?;
+        // SAFETY: registers our misc device; fops are static in the shim.
+        let rc = unsafe { ckpt_shim_register() };
+        if rc != 0 {
+            s.bounce.free();
+            return Err(kernel::error::Error::from_errno(rc));
+        }
+        pr_info!("checkpoint: /dev/checkpoint ready (abi {}, max_pfn {})\n", ABI_VERSION, max_pfn());
+        Ok(Checkpoint)
+    }
+}
+
+const ENOMEM_ERR: kernel::error::Error = kernel::error::code::ENOMEM;
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        // SAFETY: deregistering waits for no new opens; open files hold a module ref, so
+        // no file is open here and no session exists.
+        unsafe { ckpt_shim_deregister() };
+        let s = st();
+        stop_session(s);
+        s.bounce.free();
+        pr_info!("checkpoint: unloaded\n");
+    }
+}
+
+#[allow(dead_code)]
+const UNUSED: (c_long, c_long) = (EPERM, EIO);

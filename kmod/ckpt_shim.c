@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C glue of the checkpoint module: the misc device and its file_operations (6.12's Rust
+ * crate has no miscdevice/file abstractions yet), and one-line wrappers for kernel
+ * facilities that are static inlines or macros and so unreachable from Rust. No logic
+ * here: every operation forwards to ckpt_main.rs.
+ */
+#include <linux/module.h>
+#include <linux/miscdevice.h>
+#include <linux/fs.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+#include <linux/mm.h>
+#include <linux/mutex.h>
+#include <linux/sched.h>
+#include <linux/cpumask.h>
+#include <linux/timekeeping.h>
+#include <linux/capability.h>
+#include <asm/xen/page.h>
+#include <asm/xen/hypercall.h>
+#include <xen/xen.h>
+#include <xen/interface/xen.h>
+
+/* Implemented in Rust (ckpt_main.rs). */
+long ckpt_rs_ioctl(unsigned long file, unsigned int cmd, unsigned long arg);
+long ckpt_rs_read(unsigned long file, char __user *buf, size_t len, loff_t *pos);
+void ckpt_rs_release(unsigned long file);
+
+static DEFINE_MUTEX(ckpt_lock);
+
+static int ckpt_open(struct inode *inode, struct file *file)
+{
+	return capable(CAP_SYS_ADMIN) ? 0 : -EPERM;
+}
+
+static int ckpt_release(struct inode *inode, struct file *file)
+{
+	mutex_lock(&ckpt_lock);
+	ckpt_rs_release((unsigned long)file);
+	mutex_unlock(&ckpt_lock);
+	return 0;
+}
+
+static long ckpt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	long ret;
+
+	if (mutex_lock_interruptible(&ckpt_lock))
+		return -EINTR;
+	ret = ckpt_rs_ioctl((unsigned long)file, cmd, arg);
+	mutex_unlock(&ckpt_lock);
+	return ret;
+}
+
+static ssize_t ckpt_read(struct file *file, char __user *buf, size_t len, loff_t *pos)
+{
+	long ret;
+
+	if (mutex_lock_interruptible(&ckpt_lock))
+		return -EINTR;
+	ret = ckpt_rs_read((unsigned long)file, buf, len, pos);
+	mutex_unlock(&ckpt_lock);
+	return ret;
+}
+
+static const struct file_operations ckpt_fops = {
+	.owner = THIS_MODULE,
+	.open = ckpt_open,
+	.release = ckpt_release,
+	.read = ckpt_read,
+	.unlocked_ioctl = ckpt_ioctl,
+	.llseek = default_llseek,
+};
+
+static struct miscdevice ckpt_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "checkpoint",
+	.fops = &ckpt_fops,
+	.mode = 0600,
+};
+
+int ckpt_shim_register(void) { return misc_register(&ckpt_dev); }
+void ckpt_shim_deregister(void) { misc_deregister(&ckpt_dev); }
+
+/* Wrappers for inlines and macros. */
+void *ckpt_vzalloc(unsigned long size) { return vzalloc(size); }
+void ckpt_vfree(void *p) { vfree(p); }
+unsigned long ckpt_copy_to_user(void __user *to, const void *from, unsigned long n)
+{
+	return copy_to_user(to, from, n);
+}
+unsigned long ckpt_copy_from_user(void *to, const void __user *from, unsigned long n)
+{
+	return copy_from_user(to, from, n);
+}
+void *ckpt_pfn_to_virt(unsigned long pfn) { return __va(PFN_PHYS(pfn)); }
+unsigned long ckpt_virt_to_pfn(const void *v) { return PFN_DOWN(__pa(v)); }
+unsigned long ckpt_vmalloc_to_pfn(const void *v) { return vmalloc_to_pfn(v); }
+void ckpt_cond_resched(void) { cond_resched(); }
+unsigned long long ckpt_now_ns(void) { return ktime_get_ns(); }
+unsigned int ckpt_online_cpus(void) { return num_online_cpus(); }
+int ckpt_xen_pv(void) { return xen_pv_domain(); }
+unsigned long ckpt_m2p_entries(void) { return machine_to_phys_nr; }
+const unsigned long *ckpt_m2p(void) { return machine_to_phys_mapping; }
+u64 ckpt_rdtsc(void) { return rdtsc(); }
+
+/*
+ * Is this table page pinned in Xen? Pinning succeeds only on a page that is not pinned
+ * yet (Xen refuses a second pin), so a success is undone at once and means "not pinned".
+ */
+int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd)
+{
+	struct mmuext_op op = { .cmd = pin_cmd, .arg1.mfn = mfn };
+
+	if (HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF))
+		return 1;
+	op.cmd = MMUEXT_UNPIN_TABLE;
+	HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
+	return 0;
+}

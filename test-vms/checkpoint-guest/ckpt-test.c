@@ -1,0 +1,326 @@
+// ckpt-test: exercises /dev/checkpoint (docs/checkpoint-abi.md) inside the guest and
+// checks the pattern property: a buffer holds pattern P at the capture point and Q after
+// it; the checkpoint (last-read content, or the snapshot for pages in the snapshot set)
+// must hold P at the buffer's pfns, while live memory holds Q.
+// Prints "CKPT-TEST PASS ..." or "CKPT-TEST FAIL: why" and exits 0/1.
+// Usage: ckpt-test [PAGES]   (pattern buffer size, default 64)
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PG 4096
+#define IOC(dir, nr, size) (((unsigned long)(dir) << 30) | ((unsigned long)(size) << 16) | (0x43UL << 8) | (nr))
+#define CKPT_IOC_GET_FACTS IOC(2, 1, 128)
+#define CKPT_IOC_TRACK_START IOC(1, 2, 16)
+#define CKPT_IOC_TRACK_STOP IOC(0, 3, 0)
+#define CKPT_IOC_NEXT_ROUND IOC(3, 4, 64)
+#define CKPT_IOC_CAPTURE IOC(3, 5, 128)
+#define CKPT_IOC_READ_TABLE IOC(3, 6, 48)
+
+struct facts {
+	uint32_t abi_version, page_size;
+	uint64_t max_pfn, nr_pages, start_info_pfn, start_info_mfn, shared_info_maddr, store_mfn,
+		console_mfn;
+	uint32_t store_evtchn, console_evtchn, online_cpus, guest_width, pt_levels, state;
+	uint64_t p2m_frames, reserved[4];
+};
+struct track { uint64_t flags, reserved; };
+struct round {
+	uint64_t bitmap, bitmap_bytes, flags, round, dirty, scanned, scan_ns, reserved;
+};
+struct capture {
+	uint64_t flags, max_snapshot_pages, bitmap, bitmap_bytes, vcpu, vcpu_bytes, result,
+		snapshot_pages, pause_ns, suspend_ns, pt_pages, scanned, reserved[4];
+};
+struct table { uint32_t table, reserved; uint64_t start, count, buf, buf_bytes, returned; };
+_Static_assert(sizeof(struct facts) == 128, "facts");
+_Static_assert(sizeof(struct round) == 64, "round");
+_Static_assert(sizeof(struct capture) == 128, "capture");
+_Static_assert(sizeof(struct table) == 48, "table");
+
+static int fd;
+static struct facts F;
+static uint8_t *image;      /* what a checkpointd would hold: last content read per pfn */
+static uint8_t *have;       /* pfn read at least once */
+
+#define FAIL(...) do { printf("CKPT-TEST FAIL: " __VA_ARGS__); printf("\n"); exit(1); } while (0)
+#define EXPECT_ERR(call, err, what) do { errno = 0; if ((call) != -1 || errno != (err)) \
+	FAIL("%s: expected errno %d, got %d", what, err, errno); } while (0)
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int test_bit(const uint64_t *bm, uint64_t pfn) { return (bm[pfn / 64] >> (pfn % 64)) & 1; }
+
+/* Reads every pfn whose bit is set (as checkpointd would send them, in runs of up to 256
+ * pages) and keeps the content of the pattern pfns, the only ones this test checks. */
+static uint64_t *pat_pfns;
+static int pat_n;
+static uint8_t scratch[256 * PG];
+
+static void keep(uint64_t pfn, const uint8_t *data)
+{
+	for (int i = 0; i < pat_n; i++)
+		if (pat_pfns[i] == pfn) {
+			memcpy(image + (size_t)i * PG, data, PG);
+			have[i] = 1;
+		}
+}
+
+static uint64_t read_set(const uint64_t *bm)
+{
+	uint64_t n = 0, pfn = 0;
+	while (pfn < F.max_pfn) {
+		if (!test_bit(bm, pfn)) { pfn++; continue; }
+		uint64_t run = 1;
+		while (run < 256 && pfn + run < F.max_pfn && test_bit(bm, pfn + run))
+			run++;
+		ssize_t got = pread(fd, scratch, run * PG, pfn * PG);
+		if (got != (ssize_t)(run * PG))
+			FAIL("pread pfn %llu x%llu: %s", (unsigned long long)pfn, (unsigned long long)run, strerror(errno));
+		for (uint64_t k = 0; k < run; k++)
+			keep(pfn + k, scratch + k * PG);
+		n += run;
+		pfn += run;
+	}
+	return n;
+}
+
+static uint64_t pfn_of(int pm, void *va)
+{
+	uint64_t e;
+	if (pread(pm, &e, 8, ((uintptr_t)va / PG) * 8) != 8)
+		FAIL("pagemap read");
+	if (!(e >> 63))
+		FAIL("page not present");
+	return e & ((1ULL << 55) - 1);
+}
+
+int main(int argc, char **argv)
+{
+	int npages = argc > 1 ? atoi(argv[1]) : 64;
+	if (npages < 2 || npages > 65536)
+		FAIL("bad page count");
+	fd = open("/dev/checkpoint", O_RDWR);
+	if (fd < 0)
+		FAIL("open /dev/checkpoint: %s", strerror(errno));
+	if (ioctl(fd, CKPT_IOC_GET_FACTS, &F))
+		FAIL("GET_FACTS: %s", strerror(errno));
+	printf("facts: abi %u page %u max_pfn %llu nr_pages %llu start_info pfn %llu mfn %#llx "
+	       "store_mfn %#llx console_mfn %#llx cpus %u p2m_frames %llu\n",
+	       F.abi_version, F.page_size, (unsigned long long)F.max_pfn,
+	       (unsigned long long)F.nr_pages, (unsigned long long)F.start_info_pfn,
+	       (unsigned long long)F.start_info_mfn, (unsigned long long)F.store_mfn,
+	       (unsigned long long)F.console_mfn, F.online_cpus,
+	       (unsigned long long)F.p2m_frames);
+	if (F.abi_version != 1 || F.page_size != PG || F.max_pfn < F.nr_pages || F.nr_pages == 0)
+		FAIL("implausible facts");
+
+	/* Misuse: every case returns an errno. */
+	char buf[PG];
+	struct round r = {0};
+	struct track t = {0};
+	struct table tb = {0};
+	uint64_t bmbytes = (F.max_pfn + 63) / 64 * 8;
+	uint64_t *bm = calloc(1, bmbytes);
+	image = calloc(npages, PG);
+	have = calloc(npages, 1);
+	if (!bm || !image || !have)
+		FAIL("out of memory");
+	EXPECT_ERR(ioctl(fd, IOC(3, 99, 8), buf), ENOTTY, "unknown ioctl");
+	r.bitmap = (uintptr_t)bm; r.bitmap_bytes = bmbytes;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_NEXT_ROUND, &r), EINVAL, "round without session");
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_STOP), EINVAL, "stop without session");
+	EXPECT_ERR(pread(fd, buf, PG, 100), EINVAL, "unaligned pread");
+	EXPECT_ERR(pread(fd, buf, 100, 0), EINVAL, "short pread");
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_GET_FACTS, (void *)16), EFAULT, "bad pointer");
+	tb.table = 3; tb.count = 1; tb.buf = (uintptr_t)buf; tb.buf_bytes = 1;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), ENODATA, "types before capture");
+	tb.table = 77;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), EINVAL, "unknown table");
+	t.flags = 1;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &t), EINVAL, "track flags");
+	if (pread(fd, buf, PG, F.max_pfn * PG) != 0)
+		FAIL("read at max_pfn should be EOF");
+
+	/* Live p2m: the start_info pfn maps to its mfn. */
+	uint64_t e = 0;
+	tb = (struct table){ .table = 1, .start = F.start_info_pfn, .count = 1, .buf = (uintptr_t)&e, .buf_bytes = 8 };
+	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != 1 || e != F.start_info_mfn)
+		FAIL("p2m of start_info: %llx vs %llx", (unsigned long long)e, (unsigned long long)F.start_info_mfn);
+
+	/* The pattern buffer: early half gets P now (sent in pre-copy), late half gets P just
+	 * before the capture (so it must come from the snapshot). */
+	uint8_t *pat = mmap(NULL, (size_t)npages * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (pat == MAP_FAILED || mlock(pat, (size_t)npages * PG))
+		FAIL("mmap/mlock pattern buffer");
+	int half = npages / 2;
+	for (int i = 0; i < npages; i++)
+		memset(pat + (size_t)i * PG, i < half ? 'P' : 'x', PG);
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	if (pm < 0)
+		FAIL("open pagemap");
+	uint64_t *pfns = calloc(npages, 8);
+	pat_pfns = pfns;
+	pat_n = npages;
+	for (int i = 0; i < npages; i++) {
+		pfns[i] = pfn_of(pm, pat + (size_t)i * PG);
+		if (pfns[i] == 0 || pfns[i] >= F.max_pfn)
+			FAIL("pagemap gave pfn %llu (need root)", (unsigned long long)pfns[i]);
+	}
+
+	t.flags = 0;
+	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
+		FAIL("TRACK_START: %s", strerror(errno));
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &t), EBUSY, "second session");
+	int fd2 = open("/dev/checkpoint", O_RDWR);
+	EXPECT_ERR(ioctl(fd2, CKPT_IOC_NEXT_ROUND, &r), EBUSY, "round from non-owner");
+	close(fd2);
+	r.bitmap_bytes = 8;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_NEXT_ROUND, &r), EINVAL, "small bitmap");
+	r.bitmap_bytes = bmbytes;
+
+	/* Pre-copy rounds. */
+	uint64_t last_dirty = 0;
+	for (int k = 1; k <= 3; k++) {
+		memset(bm, 0, bmbytes);
+		double t0 = now();
+		if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+			FAIL("NEXT_ROUND: %s", strerror(errno));
+		uint64_t n = read_set(bm);
+		printf("round %llu: dirty %llu scanned %llu scan %.1f ms, read %llu pages in %.1f ms\n",
+		       (unsigned long long)r.round, (unsigned long long)r.dirty,
+		       (unsigned long long)r.scanned, r.scan_ns / 1e6, (unsigned long long)n,
+		       (now() - t0) * 1e3);
+		if (k == 1 && r.dirty < F.nr_pages / 4)
+			FAIL("first round must report every RAM page (got %llu)", (unsigned long long)r.dirty);
+		if (k == 2) {
+			/* A page written after its read is dirty again; one not written stays clean. */
+			memset(pat, 'P', PG);   /* same content: not dirty */
+			pat[PG] = 'Z';          /* page 1 changed */
+		}
+		if (k == 3) {
+			if (!test_bit(bm, pfns[1]))
+				FAIL("page written after its read not reported dirty");
+			if (test_bit(bm, pfns[0]))
+				FAIL("page rewritten with identical content reported dirty");
+		}
+		last_dirty = r.dirty;
+	}
+	pat[PG] = 'P';
+	for (int i = half; i < npages; i++)
+		memset(pat + (size_t)i * PG, 'P', PG);
+
+	/* The capture. */
+	static uint8_t vcpu[5168];
+	uint64_t *snapset = calloc(1, bmbytes);
+	struct capture c = { .max_snapshot_pages = last_dirty * 4 + 4096, .bitmap = (uintptr_t)snapset,
+			     .bitmap_bytes = bmbytes, .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
+	if (c.max_snapshot_pages > F.max_pfn)
+		c.max_snapshot_pages = F.max_pfn;
+	double t0 = now();
+	if (ioctl(fd, CKPT_IOC_CAPTURE, &c))
+		FAIL("CAPTURE: %s (snapshot_pages %llu)", strerror(errno), (unsigned long long)c.snapshot_pages);
+	double tc = now() - t0;
+	if (c.result == 0) {
+		printf("CKPT-TEST RESUMED: this is a revived copy of the guest\n");
+		return 0;
+	}
+	/* Q after the capture point. */
+	for (int i = 0; i < npages; i++)
+		memset(pat + (size_t)i * PG, 'Q', PG);
+	printf("capture: result %llu snapshot %llu pages, pause %.2f ms, suspend sequence %.1f ms, "
+	       "ioctl %.1f ms, page tables %llu, scanned %llu\n",
+	       (unsigned long long)c.result, (unsigned long long)c.snapshot_pages, c.pause_ns / 1e6,
+	       c.suspend_ns / 1e6, tc * 1e3, (unsigned long long)c.pt_pages, (unsigned long long)c.scanned);
+
+	/* Final phase as checkpointd does it: read exactly the snapshot set. */
+	uint64_t n = read_set(snapset);
+	if (n != c.snapshot_pages)
+		FAIL("snapshot set has %llu bits, capture said %llu", (unsigned long long)n, (unsigned long long)c.snapshot_pages);
+	for (int i = 0; i < npages; i++) {
+		uint8_t *img = image + (size_t)i * PG;
+		if (!have[i])
+			FAIL("pattern pfn %llu never sent", (unsigned long long)pfns[i]);
+		for (int j = 0; j < PG; j++)
+			if (img[j] != 'P')
+				FAIL("checkpoint has %#x not P at page %d (pfn %llu, in snapshot %d)", img[j], i,
+				     (unsigned long long)pfns[i], test_bit(snapset, pfns[i]));
+		if (i >= half && !test_bit(snapset, pfns[i]))
+			FAIL("late-written page %d not in the snapshot set", i);
+		if (pat[(size_t)i * PG] != 'Q')
+			FAIL("live buffer lost Q");
+	}
+
+	/* vCPU context sanity (Xen's vcpu_guest_context layout). */
+	uint64_t flags, rip, rsp, rdx, cr3, gdt0, ksp, evcb;
+	memcpy(&flags, vcpu + 512, 8); memcpy(&rdx, vcpu + 616, 8); memcpy(&rip, vcpu + 648, 8);
+	memcpy(&rsp, vcpu + 672, 8); memcpy(&gdt0, vcpu + 4832, 8); memcpy(&ksp, vcpu + 4976, 8);
+	memcpy(&cr3, vcpu + 4984 + 3 * 8, 8); memcpy(&evcb, vcpu + 5112, 8);
+	printf("vcpu: flags %#llx rip %#llx rsp %#llx rdx %#llx cr3 %#llx gdt0 %#llx kernel_sp %#llx event_cb %#llx\n",
+	       (unsigned long long)flags, (unsigned long long)rip, (unsigned long long)rsp,
+	       (unsigned long long)rdx, (unsigned long long)cr3, (unsigned long long)gdt0,
+	       (unsigned long long)ksp, (unsigned long long)evcb);
+	if (rdx != F.start_info_mfn || rip < 0xffff800000000000ULL || rsp < 0xffff800000000000ULL ||
+	    !cr3 || !gdt0 || !evcb || !(flags & 4))
+		FAIL("implausible vcpu context");
+
+	/* Captured tables. */
+	uint8_t *types = malloc(F.max_pfn);
+	tb = (struct table){ .table = 3, .count = F.max_pfn, .buf = (uintptr_t)types, .buf_bytes = F.max_pfn };
+	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != F.max_pfn)
+		FAIL("page types: %s", strerror(errno));
+	uint64_t lv[5] = {0}, pinned = 0, notram = 0;
+	for (uint64_t p = 0; p < F.max_pfn; p++) {
+		if (types[p] == 0x0f) { notram++; continue; }
+		if ((types[p] & 0x7f) >= 1 && (types[p] & 0x7f) <= 4)
+			lv[types[p] & 0x7f]++;
+		if (types[p] & 0x80)
+			pinned++;
+	}
+	printf("page types: L1 %llu L2 %llu L3 %llu L4 %llu pinned %llu not-RAM %llu\n",
+	       (unsigned long long)lv[1], (unsigned long long)lv[2], (unsigned long long)lv[3],
+	       (unsigned long long)lv[4], (unsigned long long)pinned, (unsigned long long)notram);
+	if ((cr3 >> 12) == 0 || lv[4] < 2 || lv[1] < 1 || !pinned)
+		FAIL("implausible page-type map");
+	uint64_t *cp2m = malloc(F.max_pfn * 8);
+	tb = (struct table){ .table = 2, .count = F.max_pfn, .buf = (uintptr_t)cp2m, .buf_bytes = F.max_pfn * 8 };
+	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb))
+		FAIL("captured p2m: %s", strerror(errno));
+	int found_cr3 = 0;
+	for (uint64_t p = 0; p < F.max_pfn; p++)
+		if (cp2m[p] == (cr3 >> 12)) {
+			found_cr3 = 1;
+			if ((types[p] & 0x7f) != 4)
+				FAIL("cr3's pfn %llu is not typed L4 (%#x)", (unsigned long long)p, types[p]);
+		}
+	if (!found_cr3)
+		FAIL("cr3 mfn not in the captured p2m");
+	uint64_t nfr = F.p2m_frames, *frames = malloc(nfr * 8);
+	tb = (struct table){ .table = 4, .count = nfr, .buf = (uintptr_t)frames, .buf_bytes = nfr * 8 };
+	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != nfr)
+		FAIL("p2m frames: %s", strerror(errno));
+	for (uint64_t i = 0; i < nfr; i++)
+		if (frames[i] >= F.max_pfn)
+			FAIL("p2m frame %llu out of range", (unsigned long long)i);
+
+	if (ioctl(fd, CKPT_IOC_TRACK_STOP))
+		FAIL("TRACK_STOP: %s", strerror(errno));
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), ENODATA, "tables after stop");
+	printf("CKPT-TEST PASS pages=%d snapshot=%llu pause_ms=%.2f suspend_ms=%.1f pt_pages=%llu\n",
+	       npages, (unsigned long long)c.snapshot_pages, c.pause_ns / 1e6, c.suspend_ns / 1e6,
+	       (unsigned long long)c.pt_pages);
+	return 0;
+}
