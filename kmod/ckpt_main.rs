@@ -793,21 +793,27 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     free_capture(s);
     let cap = c.max_snapshot_pages;
     let n_frames = s.max_pfn.div_ceil(512);
-    let bufs = (
-        VBuf::alloc(cap as usize * PAGE),
-        VBuf::alloc(cap as usize * 8),
-        VBuf::alloc(s.max_pfn as usize * 8),
-        VBuf::alloc(s.max_pfn as usize),
-        VBuf::alloc(n_frames as usize * 8),
-        VBuf::alloc(need as usize),
-    );
-    let (Some(a), Some(b), Some(cc), Some(d), Some(e), Some(mut bm)) = bufs else {
-        let (a, b, cc, d, e, f) = bufs;
-        for mut x in [a, b, cc, d, e, f].into_iter().flatten() {
-            x.free();
+    let sizes = [
+        cap as usize * PAGE,
+        cap as usize * 8,
+        s.max_pfn as usize * 8,
+        s.max_pfn as usize,
+        n_frames as usize * 8,
+        need as usize,
+    ];
+    let mut got = [VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty()];
+    for (i, size) in sizes.iter().enumerate() {
+        match VBuf::alloc(*size) {
+            Some(b) => got[i] = b,
+            None => {
+                for g in got.iter_mut() {
+                    g.free();
+                }
+                return Err(-ENOMEM);
+            }
         }
-        return Err(-ENOMEM);
-    };
+    }
+    let [a, b, cc, d, e, mut bm] = got;
     for buf in [&a, &b, &cc, &d, &e] {
         mark_refs(s, buf, REF_EXCLUDED);
     }
@@ -833,8 +839,10 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     // stop_machine; the entry follows the C ABI.
     let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, ptr::null_mut()) };
     let t1 = unsafe { ckpt_now_ns() };
-
-    if s.resumed {
+    // The capture routine changed the state behind our back: take a fresh reference.
+    let s = st();
+    // SAFETY: plain read of a field the capture routine wrote before we got here.
+    if unsafe { ptr::read_volatile(ptr::addr_of!(s.resumed)) } {
         // We are a guest revived from this checkpoint: drop the session the source had.
         bm.free();
         stop_session(s);
@@ -1008,6 +1016,7 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
     }
     // SAFETY: the kernel calls pgd_cb for each pinned top-level table.
     unsafe { xen_checkpoint_for_each_pgd(pgd_cb, ptr::null_mut()) };
+    let s = st(); // pgd_cb used the state meanwhile
     for i in 0..s.n_frames {
         // SAFETY: xen_p2m_addr spans n_frames pages of the p2m's virtual area.
         unsafe {
