@@ -134,6 +134,10 @@ pub trait Sink {
     fn p2m(&mut self, first_pfn: u64, mfns: U64s<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// Pfns of the pages holding the guest's own p2m array, from p2m page `first_index` on.
+    fn p2m_frames(&mut self, first_index: u64, pfns: U64s<'_>) -> Result<(), Error> {
+        Ok(())
+    }
     fn vcpu(&mut self, id: u32, kind: VcpuKind, data: &[u8]) -> Result<(), Error> {
         Ok(())
     }
@@ -205,6 +209,7 @@ pub struct Decoder<'t> {
     vcpus_seen: u128,
     p2m_next: u64,
     types_next: u64,
+    frames_next: u64,
     leaves: Option<&'t mut [[u8; 32]]>,
 }
 
@@ -254,6 +259,7 @@ impl<'t> Decoder<'t> {
             vcpus_seen: 0,
             p2m_next: 0,
             types_next: 0,
+            frames_next: 0,
             leaves: None,
         }
     }
@@ -482,8 +488,10 @@ impl<'t> Decoder<'t> {
             PageTypes if !(17..=16 + MAX_TYPES_CHUNK).contains(&l) => {
                 return Err(bad_len("PAGE_TYPES is 16 bytes plus 1..=4096 type bytes"))
             }
-            P2m if l < 24 || l > 16 + 8 * MAX_P2M_CHUNK || (l - 16) % 8 != 0 => {
-                return Err(bad_len("P2M is 16 bytes plus 1..=512 u64 entries"))
+            P2m | P2mFrames if l < 24 || l > 16 + 8 * MAX_P2M_CHUNK || (l - 16) % 8 != 0 => {
+                return Err(bad_len(
+                    "P2M and P2M_FRAMES are 16 bytes plus 1..=512 u64 entries",
+                ))
             }
             Vcpu if !(9..=MAX_SMALL_BODY).contains(&l) => {
                 return Err(bad_len("VCPU is 8 bytes plus 1..=16376 bytes of state"))
@@ -507,10 +515,10 @@ impl<'t> Decoder<'t> {
             }
             (Phase::PreCopy, Capture) => {}
             (Phase::Captured, Capture) => return Err(ooo("CAPTURE may appear only once")),
-            (Phase::PreCopy, PageTypes | P2m | Vcpu | SharedInfo | Digest) => {
+            (Phase::PreCopy, PageTypes | P2m | P2mFrames | Vcpu | SharedInfo | Digest) => {
                 return Err(ooo("capture state before CAPTURE"))
             }
-            (Phase::Captured, PageTypes | P2m | Vcpu | SharedInfo | Digest) => {}
+            (Phase::Captured, PageTypes | P2m | P2mFrames | Vcpu | SharedInfo | Digest) => {}
             (Phase::PreCopy | Phase::Captured, End) => return Err(ooo("END before DIGEST")),
             (Phase::Digested, End) => {}
             (Phase::Digested, _) => return Err(ooo("only END may follow DIGEST")),
@@ -769,6 +777,40 @@ impl<'t> Decoder<'t> {
                     sink.page_types(first, data)?;
                 }
             }
+            P2mFrames => {
+                let first = rd64(b, 0);
+                let count = rd32(b, 8) as u64;
+                if rd32(b, 12) != 0 {
+                    return Err(bad("reserved field is not zero"));
+                }
+                if count == 0 || 16 + count as usize * 8 != b.len() {
+                    return Err(Error::BadLength {
+                        offset: rec.offset,
+                        record: rec.ty,
+                        len: rec.len,
+                        reason: "does not match its entry count",
+                    });
+                }
+                let frames = self.max_pfn / 512 + 1;
+                if first != self.frames_next || first + count > frames {
+                    return Err(Error::OutOfOrder {
+                        offset: rec.offset,
+                        record: rec.ty,
+                        reason: "chunks must cover p2m pages 0..=max_pfn/512 in order, once",
+                    });
+                }
+                let pfns = U64s(&b[16..]);
+                if let Some(pfn) = pfns.iter().find(|&p| p > self.max_pfn) {
+                    return Err(Error::PfnOutOfRange {
+                        offset: rec.offset,
+                        record: rec.ty,
+                        pfn,
+                        max_pfn: self.max_pfn,
+                    });
+                }
+                self.frames_next = first + count;
+                sink.p2m_frames(first, pfns)?;
+            }
             Vcpu => {
                 let id = rd32(b, 0);
                 let kind = VcpuKind::from_u32(rd32(b, 4)).ok_or(bad("unknown vCPU state kind"))?;
@@ -809,6 +851,11 @@ impl<'t> Decoder<'t> {
                 if self.types_next != self.max_pfn + 1 {
                     return Err(Error::Missing(
                         "PAGE_TYPES entries for every pfn before DIGEST",
+                    ));
+                }
+                if self.frames_next != 0 && self.frames_next != self.max_pfn / 512 + 1 {
+                    return Err(Error::Missing(
+                        "P2M_FRAMES for every p2m page (they are optional, but all or none)",
                     ));
                 }
                 let root: [u8; 32] = b[8..40].try_into().unwrap();

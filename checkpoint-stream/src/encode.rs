@@ -174,6 +174,20 @@ impl<O: Output> Encoder<O> {
         Ok(())
     }
 
+    /// P2M_FRAMES records: pfns of the pages holding the guest's p2m array, in order.
+    pub fn p2m_frames(&mut self, pfns: &[u64]) -> Result<(), O::Error> {
+        for (i, chunk) in pfns.chunks(MAX_P2M_CHUNK).enumerate() {
+            let mut b = [0u8; 16 + 8 * MAX_P2M_CHUNK];
+            b[0..8].copy_from_slice(&((i * MAX_P2M_CHUNK) as u64).to_le_bytes());
+            b[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (j, m) in chunk.iter().enumerate() {
+                b[16 + 8 * j..24 + 8 * j].copy_from_slice(&m.to_le_bytes());
+            }
+            self.rec(RecordType::P2mFrames, &[&b[..16 + 8 * chunk.len()]])?;
+        }
+        Ok(())
+    }
+
     pub fn vcpu(&mut self, id: u32, kind: VcpuKind, data: &[u8]) -> Result<(), O::Error> {
         let mut b = [0u8; 8];
         b[0..4].copy_from_slice(&id.to_le_bytes());

@@ -53,6 +53,7 @@ pub enum RecordType {
     Vcpu = 7,
     SharedInfo = 8,
     Digest = 9,
+    P2mFrames = 10,
 }
 
 impl RecordType {
@@ -69,6 +70,7 @@ impl RecordType {
             7 => Vcpu,
             8 => SharedInfo,
             9 => Digest,
+            10 => P2mFrames,
             _ => return None,
         })
     }
@@ -85,6 +87,7 @@ impl RecordType {
             Vcpu => "VCPU",
             SharedInfo => "SHARED_INFO",
             Digest => "DIGEST",
+            P2mFrames => "P2M_FRAMES",
         }
     }
 }

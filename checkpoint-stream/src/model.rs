@@ -66,6 +66,7 @@ struct Builder {
     capture: Option<Capture>,
     page_types: Vec<u8>,
     p2m: Vec<u64>,
+    p2m_frames: Vec<u64>,
     vcpus: Vec<VcpuState>,
     shared_info: Option<Box<[u8; PAGE_SIZE]>>,
     digest: Option<[u8; 32]>,
@@ -122,6 +123,10 @@ impl Sink for Builder {
         self.p2m.extend(mfns.iter());
         Ok(())
     }
+    fn p2m_frames(&mut self, _first: u64, pfns: U64s<'_>) -> Result<(), Error> {
+        self.p2m_frames.extend(pfns.iter());
+        Ok(())
+    }
     fn vcpu(&mut self, id: u32, kind: VcpuKind, data: &[u8]) -> Result<(), Error> {
         self.vcpus.push(VcpuState {
             id,
@@ -155,7 +160,55 @@ impl Sink for Builder {
     }
 }
 
+/// A checkpoint plus the records added after `Checkpoint`'s fields were fixed (kept apart so
+/// code that builds a `Checkpoint` literal keeps compiling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// Pfns of the pages holding the guest's p2m array (P2M_FRAMES; empty if absent).
+    pub p2m_frames: Vec<u64>,
+}
+
+impl FullCheckpoint {
+    pub fn from_bytes(data: &[u8]) -> Result<Self, Error> {
+        let mut b = Builder::default();
+        let mut d = Box::new(Decoder::new());
+        d.feed(data, &mut b)?;
+        d.finish()?;
+        Ok(b.build_full(data.len() as u64))
+    }
+
+    pub fn read_from(mut r: impl io::Read) -> Result<Self, ReadError> {
+        let mut b = Builder::default();
+        let mut d = Box::new(Decoder::new());
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            d.feed(&buf[..n], &mut b)?;
+        }
+        d.finish()?;
+        Ok(b.build_full(d.position()))
+    }
+
+    pub fn write_to<W: io::Write>(&self, w: W) -> io::Result<W> {
+        self.checkpoint.write_with(w, &self.p2m_frames)
+    }
+}
+
 impl Builder {
+    fn build_full(mut self, stream_bytes: u64) -> FullCheckpoint {
+        let p2m_frames = std::mem::take(&mut self.p2m_frames);
+        FullCheckpoint {
+            checkpoint: self.build(stream_bytes),
+            p2m_frames,
+        }
+    }
+
     fn build(self, stream_bytes: u64) -> Checkpoint {
         Checkpoint {
             max_pfn: self.max_pfn,
@@ -222,6 +275,10 @@ impl Checkpoint {
     /// Write as a single-round stream (pre-copy round 0 with every page, then the capture
     /// state). Zero pages are sent as zero entries.
     pub fn write_to<W: io::Write>(&self, w: W) -> io::Result<W> {
+        self.write_with(w, &[])
+    }
+
+    fn write_with<W: io::Write>(&self, w: W, p2m_frames: &[u64]) -> io::Result<W> {
         let mut e = Encoder::new(w)?;
         e.header(self.max_pfn, self.kernel.as_bytes())?;
         e.round(0, false)?;
@@ -243,6 +300,9 @@ impl Checkpoint {
         )?;
         e.page_types(0, &self.page_types)?;
         e.p2m(0, &self.p2m)?;
+        if !p2m_frames.is_empty() {
+            e.p2m_frames(p2m_frames)?;
+        }
         for v in &self.vcpus {
             e.vcpu(v.id, v.kind, &v.data)?;
         }

@@ -59,6 +59,7 @@ fn build(mut mutate: impl FnMut(&mut Encoder<Vec<u8>>, Stage) -> bool) -> Vec<u8
         e.p2m(0, &[100, 101, 102, 103, 104, 105, 106, INVALID_MFN])
             .unwrap()
     });
+    run(&mut e, Stage::Frames, &mut |e| e.p2m_frames(&[6]).unwrap());
     run(&mut e, Stage::Vcpu, &mut |e| {
         e.vcpu(0, VcpuKind::Basic, &[7u8; 64]).unwrap()
     });
@@ -82,6 +83,7 @@ enum Stage {
     Batch1,
     Types,
     P2m,
+    Frames,
     Vcpu,
     Shared,
     Digest,
@@ -157,6 +159,15 @@ fn valid_stream_decodes_with_last_copy_winning() {
     );
     assert_eq!(c.page_types[7], 4 | page_type::PINNED);
     assert_eq!(c.p2m[7], INVALID_MFN);
+    let full = checkpoint_stream::model::FullCheckpoint::from_bytes(&data).unwrap();
+    assert_eq!(full.p2m_frames, vec![6]);
+    let again = full.write_to(Vec::new()).unwrap();
+    assert_eq!(
+        checkpoint_stream::model::FullCheckpoint::from_bytes(&again)
+            .unwrap()
+            .p2m_frames,
+        vec![6]
+    );
     assert_eq!(c.vcpu(0, VcpuKind::Basic), Some(&[7u8; 64][..]));
     assert_eq!(c.shared_info.as_deref(), Some(&page(9)));
     assert_eq!(c.stream_bytes, data.len() as u64);
@@ -307,6 +318,14 @@ fn rejects_pfn_out_of_range() {
             ..
         }
     ));
+    let d = with(Stage::Frames, |e| e.p2m_frames(&[8]).unwrap());
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            record: RecordType::P2mFrames,
+            ..
+        }
+    ));
     let d = with(Stage::P2m, |e| e.p2m(0, &[1; 9]).unwrap());
     assert!(matches!(
         decode(&d).unwrap_err(),
@@ -362,6 +381,11 @@ fn rejects_records_out_of_order() {
     ooo(
         with(Stage::P2m, |e| e.p2m(1, &[1; 7]).unwrap()),
         RecordType::P2m,
+    );
+    // P2M_FRAMES with more pages than the guest's p2m has.
+    ooo(
+        with(Stage::Frames, |e| e.p2m_frames(&[1, 2]).unwrap()),
+        RecordType::P2mFrames,
     );
     // END before DIGEST.
     ooo(with(Stage::Digest, |_| {}), RecordType::End);
