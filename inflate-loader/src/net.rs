@@ -19,21 +19,21 @@ pub struct Tx<'n>(&'n RefCell<Netfront>);
 
 impl RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let mut f = Some(f);
-        let mut nf = self.0.borrow_mut();
-        // receive() checked that a frame is pending; recv skips malformed responses, so loop
-        // until one is delivered.
-        loop {
-            if let Some(r) = nf.recv(|d| (f.take().unwrap())(d)) {
-                return r;
+        // smoltcp answers from inside the closure through the TxToken, which borrows the same
+        // netfront: copy the frame out first so the borrow ends before `f` runs.
+        let mut frame = [0u8; 2048];
+        let n = loop {
+            if let Some(n) = self.0.borrow_mut().recv(|d| {
+                let n = d.len().min(frame.len());
+                frame[..n].copy_from_slice(&d[..n]);
+                n
+            }) {
+                break n;
             }
-            if f.is_none() {
-                unreachable!("closure consumed without a result");
-            }
-            drop(nf);
-            crate::hypercall::yield_cpu();
-            nf = self.0.borrow_mut();
-        }
+            // receive() saw a response but it was malformed and skipped; nothing else queued.
+            break 0;
+        };
+        f(&frame[..n])
     }
 }
 
@@ -144,7 +144,9 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                 pending = Some(rec);
             }
         }
-        if rx.state() == State::Receiving && !s.may_recv() && s.is_active() {
+        if rx.state() == State::Receiving && !s.can_recv()
+            && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed | tcp::State::Closing | tcp::State::TimeWait)
+        {
             if let Some(rec) = rx.eof(now_us()) {
                 report(&rec);
                 pending = Some(rec);
