@@ -1,0 +1,266 @@
+//! checkpointd: take a checkpoint of the running Xen PV guest it runs in (through the
+//! `/dev/checkpoint` module), inspect checkpoint files, and export them as xl save images.
+
+mod dev;
+mod inspect;
+mod save;
+mod source;
+mod xen;
+
+use anyhow::{bail, Context, Result};
+use checkpoint_stream::model::FullCheckpoint;
+use clap::{Parser, Subcommand};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(version, about = "Self-checkpointing for Xen PV guests (laundromat)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint this guest into FILE: pre-copy rounds, the capture, the drain.
+    Save {
+        file: PathBuf,
+        /// Most pre-copy rounds.
+        #[arg(long, default_value_t = 8)]
+        max_rounds: u32,
+        /// Capture once a round's dirty set is at most this many pages.
+        #[arg(long, default_value_t = 256)]
+        small_dirty: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate a checkpoint file completely and summarise it.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a checkpoint into another format.
+    Export {
+        /// Write an xl save image (for `xl restore`) to this path.
+        #[arg(long, value_name = "OUT")]
+        xen: PathBuf,
+        /// The checkpoint file.
+        file: PathBuf,
+        /// xl config (xl.cfg text) embedded for the restored domain; default: a minimal one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Domain name in the default config.
+        #[arg(long, default_value = "restored")]
+        name: String,
+        /// Xen version recorded in the image's domain header.
+        #[arg(long, default_value = "4.17")]
+        xen_version: String,
+    },
+    /// Decode an xl save image (ours or `xl save`'s) and print its structure.
+    XenInspect {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn an `xl save` image of a 64-bit PV guest into a checkpoint file.
+    XenImport { image: PathBuf, out: PathBuf },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Save {
+            file,
+            max_rounds,
+            small_dirty,
+            json,
+            quiet,
+        } => cmd_save(&file, max_rounds, small_dirty, json, quiet),
+        Cmd::Inspect { file, json } => {
+            let c = read_checkpoint(&file)?;
+            let s = inspect::summarise(&c);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", inspect::human(&s));
+            }
+            Ok(())
+        }
+        Cmd::Export {
+            xen,
+            file,
+            config,
+            name,
+            xen_version,
+        } => {
+            let c = read_checkpoint(&file)?;
+            let cfg = match config {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => xen::default_config(&name, &c),
+            };
+            let v = xen_version
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+            let Some(v) = v else {
+                bail!("--xen-version must look like 4.17")
+            };
+            let out = BufWriter::new(
+                File::create(&xen).with_context(|| format!("creating {}", xen.display()))?,
+            );
+            let s = xen::export(&c, &cfg, v, out)
+                .with_context(|| format!("exporting {}", file.display()))?;
+            println!(
+                "wrote {}: {} bytes, {} pages ({} page tables, {} PTEs normalised), {} unpopulated pfns, {} PAGE_DATA records",
+                xen.display(),
+                s.bytes,
+                s.pages,
+                s.page_tables,
+                s.ptes_rewritten,
+                s.unpopulated,
+                s.page_data_records
+            );
+            Ok(())
+        }
+        Cmd::XenInspect { image, json } => {
+            let data =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let img =
+                xen::image::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&img)?);
+            } else {
+                let cfg_kind = if img.mandatory_flags & xen::XL_FLAG_JSON != 0 {
+                    "JSON"
+                } else {
+                    "xl.cfg text"
+                };
+                println!(
+                    "xl flags {:#x}/{:#x}, config {} bytes ({cfg_kind}), libxc v{} Xen {}.{}",
+                    img.mandatory_flags,
+                    img.optional_flags,
+                    img.config.len(),
+                    img.libxc_version,
+                    img.xen_version.0,
+                    img.xen_version.1
+                );
+                println!(
+                    "guest width {} levels {}, p2m pfns {}..={}, {} p2m frames",
+                    img.guest_width,
+                    img.pt_levels,
+                    img.p2m_start,
+                    img.p2m_end,
+                    img.p2m_frames.len()
+                );
+                let mut hist = std::collections::BTreeMap::new();
+                for t in img.types.values() {
+                    *hist.entry(*t).or_insert(0u64) += 1;
+                }
+                println!(
+                    "pages {} in {} PAGE_DATA records; types {:?}",
+                    img.pages.len(),
+                    img.page_data_records,
+                    hist
+                );
+                println!("libxc layout: {}", img.libxc_layout().join(" "));
+                for r in img.records.iter().filter(|r| r.name != "PAGE_DATA") {
+                    println!(
+                        "  {:>10} {:<6} {:<22} {:>6} bytes",
+                        r.offset, r.stream, r.name, r.length
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::XenImport { image, out } => {
+            let data =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let img =
+                xen::image::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
+            let c = img.to_checkpoint()?;
+            let f = BufWriter::new(
+                File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+            );
+            c.write_to(f)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {}: {} pfns, {} non-zero pages",
+                out.display(),
+                c.checkpoint.max_pfn + 1,
+                c.checkpoint.pages.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_checkpoint(file: &Path) -> Result<FullCheckpoint> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    FullCheckpoint::read_from(BufReader::new(f))
+        .with_context(|| format!("{} is not a valid checkpoint", file.display()))
+}
+
+fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let mut dev = dev::Device::open().with_context(|| format!("opening {}", dev::DEVICE))?;
+    let f = facts_line(dev.facts());
+    if !quiet {
+        eprintln!("{f}");
+    }
+    let out =
+        BufWriter::new(File::create(file).with_context(|| format!("creating {}", file.display()))?);
+    let policy = save::Policy {
+        max_rounds,
+        small_dirty,
+        ..Default::default()
+    };
+    match save::save(&mut dev, out, &policy, !quiet)? {
+        save::SaveOutcome::Restored => {
+            // Running in the revived copy: the file belongs to the source's timeline.
+            println!("resumed from a checkpoint (this is the restored guest)");
+        }
+        save::SaveOutcome::Saved(s) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "saved {} in {:.2} s: {} rounds, {} bytes, stopped pre-copy: {:?}",
+                    file.display(),
+                    t0.elapsed().as_secs_f64(),
+                    s.rounds.len(),
+                    s.total_bytes,
+                    s.stop_reason
+                );
+                for r in &s.rounds {
+                    let name = if r.drain {
+                        "drain".to_string()
+                    } else {
+                        format!("round {}", r.index)
+                    };
+                    println!(
+                        "  {name:<9} {:>8} pages ({} zero) {:>12} bytes {:>7} ms",
+                        r.pages, r.zero_pages, r.bytes, r.millis
+                    );
+                }
+                println!("  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages, {} attempt(s)", s.capture_pause_ns as f64 / 1e6, s.suspend_ns as f64 / 1e6, s.snapshot_pages, s.capture_attempts);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn facts_line(f: &dev::Facts) -> String {
+    format!(
+        "guest: {} pfns ({} MiB), start_info pfn {:#x}, {} online cpu(s)",
+        f.max_pfn,
+        f.max_pfn * 4096 >> 20,
+        f.start_info_pfn,
+        f.online_cpus
+    )
+}

@@ -1,0 +1,46 @@
+//! What a checkpoint is taken from: the `/dev/checkpoint` device (dev.rs) in production, a
+//! fake guest in unit tests. The shape follows docs/checkpoint-abi.md.
+
+use std::io;
+
+/// Result of a capture attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureOutcome {
+    /// The checkpoint is held; this guest continues (the source).
+    Captured {
+        snapshot_pages: u64,
+        pause_ns: u64,
+        suspend_ns: u64,
+    },
+    /// The snapshot buffer was too small; `needed` pages differed so far.
+    NoSpace { needed: u64 },
+    /// We are running in a guest revived from the checkpoint.
+    Restored,
+}
+
+pub trait PageSource {
+    /// Number of pfns (pfns are 0..count).
+    fn pfn_count(&self) -> u64;
+    /// pfn of the start_info page.
+    fn start_info_pfn(&self) -> u64;
+    /// Source kernel string for the stream header.
+    fn kernel(&self) -> String;
+    fn start_tracking(&mut self) -> io::Result<()>;
+    /// Fill `bitmap` with the pages whose content differs from what we last read; returns
+    /// how many.
+    fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64>;
+    /// Read pages from `pfn` on into `buf` (a multiple of 4096); returns pages read.
+    fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Capture; on success fills the snapshot set and the vCPU context (5168 bytes).
+    fn capture(
+        &mut self,
+        max_snapshot: u64,
+        snapshot: &mut [u64],
+        vcpu: &mut [u8],
+    ) -> io::Result<CaptureOutcome>;
+    /// Tables held with the capture.
+    fn captured_p2m(&mut self) -> io::Result<Vec<u64>>;
+    fn captured_page_types(&mut self) -> io::Result<Vec<u8>>;
+    fn captured_p2m_frames(&mut self) -> io::Result<Vec<u64>>;
+    fn stop_tracking(&mut self) -> io::Result<()>;
+}
