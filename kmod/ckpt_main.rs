@@ -499,6 +499,7 @@ fn stop_session(s: &mut State) {
     s.round = 0;
 }
 
+/// release(): ends the session this file owns.
 #[no_mangle]
 pub extern "C" fn ckpt_rs_release(file: c_ulong) {
     let s = st();
@@ -507,6 +508,7 @@ pub extern "C" fn ckpt_rs_release(file: c_ulong) {
     }
 }
 
+/// unlocked_ioctl(): the commands of docs/checkpoint-abi.md; negative errno on failure.
 #[no_mangle]
 pub extern "C" fn ckpt_rs_ioctl(file: c_ulong, cmd: c_uint, arg: c_ulong) -> c_long {
     let file = file as usize;
@@ -664,6 +666,7 @@ fn snap_slot(s: &State, pfn: u64) -> Option<usize> {
     None
 }
 
+/// read(): page contents by pfn (offset = pfn * 4096).
 #[no_mangle]
 pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mut i64) -> c_long {
     let s = st();
@@ -886,7 +889,7 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     bm.free();
     r1?;
     // SAFETY: ckpt_ctx is not written any more.
-    to_user_bytes(c.vcpu, unsafe { ptr::addr_of!(ckpt_ctx) } as *const u8, VCPU_CTX_BYTES)?;
+    to_user_bytes(c.vcpu, ptr::addr_of!(ckpt_ctx) as *const u8, VCPU_CTX_BYTES)?;
     s.held = true;
     to_user(arg, &c)?;
     Ok(0)

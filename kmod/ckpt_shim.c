@@ -26,6 +26,25 @@ long ckpt_rs_ioctl(unsigned long file, unsigned int cmd, unsigned long arg);
 long ckpt_rs_read(unsigned long file, char __user *buf, size_t len, loff_t *pos);
 void ckpt_rs_release(unsigned long file);
 
+/* Called from Rust (declared here to keep -Wmissing-prototypes quiet). */
+int ckpt_shim_register(void);
+void ckpt_shim_deregister(void);
+void *ckpt_vzalloc(unsigned long size);
+void ckpt_vfree(void *p);
+unsigned long ckpt_copy_to_user(void __user *to, const void *from, unsigned long n);
+unsigned long ckpt_copy_from_user(void *to, const void __user *from, unsigned long n);
+void *ckpt_pfn_to_virt(unsigned long pfn);
+unsigned long ckpt_virt_to_pfn(const void *v);
+unsigned long ckpt_vmalloc_to_pfn(const void *v);
+void ckpt_cond_resched(void);
+unsigned long long ckpt_now_ns(void);
+unsigned int ckpt_online_cpus(void);
+int ckpt_xen_pv(void);
+unsigned long ckpt_m2p_entries(void);
+const unsigned long *ckpt_m2p(void);
+u64 ckpt_rdtsc(void);
+int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
+
 static DEFINE_MUTEX(ckpt_lock);
 
 static int ckpt_open(struct inode *inode, struct file *file)
