@@ -18,6 +18,7 @@ rm -rf "$work"; mkdir -p "$work/root"/{bin,dev,proc,sys,tmp,lib/modules}
 r="$work/root"
 cp "$img/busybox" "$r/bin/busybox"
 gcc -O2 -Wall -Wextra -static -o "$r/bin/ckpt-test" "$recipe/ckpt-test.c"
+gcc -O2 -Wall -Wextra -static -o "$r/bin/pattern-writer" "$recipe/pattern-writer.c"
 cp "$KMOD" "$r/lib/modules/checkpoint.ko"
 if [ -f "$REPO_ROOT/checkpointd/Cargo.toml" ]; then
     log "building checkpointd (static)"
