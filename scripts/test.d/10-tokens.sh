@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 cd "$REPO_ROOT"
 cargo build -q --locked -p token-tool
-T=$REPO_ROOT/target/debug/token-tool
+T=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/token-tool
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 cd "$d"
