@@ -179,12 +179,16 @@ enum WalletCmd {
     Add { sale: PathBuf },
     /// Record that this boot token was sent: the tokens it carries count as delivered.
     Boot { token: PathBuf },
-    /// Write the top-up for the next purchase not yet delivered to the node.
+    /// Write the top-up for the next purchase not yet delivered to the node, and count it
+    /// as delivered. The guest hands it to the node (packetd), or `node verify` takes it.
     NextTopup {
         #[arg(long)]
         job: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Write the last top-up again instead (it was lost); changes nothing.
+        #[arg(long)]
+        resend: bool,
     },
     /// Show what the wallet holds.
     Show,
@@ -506,8 +510,8 @@ fn wallet(json: bool, a: WalletArgs) -> anyhow::Result<()> {
                 format!("job {job}: boot token delivers the first {delivered} tokens")
             });
         }
-        WalletCmd::NextTopup { job, out } => {
-            let tu = w.next_topup(job)?;
+        WalletCmd::NextTopup { job, out, resend } => {
+            let tu = if resend { w.last_topup(job)? } else { w.next_topup(job)? };
             write_file(&out, &tu.encode())?;
             w.save(&a.wallet)?;
             emit(json, json!({"ok": true, "topup": tu, "out": out}), || {

@@ -378,6 +378,51 @@ mod tests {
         assert!(l2.job(1).unwrap().closed);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Cut a chain into purchases of at most the bound, deliver them in a shuffled order
+        /// with replays mixed in: the node accepts exactly the in-order ones, its balance is
+        /// the sum of what it accepted, and it ends on s(n - total).
+        #[test]
+        fn ledger_accepts_exactly_the_chain_in_order(
+            counts in proptest::collection::vec(1u32..=50, 1..12),
+            order in proptest::collection::vec(0usize..64, 0..40),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let c = Chain::mint([6; 20], 1000, 32, |_| {}).unwrap();
+            let mut l = NodeLedger::create(d.path(), 1, SECRET).unwrap();
+            l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
+            let mut from = 10u64;
+            let tops: Vec<Vec<u8>> = counts.iter().map(|&k| { let t = topup(&c, 1, from, k); from += k as u64; t }).collect();
+            let mut next = 0usize;
+            // Random submissions first (old, current or future ones)...
+            for &o in &order {
+                let i = o % tops.len();
+                let r = l.accept_topup(&tops[i]);
+                if i == next {
+                    proptest::prop_assert!(r.is_ok());
+                    next += 1;
+                } else {
+                    let code = r.unwrap_err().code();
+                    if i < next {
+                        proptest::prop_assert_eq!(code, "replay");
+                    } else {
+                        proptest::prop_assert!(code == "chain-mismatch" || code == "skip-past-bound", "{}", code);
+                    }
+                }
+            }
+            // ...then the rest in order.
+            for t in &tops[next..] {
+                l.accept_topup(t).unwrap();
+            }
+            let total: u64 = 10 + counts.iter().map(|&k| k as u64).sum::<u64>();
+            let j = NodeLedger::open(d.path()).unwrap().job(1).unwrap().clone();
+            proptest::prop_assert_eq!(j.balance, total);
+            proptest::prop_assert_eq!(j.accepted, total);
+            proptest::prop_assert_eq!(j.last, c.released_value(total).unwrap());
+        }
+    }
+
     #[test]
     fn corrupt_ledger_is_an_error_not_a_panic() {
         let d = tempfile::tempdir().unwrap();

@@ -86,6 +86,18 @@ impl Wallet {
         Ok(t.job_id)
     }
 
+    /// The top-up sent last for `job` again (it was lost, or the node was down), without
+    /// changing what counts as delivered.
+    pub fn last_topup(&self, job: u64) -> Result<TopUp, WalletError> {
+        let j = self.jobs.get(&job).ok_or(TokenError::UnknownJob { job })?;
+        let p = j
+            .purchases
+            .iter()
+            .find(|p| p.from + p.count as u64 == j.delivered)
+            .ok_or_else(|| WalletError::State(format!("job {job}: no top-up sent yet")))?;
+        Ok(TopUp { node_id: p.node_id, job_id: job, count: p.count, value: p.value })
+    }
+
     /// The next top-up for `job`: the purchase that starts where delivery stopped. Marks it
     /// delivered.
     pub fn next_topup(&mut self, job: u64) -> Result<TopUp, WalletError> {

@@ -51,8 +51,14 @@ fn paper_story_end_to_end() {
     ok(d, &["broker", "--db", "b.db", "sell", "--job", "1", "--count", "10", "--payment-ref", "pay-2", "--out", "s2.json"]);
     ok(d, &["wallet", "--wallet", "w.json", "add", "s2.json"]);
     ok(d, &["wallet", "--wallet", "w.json", "next-topup", "--job", "1", "--out", "t1.bin"]);
+    // The first copy is "lost"; the wallet writes it again.
+    std::fs::remove_file(d.join("t1.bin")).unwrap();
+    ok(d, &["wallet", "--wallet", "w.json", "next-topup", "--job", "1", "--out", "t1.bin", "--resend"]);
     let v = ok(d, &["node", "--state", "node1", "verify", "t1.bin"]);
     assert_eq!(v["kind"], "top-up");
+    // Nothing left to send until the next purchase.
+    let r = common::tt(d, &["wallet", "--wallet", "w.json", "next-topup", "--job", "1", "--out", "t9.bin"]);
+    assert_eq!((r.code, r.json["error"].as_str()), (3, Some("wallet-state")));
     assert_eq!(balance(d, "1"), 20);
 
     // Consume.

@@ -99,3 +99,34 @@ fn sigkill_at_every_step_of_a_sale() {
         ok(d, &["broker", "--db", "b.db", "check"]);
     }
 }
+
+/// Four broker processes selling on the same job at once: SQLite's IMMEDIATE transactions
+/// serialise them, so the sales tile the chain with no value sold twice.
+#[test]
+fn concurrent_sales_from_several_processes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["broker", "--db", "b.db", "init"]);
+    ok(d, &["broker", "--db", "b.db", "add-node", "--node-id", "1", "--secret-out", "n1.secret"]);
+    ok(d, &["broker", "--db", "b.db", "mint", "--node-id", "1", "--length", "1000", "--max-topup", "100"]);
+    let children: Vec<_> = (0..4)
+        .map(|p| {
+            let d = d.to_path_buf();
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let r = format!("p{p}-{i}");
+                    ok(&d, &["broker", "--db", "b.db", "sell", "--job", "1", "--count", "3", "--payment-ref", &r]);
+                }
+            })
+        })
+        .collect();
+    for c in children {
+        c.join().expect("seller thread");
+    }
+    let b = Broker::open(&d.join("b.db")).unwrap();
+    assert_eq!(b.check().unwrap(), Vec::<String>::new());
+    assert_eq!(b.job(1).unwrap().released, 60);
+    let mut froms: Vec<u64> = b.sales(1).unwrap().iter().map(|s| s.from).collect();
+    froms.sort();
+    assert_eq!(froms, (0..20).map(|i| i * 3).collect::<Vec<_>>());
+}
