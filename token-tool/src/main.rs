@@ -89,6 +89,7 @@ enum BrokerCmd {
     /// Register a node and write the secret it shares with the broker (hex) to a file.
     /// Install that file on the node with `node init`.
     AddNode {
+        /// The node's number (it appears in every token for it).
         #[arg(long)]
         node_id: u32,
         /// Where to write the secret (created with mode 0600).
@@ -98,6 +99,7 @@ enum BrokerCmd {
     /// Mint a new hash chain (a new job) for a node. Only the seed and about sqrt(n)
     /// checkpoints are stored; any value is regenerated from the checkpoint below it.
     Mint {
+        /// The node's number (it appears in every token for it).
         #[arg(long)]
         node_id: u32,
         /// Chain length n (tokens the job can ever buy).
@@ -110,8 +112,10 @@ enum BrokerCmd {
     /// Sell tokens: releases s(n - sold - count). Repeating the request with the same
     /// payment reference returns the same sale (so a lost reply costs nothing).
     Sell {
+        /// The job (one chain on one node), as `broker mint` numbered it.
         #[arg(long)]
         job: u64,
+        /// Tokens to sell (after the first sale: at most the job's top-up bound).
         #[arg(long)]
         count: u64,
         /// The payment's identifier in the outside payment system; one sale per reference.
@@ -124,10 +128,13 @@ enum BrokerCmd {
     /// Issue the boot token for a job: anchor s(n), all tokens sold so far, resource limits,
     /// signed with the node's secret. Send it to the node (packetd, or `node verify`).
     BootToken {
+        /// The job (one chain on one node), as `broker mint` numbered it.
         #[arg(long)]
         job: u64,
+        /// Memory the VM may use, MiB.
         #[arg(long, default_value_t = 256)]
         memory_mib: u32,
+        /// Virtual CPUs the VM may use.
         #[arg(long, default_value_t = 1)]
         vcpus: u16,
         /// SHA-1 of the stage-2 loader, as 40 hex digits...
@@ -157,6 +164,7 @@ enum BrokerCmd {
     },
     /// Show jobs and their sales.
     Show {
+        /// Only this job.
         #[arg(long)]
         job: Option<u64>,
     },
@@ -176,12 +184,19 @@ struct WalletArgs {
 #[derive(Subcommand)]
 enum WalletCmd {
     /// Keep a purchase (the JSON file `broker sell --out` wrote).
-    Add { sale: PathBuf },
+    Add {
+        /// The sale file.
+        sale: PathBuf,
+    },
     /// Record that this boot token was sent: the tokens it carries count as delivered.
-    Boot { token: PathBuf },
+    Boot {
+        /// The boot token file from `broker boot-token`.
+        token: PathBuf,
+    },
     /// Write the top-up for the next purchase not yet delivered to the node, and count it
     /// as delivered. The guest hands it to the node (packetd), or `node verify` takes it.
     NextTopup {
+        /// The job (one chain on one node), as `broker mint` numbered it.
         #[arg(long)]
         job: u64,
         #[arg(long)]
@@ -207,14 +222,17 @@ struct NodeArgs {
 enum NodeCmd {
     /// Set up the node's ledger with its id and the secret from `broker add-node`.
     Init {
+        /// The node's number (it appears in every token for it).
         #[arg(long)]
         node_id: u32,
+        /// The secret file `broker add-node` wrote.
         #[arg(long)]
         secret_file: PathBuf,
     },
     /// Verify a boot token (opens the job) or a top-up (adds to its balance); the kind is
     /// read from the file's magic. Accepted values are on disk before this returns.
     Verify {
+        /// A boot token or top-up file (binary, as the broker or wallet wrote it).
         file: PathBuf,
         /// Pretend the clock says this (Unix seconds); for tests of expiry.
         #[arg(long)]
@@ -222,18 +240,22 @@ enum NodeCmd {
     },
     /// Debit consumption from a job's balance. Exit code 4 when it asked for more than was left.
     Consume {
+        /// The job (one chain on one node), as `broker mint` numbered it.
         #[arg(long)]
         job: u64,
+        /// Tokens of consumption to debit.
         #[arg(long)]
         tokens: u64,
     },
     /// Show balances (one job or all).
     Balance {
+        /// Only this job.
         #[arg(long)]
         job: Option<u64>,
     },
     /// Close a job and write a signed redemption certificate for its unspent tokens.
     Redeem {
+        /// The job (one chain on one node), as `broker mint` numbered it.
         #[arg(long)]
         job: u64,
         #[arg(long)]
