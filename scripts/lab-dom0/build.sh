@@ -58,7 +58,7 @@ depmod -b "$mods" "$kver"
 # Host tools that run in dom0 (static, so they do not depend on the root's libraries).
 mkdir -p "$root/usr/local/bin" "$root/usr/local/sbin"
 for src in "$recipe"/tools/*.c; do
-    gcc -O2 -Wall -Wextra -static -o "$root/usr/local/bin/$(basename "$src" .c)" "$src"
+    gcc -O2 -Wall -Wextra -static -o "$root/usr/local/bin/$(basename "$src" .c)" "$src" -lm
 done
 install -m 755 "$recipe/lab-agent" "$root/usr/local/sbin/lab-agent"
 install -m 755 "$recipe/init" "$root/init"

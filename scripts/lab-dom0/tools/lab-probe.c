@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -81,7 +82,9 @@ int main(int argc, char **argv)
             next += interval;
             if (next < t) next = t + interval; /* we were descheduled: do not burst */
         }
-        int ms = (int)((next - now()) * 1000.0);
+        /* Round up: a zero timeout would spin through the last millisecond, and spinning is
+         * expensive in an emulated dom0 (it slowed migrations down). */
+        int ms = (int)ceil((next - now()) * 1000.0);
         struct pollfd p = { .fd = fd, .events = POLLIN };
         if (poll(&p, 1, ms > 0 ? ms : 0) > 0) {
             uint32_t pkt[2];
