@@ -70,7 +70,13 @@ enum Cmd {
         json: bool,
     },
     /// Turn an `xl save` image of a 64-bit PV guest into a checkpoint file.
-    XenImport { image: PathBuf, out: PathBuf },
+    XenImport {
+        image: PathBuf,
+        out: PathBuf,
+        /// Also write the image's embedded domain config here (to pass to `export --config`).
+        #[arg(long)]
+        config_out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -178,12 +184,22 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::XenImport { image, out } => {
+        Cmd::XenImport {
+            image,
+            out,
+            config_out,
+        } => {
             let data =
                 std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
             let img =
                 xen::image::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
             let c = img.to_checkpoint()?;
+            if let Some(p) = config_out {
+                let cfg = String::from_utf8_lossy(&img.config)
+                    .trim_end_matches('\0')
+                    .to_string();
+                std::fs::write(&p, cfg).with_context(|| format!("writing {}", p.display()))?;
+            }
             let f = BufWriter::new(
                 File::create(&out).with_context(|| format!("creating {}", out.display()))?,
             );

@@ -331,15 +331,21 @@ pub fn export<W: Write>(
 
     let mut o = Out { w, bytes: 0 };
     let mut s = ExportSummary::default();
-    // xl save-file header; the config is xl's own text format (no JSON flag).
-    let cfg = xl_config.as_bytes();
+    // xl save-file header. A config that is a JSON object is libxl's JSON (as `xl save`
+    // writes it, NUL-terminated, with the JSON flag); anything else is xl.cfg text.
+    let json = xl_config.trim_start().starts_with('{');
+    let mut cfg = xl_config.trim_end_matches('\0').as_bytes().to_vec();
+    if json {
+        cfg.push(0);
+    }
+    let flags = XL_FLAG_STREAM_V2 | if json { XL_FLAG_JSON } else { 0 };
     o.put(XL_MAGIC)?;
     o.put(&XL_BYTEORDER.to_le_bytes())?;
-    o.put(&XL_FLAG_STREAM_V2.to_le_bytes())?;
+    o.put(&flags.to_le_bytes())?;
     o.put(&0u32.to_le_bytes())?;
     o.put(&(4 + cfg.len() as u32).to_le_bytes())?;
     o.put(&(cfg.len() as u32).to_le_bytes())?;
-    o.put(cfg)?;
+    o.put(&cfg)?;
     // libxl stream header (big-endian) and the record handing over to libxc.
     o.put(&LIBXL_IDENT.to_be_bytes())?;
     o.put(&LIBXL_VERSION.to_be_bytes())?;

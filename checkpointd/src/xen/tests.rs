@@ -272,6 +272,15 @@ fn import_then_export_reproduces_the_image() {
 }
 
 #[test]
+fn json_configs_are_flagged_and_nul_terminated_like_xl_writes_them() {
+    let mut v = Vec::new();
+    export(&guest(), "{\"c_info\": {}}", (4, 17), &mut v).unwrap();
+    let img = parse(&v).unwrap();
+    assert_eq!(img.mandatory_flags, XL_FLAG_STREAM_V2 | XL_FLAG_JSON);
+    assert_eq!(img.config, b"{\"c_info\": {}}\0");
+}
+
+#[test]
 fn reader_rejects_damaged_images() {
     let data = export_bytes(&guest()).unwrap();
     assert!(matches!(
