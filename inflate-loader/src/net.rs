@@ -91,6 +91,11 @@ fn now_us() -> u64 {
     mm::system_time_ns() / 1000
 }
 
+/// Receive buffer of the checkpoint connection: above 64 KiB smoltcp negotiates window
+/// scaling, which keeps more data in flight on the slow emulated network.
+const MAIN_RX_LEN: usize = 256 * 1024;
+static mut MAIN_RX: [u8; MAIN_RX_LEN] = [0; MAIN_RX_LEN];
+
 /// Serve until a checkpoint has been received and verified; returns its result record.
 pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boot_ns: u64) -> ResultRecord {
     let mac = nf.borrow().mac;
@@ -107,7 +112,9 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
         let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
     }
 
-    let mut main_rx = [0u8; 65535];
+    // SAFETY: serve() runs once (kmain never returns to call it again), so this is the only
+    // reference to the buffer.
+    let main_rx = unsafe { &mut *(&raw mut MAIN_RX) };
     let mut main_tx = [0u8; 4096];
     let mut busy_rx = [0u8; 1024];
     let mut busy_tx = [0u8; 1024];

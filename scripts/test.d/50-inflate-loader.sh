@@ -49,7 +49,7 @@ echo "boot: xl create -> listening in $boot ms (domid $domid)"
 # Refusals: the loader must answer each with the matching status and keep serving.
 x1 "inflate-send $ip:$port --pages 1024 --truncate-at 100000 --expect truncated" || fail "truncated stream not refused as truncated"
 x1 "inflate-send $ip:$port --pages 1024 --corrupt-at 200000 --expect corrupt" || fail "corrupted stream not refused as corrupt"
-x1 "inflate-send $ip:$port --pages 100000 --expect too-large" || fail "oversized stream not refused as too-large"
+x1 "inflate-send $ip:$port --header-only 99999 --expect too-large" || fail "oversized stream not refused as too-large"
 log=$(x2 "cat /var/log/xen/console/guest-$name.log")
 for s in "result truncated" "result corrupt" "result too-large"; do
     grep -q "$s" <<<"$log" || fail "console lacks '$s'"

@@ -24,6 +24,10 @@ struct Args {
     /// Write the stream to this file instead of sending it.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Send only the preamble and a HEADER claiming max_pfn = N (tests the size check without
+    /// building a huge stream).
+    #[arg(long, value_name = "MAX_PFN")]
+    header_only: Option<u64>,
     /// Flip one bit at this byte offset before sending.
     #[arg(long)]
     corrupt_at: Option<usize>,
@@ -56,6 +60,11 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let mut data = match &a.file {
         Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        None if a.header_only.is_some() => {
+            let mut e = checkpoint_stream::Encoder::new(Vec::new())?;
+            e.header(a.header_only.unwrap(), b"synthetic header only")?;
+            e.into_inner()
+        }
         None => {
             if a.pages == 0 {
                 bail!("--pages must be at least 1");
