@@ -76,6 +76,13 @@ enum Cmd {
         /// Also write the image's embedded domain config here (to pass to `export --config`).
         #[arg(long)]
         config_out: Option<PathBuf>,
+        /// Give the checkpoint a non-identity p2m and machine frames in its page tables and
+        /// vCPU state, as a real capture has (a test of export's normalisation).
+        #[arg(long)]
+        scramble_mfns: bool,
+        /// Leave out the image's shared info page (export then synthesises one).
+        #[arg(long)]
+        drop_shared_info: bool,
     },
 }
 
@@ -188,12 +195,17 @@ fn main() -> Result<()> {
             image,
             out,
             config_out,
+            scramble_mfns,
+            drop_shared_info,
         } => {
             let data =
                 std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
             let img =
                 xen::image::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
-            let c = img.to_checkpoint()?;
+            let c = img.to_checkpoint_with(xen::image::ImportOptions {
+                scramble_mfns,
+                drop_shared_info,
+            })?;
             if let Some(p) = config_out {
                 let cfg = String::from_utf8_lossy(&img.config)
                     .trim_end_matches('\0')

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # checkpointd's Xen export against real Xen (independent of the guest kernel module): a stock
 # PV guest is saved with `xl save`; checkpointd reads that image (xen-inspect), turns it into
-# a checkpoint stream (xen-import, identity p2m), validates it (inspect), writes it back out
-# as an xl image with its own exporter (export --xen), and stock `xl restore` must resume that
-# image: the guest runs and answers UDP echo again. Also checks our libxc record layout
+# a checkpoint stream (xen-import, with machine frames that are not the pfns and without the
+# shared info page, as a real capture has it), validates it (inspect), writes it back out as
+# an xl image with its own exporter (export --xen: normalisation, synthesised shared info), and
+# stock `xl restore` must resume that image: the guest runs and answers UDP echo again. Also checks our libxc record layout
 # against the one xl wrote.
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
@@ -29,7 +30,8 @@ ex "xl save g1 /tmp/xl.img" >&2 || fail "xl save"
 ex "xl list g1" >/dev/null 2>&1 && fail "guest still exists after xl save"
 xl_layout=$(ex "/root/checkpointd xen-inspect /tmp/xl.img") || fail "cannot read xl's own image"
 echo "$xl_layout"
-ex "/root/checkpointd xen-import /tmp/xl.img /tmp/g1.ckpt --config-out /tmp/g1.json && rm /tmp/xl.img" >&2 \
+# As a real capture: machine frames that are not the pfns, no shared info page.
+ex "/root/checkpointd xen-import --scramble-mfns --drop-shared-info /tmp/xl.img /tmp/g1.ckpt --config-out /tmp/g1.json && rm /tmp/xl.img" >&2 \
     || fail "xen-import"
 ex "/root/checkpointd inspect /tmp/g1.ckpt" || fail "inspect of the imported checkpoint"
 ex "/root/checkpointd export --xen /tmp/ours.img --config /tmp/g1.json /tmp/g1.ckpt && rm /tmp/g1.ckpt" \
@@ -47,6 +49,9 @@ norm() { sed -n 's/^libxc layout: //p' | tr ' ' '\n' \
 ex "xl restore /tmp/ours.img" >&2 || fail "xl restore rejected our image"
 ex lab-probe -t 10.0.0.100 -w 60 >/dev/null || fail "restored guest does not answer"
 ex "xl list g1" >&2 || fail "restored guest not listed"
+if "$lab" guest-console-log 1 g1 | grep -E 'Oops|BUG:|Kernel panic|general protection'; then
+    fail "restored guest's console shows a kernel error"
+fi
 t1=$(date +%s.%N)
 ex "xl destroy g1" >/dev/null 2>&1 || true
 echo "xen-export: xl save -> xen-import -> export --xen -> xl restore: guest answers again ($(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s)"

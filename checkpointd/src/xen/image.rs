@@ -291,6 +291,21 @@ fn parse_libxc(c: &mut Cur<'_>, img: &mut XlImage) -> Result<(), ImageError> {
     }
 }
 
+/// Options of [`XlImage::to_checkpoint`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Give the checkpoint a scrambled p2m (mfn = pfn * 7 + 0x100000, a bijection that is
+    /// nowhere the identity) and rewrite page tables and vCPU frames into those "mfns", as a
+    /// real capture has them; exporting must then undo it exactly.
+    pub scramble_mfns: bool,
+    /// Leave the image's SHARED_INFO out, so export synthesises one (as for a real capture).
+    pub drop_shared_info: bool,
+}
+
+fn scramble(pfn: u64) -> u64 {
+    pfn * 7 + 0x10_0000
+}
+
 impl XlImage {
     /// libxc record names in order, runs of PAGE_DATA collapsed to one entry.
     pub fn libxc_layout(&self) -> Vec<&'static str> {
@@ -308,6 +323,10 @@ impl XlImage {
     /// the image's memory, which makes `xl save` -> import -> export -> `xl restore` a test of
     /// the exporter on real Xen.
     pub fn to_checkpoint(&self) -> Result<FullCheckpoint, ImageError> {
+        self.to_checkpoint_with(ImportOptions::default())
+    }
+
+    pub fn to_checkpoint_with(&self, opts: ImportOptions) -> Result<FullCheckpoint, ImageError> {
         if self.guest_width != 8 || self.pt_levels != 4 {
             return Err(ImageError::Unsupported("only 64-bit PV guests".into()));
         }
@@ -331,7 +350,11 @@ impl XlImage {
             };
             types[pfn as usize] = b;
             if b != page_type::UNPOPULATED {
-                p2m[pfn as usize] = pfn;
+                p2m[pfn as usize] = if opts.scramble_mfns {
+                    scramble(pfn)
+                } else {
+                    pfn
+                };
             }
         }
         let mut vcpus = Vec::new();
@@ -357,6 +380,26 @@ impl XlImage {
                 // In the image cr1 carries "1 | pfn << 12"; a checkpoint holds "mfn << 12".
                 let cr1 = le64(&data, vcpu::CR1) & !1;
                 data[vcpu::CR1..vcpu::CR1 + 8].copy_from_slice(&cr1.to_le_bytes());
+                if opts.scramble_mfns {
+                    let put = |d: &mut Vec<u8>, o: usize, v: u64| {
+                        d[o..o + 8].copy_from_slice(&v.to_le_bytes())
+                    };
+                    let gdt = le64(&data, vcpu::GDT_ENTS).div_ceil(512).min(16) as usize;
+                    for i in 0..gdt {
+                        let o = vcpu::GDT_FRAMES + 8 * i;
+                        let v = scramble(le64(&data, o));
+                        put(&mut data, o, v);
+                    }
+                    let v = scramble(le64(&data, vcpu::CR3) >> 12) << 12;
+                    put(&mut data, vcpu::CR3, v);
+                    if cr1 != 0 {
+                        put(&mut data, vcpu::CR1, scramble(cr1 >> 12) << 12);
+                    }
+                    if *id == 0 {
+                        let v = scramble(start_info_pfn);
+                        put(&mut data, vcpu::RDX, v);
+                    }
+                }
             }
             vcpus.push(VcpuState {
                 id: *id,
@@ -365,14 +408,32 @@ impl XlImage {
             });
         }
         let nr_vcpus = vcpus.iter().filter(|v| v.kind == VcpuKind::Basic).count() as u32;
-        let pages: HashMap<u64, Box<[u8; PAGE_SIZE]>> = self
+        let mut pages: HashMap<u64, Box<[u8; PAGE_SIZE]>> = self
             .pages
             .iter()
             .filter(|(_, p)| p.iter().any(|&b| b != 0))
             .map(|(&k, v)| (k, v.clone()))
             .collect();
+        if opts.scramble_mfns {
+            // Page tables hold pfns in the image; a capture has them as mfns.
+            for (pfn, page) in pages.iter_mut() {
+                let level = types[*pfn as usize] & !page_type::PINNED;
+                if !(page_type::L1..=page_type::L4).contains(&level) {
+                    continue;
+                }
+                for i in 0..512 {
+                    let pte = le64(&page[..], i * 8);
+                    if pte & 1 != 0 {
+                        let frame = (pte & 0x000f_ffff_ffff_f000) >> 12;
+                        let v = (pte & !0x000f_ffff_ffff_f000) | (scramble(frame) << 12);
+                        page[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
         let digest = root_of_pages(max_pfn, |p| pages.get(&p).map(|b| &**b));
         let shared_info = match &self.shared_info {
+            _ if opts.drop_shared_info => None,
             Some(s) if s.len() == PAGE_SIZE => {
                 Some(Box::new(<[u8; PAGE_SIZE]>::try_from(s.as_slice()).unwrap()))
             }
