@@ -750,7 +750,8 @@ impl<'t> Decoder<'t> {
                 } else {
                     &mut self.types_next
                 };
-                let last = first + count - 1;
+                // Saturating: a hostile first_pfn near 2^64 must not overflow.
+                let last = first.saturating_add(count - 1);
                 if last > self.max_pfn {
                     return Err(Error::PfnOutOfRange {
                         offset: rec.offset,
@@ -792,7 +793,7 @@ impl<'t> Decoder<'t> {
                     });
                 }
                 let frames = self.max_pfn / 512 + 1;
-                if first != self.frames_next || first + count > frames {
+                if first != self.frames_next || first.saturating_add(count) > frames {
                     return Err(Error::OutOfOrder {
                         offset: rec.offset,
                         record: rec.ty,
