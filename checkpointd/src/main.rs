@@ -26,6 +26,7 @@ struct Cli {
 enum Cmd {
     /// Checkpoint this guest into FILE: pre-copy rounds, the capture, the drain.
     Save {
+        /// Output file; `-` writes the stream to stdout (the summary then goes to stderr).
         file: PathBuf,
         /// Most pre-copy rounds.
         #[arg(long, default_value_t = 8)]
@@ -237,48 +238,68 @@ fn read_checkpoint(file: &Path) -> Result<FullCheckpoint> {
 fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let mut dev = dev::Device::open().with_context(|| format!("opening {}", dev::DEVICE))?;
-    let f = facts_line(dev.facts());
     if !quiet {
-        eprintln!("{f}");
+        eprintln!("{}", facts_line(dev.facts()));
     }
-    let out =
-        BufWriter::new(File::create(file).with_context(|| format!("creating {}", file.display()))?);
+    let to_stdout = file.as_os_str() == "-";
+    let out: Box<dyn std::io::Write> = if to_stdout {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(BufWriter::new(
+            File::create(file).with_context(|| format!("creating {}", file.display()))?,
+        ))
+    };
     let policy = save::Policy {
         max_rounds,
         small_dirty,
         ..Default::default()
     };
-    match save::save(&mut dev, out, &policy, !quiet)? {
+    let outcome = save::save(&mut dev, out, &policy, !quiet)?;
+    let mut text = String::new();
+    match outcome {
+        // Running in the revived copy: the file belongs to the source's timeline.
         save::SaveOutcome::Restored => {
-            // Running in the revived copy: the file belongs to the source's timeline.
-            println!("resumed from a checkpoint (this is the restored guest)");
+            text.push_str("resumed from a checkpoint (this is the restored guest)\n")
         }
+        save::SaveOutcome::Saved(s) if json => text = serde_json::to_string_pretty(&s)? + "\n",
         save::SaveOutcome::Saved(s) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                println!(
-                    "saved {} in {:.2} s: {} rounds, {} bytes, stopped pre-copy: {:?}",
-                    file.display(),
-                    t0.elapsed().as_secs_f64(),
-                    s.rounds.len(),
-                    s.total_bytes,
-                    s.stop_reason
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                text,
+                "saved {} in {:.2} s: {} rounds, {} bytes, pre-copy stopped: {:?}",
+                file.display(),
+                t0.elapsed().as_secs_f64(),
+                s.rounds.len(),
+                s.total_bytes,
+                s.stop_reason
+            );
+            for r in &s.rounds {
+                let name = if r.drain {
+                    "drain".to_string()
+                } else {
+                    format!("round {}", r.index)
+                };
+                let _ = writeln!(
+                    text,
+                    "  {name:<9} {:>8} pages ({} zero) {:>12} bytes {:>7} ms",
+                    r.pages, r.zero_pages, r.bytes, r.millis
                 );
-                for r in &s.rounds {
-                    let name = if r.drain {
-                        "drain".to_string()
-                    } else {
-                        format!("round {}", r.index)
-                    };
-                    println!(
-                        "  {name:<9} {:>8} pages ({} zero) {:>12} bytes {:>7} ms",
-                        r.pages, r.zero_pages, r.bytes, r.millis
-                    );
-                }
-                println!("  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages, {} attempt(s)", s.capture_pause_ns as f64 / 1e6, s.suspend_ns as f64 / 1e6, s.snapshot_pages, s.capture_attempts);
             }
+            let _ = writeln!(
+                text,
+                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages, {} attempt(s)",
+                s.capture_pause_ns as f64 / 1e6,
+                s.suspend_ns as f64 / 1e6,
+                s.snapshot_pages,
+                s.capture_attempts
+            );
         }
+    }
+    // With the stream on stdout the summary must not mix into it.
+    if to_stdout {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
     }
     Ok(())
 }

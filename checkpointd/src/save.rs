@@ -591,6 +591,25 @@ mod tests {
         );
         assert_eq!(c.checkpoint.page_types[3], 0x84);
         assert_eq!(c.p2m_frames, vec![5; 4]);
+        // inspect's summary of the same file.
+        let sum = crate::inspect::summarise(&c);
+        assert_eq!(sum.rounds.len(), s.rounds.len());
+        assert_eq!(
+            sum.rounds.iter().map(|r| r.pages).collect::<Vec<_>>(),
+            s.rounds.iter().map(|r| r.pages).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (
+                sum.page_tables[3],
+                sum.pinned,
+                sum.unpopulated,
+                sum.p2m_frames
+            ),
+            (1, 1, 1, 4)
+        );
+        assert_eq!(sum.p2m_valid, 1999);
+        let text = crate::inspect::human(&sum);
+        assert!(text.contains("drain") && text.contains("valid"), "{text}");
         assert_eq!(
             c.checkpoint.vcpu(0, VcpuKind::Basic).unwrap().len(),
             VCPU_CONTEXT_BYTES

@@ -322,6 +322,7 @@ impl XlImage {
     /// pfns, so the checkpoint gets an identity p2m (mfn = pfn): exporting it again reproduces
     /// the image's memory, which makes `xl save` -> import -> export -> `xl restore` a test of
     /// the exporter on real Xen.
+    #[cfg(test)]
     pub fn to_checkpoint(&self) -> Result<FullCheckpoint, ImageError> {
         self.to_checkpoint_with(ImportOptions::default())
     }
