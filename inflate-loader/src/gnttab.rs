@@ -40,6 +40,15 @@ pub enum GntError {
     Full,
 }
 
+impl core::fmt::Display for GntError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GntError::Setup(rc, st) => write!(f, "GNTTABOP_setup_table failed: rc {rc}, status {st}"),
+            GntError::Full => write!(f, "no free grant reference"),
+        }
+    }
+}
+
 impl GrantTable {
     pub fn init() -> Result<Self, GntError> {
         let mut frames = [0u64; GNTTAB_FRAMES];

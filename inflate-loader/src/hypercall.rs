@@ -3,9 +3,7 @@
 //! #[repr(C)] structures that live for the duration of the call.
 use core::arch::asm;
 
-pub const MMU_UPDATE: usize = 1;
 pub const UPDATE_VA_MAPPING: usize = 14;
-pub const XEN_VERSION: usize = 17;
 pub const CONSOLE_IO: usize = 18;
 pub const GRANT_TABLE_OP: usize = 20;
 pub const SCHED_OP: usize = 29;

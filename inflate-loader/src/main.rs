@@ -63,7 +63,7 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     status(&mut xs, "starting");
     let mut gt = match gnttab::GrantTable::init() {
         Ok(g) => g,
-        Err(e) => fatal(format_args!("grant table setup failed: {e:?}")),
+        Err(e) => fatal(format_args!("grant table: {e}")),
     };
     let nf = match netfront::Netfront::connect(&mut xs, &mut gt) {
         Ok(n) => n,
@@ -90,7 +90,9 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     kprintln!("inflate-loader: packets rx {rxp} tx {txp} rx-errors {rxe}; grants still active {}; {} guest pages held",
         gt.active, rec.pages);
     status(&mut xs, "handed-over");
-    kprintln!("inflate-loader: hand-over done: xenstore ring idle {}, events closed; idling", xs.idle());
+    console::flush();
+    kprintln!("inflate-loader: hand-over done: xenstore ring idle {}, console ring drained {}, vif event channel closed; idling",
+        xs.idle(), console::idle());
     console::flush();
     let port = xs.port();
     loop {

@@ -90,7 +90,6 @@ fn shared_info() -> *mut u8 {
 }
 
 const EVTCHN_PENDING_OFF: usize = 2048;
-const EVTCHN_MASK_OFF: usize = 2048 + 512;
 
 pub fn shared_info_clear_pending(port: u32) {
     let word = (port / 64) as usize;
@@ -100,24 +99,6 @@ pub fn shared_info_clear_pending(port: u32) {
     unsafe {
         let w = &*(shared_info().add(EVTCHN_PENDING_OFF + word * 8) as *const AtomicU64);
         w.fetch_and(!(1u64 << bit), Ordering::SeqCst);
-    }
-}
-
-pub fn shared_info_port_pending(port: u32) -> bool {
-    let word = (port / 64) as usize;
-    // SAFETY: as above.
-    unsafe {
-        let w = &*(shared_info().add(EVTCHN_PENDING_OFF + word * 8) as *const AtomicU64);
-        w.load(Ordering::SeqCst) & (1u64 << (port % 64)) != 0
-    }
-}
-
-pub fn shared_info_unmask(port: u32) {
-    let word = (port / 64) as usize;
-    // SAFETY: as above.
-    unsafe {
-        let w = &*(shared_info().add(EVTCHN_MASK_OFF + word * 8) as *const AtomicU64);
-        w.fetch_and(!(1u64 << (port % 64)), Ordering::SeqCst);
     }
 }
 

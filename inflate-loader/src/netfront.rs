@@ -212,7 +212,7 @@ impl Netfront {
         xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_CONNECTED || s >= STATE_CLOSING)
             .map_err(|e| NetError::Xs("waiting for backend Connected", e))
             .and_then(|s| if s == STATE_CONNECTED { Ok(()) } else { Err(NetError::Backend("closed instead of connecting")) })?;
-        kprintln!("netfront: connected, evtchn {port}, tx-ring-ref {tx_ring_ref}, rx-ring-ref {rx_ring_ref}");
+        kprintln!("netfront: connected to dom{}, evtchn {port}, tx-ring-ref {tx_ring_ref}, rx-ring-ref {rx_ring_ref}", nf.backend_id);
         Ok(nf)
     }
 
