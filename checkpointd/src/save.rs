@@ -291,6 +291,9 @@ pub fn save<S: PageSource, W: Write>(
     let mut dirty = src.next_round(&mut dirty_set).map_err(dev("first round"))?;
     let mut prev = u64::MAX;
     let mut attempts = 0u32;
+    // Pre-copy goes on after a capture that lacked snapshot space (the dirty set just read
+    // is still valid), with a buffer sized from what it needed.
+    let mut needed = 0u64;
     let mut index = 0u32;
     let (stop_reason, captured) = loop {
         rounds.push(w.round(src, index, false, &dirty_set, dirty)?);
@@ -302,7 +305,10 @@ pub fn save<S: PageSource, W: Write>(
             continue;
         };
         attempts += 1;
-        let cap = policy.snapshot_size(dirty, pfns);
+        // After a too-small buffer, at least twice what the failed capture needed.
+        let cap = policy
+            .snapshot_size(dirty, pfns)
+            .max(needed.saturating_mul(2).min(pfns));
         match src
             .capture(cap, &mut snap_set, &mut vcpu)
             .map_err(dev("capture"))?
@@ -313,11 +319,12 @@ pub fn save<S: PageSource, W: Write>(
                 pause_ns,
                 suspend_ns,
             } => break (reason, (snapshot_pages, pause_ns, suspend_ns)),
-            CaptureOutcome::NoSpace { .. } if attempts >= policy.capture_attempts => {
+            CaptureOutcome::NoSpace { needed: n } if attempts < policy.capture_attempts => {
+                needed = n
+            }
+            CaptureOutcome::NoSpace { .. } => {
                 return Err(SaveError::NoConvergence(attempts));
             }
-            // Pre-copy once more (the dirty set just read is still valid) and retry.
-            CaptureOutcome::NoSpace { .. } => {}
         }
     };
     let (snapshot_pages, pause_ns, suspend_ns) = captured;
@@ -449,7 +456,8 @@ mod tests {
             for _ in 0..self.writes_per_step {
                 self.tick += 1;
                 let n = self.mem.len() as u64;
-                let pfn = (self.tick.wrapping_mul(0x9E37_79B9) % (n / 4).max(1)) as usize;
+                let pfn = ((self.tick.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (n / 4).max(1))
+                    as usize;
                 self.mem[pfn][100..108].copy_from_slice(&self.tick.to_le_bytes());
             }
         }
@@ -506,6 +514,8 @@ mod tests {
             snap: &mut [u64],
             vcpu: &mut [u8],
         ) -> io::Result<CaptureOutcome> {
+            // The guest ran on between the last round and this call.
+            self.step();
             let differing: Vec<usize> = (0..self.mem.len())
                 .filter(|&p| self.reference[p] != Some(h(&self.mem[p])))
                 .collect();
@@ -660,6 +670,31 @@ mod tests {
         g.no_space_first = 100;
         let e = save(&mut g, Vec::new(), &Policy::default(), false).unwrap_err();
         assert!(matches!(e, SaveError::NoConvergence(4)), "{e}");
+    }
+
+    #[test]
+    fn a_too_small_snapshot_buffer_grows_from_what_the_capture_needed() {
+        // Buffer = exactly the last dirty set, but the guest writes more before the capture:
+        // the first capture fails for space, the retry gets twice what it needed.
+        let mut g = FakeGuest::new(3000, 200);
+        let p = Policy {
+            small_dirty: 100_000,
+            snapshot_factor: 1,
+            min_snapshot: 1,
+            ..Policy::default()
+        };
+        let (s, c) = run(&mut g, &p);
+        assert!(s.capture_attempts >= 2, "{s:?}");
+        let at = g.at_capture.clone().unwrap();
+        for (pfn, page) in at.iter().enumerate() {
+            assert!(
+                c.checkpoint
+                    .page(pfn as u64)
+                    .copied()
+                    .unwrap_or([0; PAGE_SIZE])
+                    == *page
+            );
+        }
     }
 
     #[test]
