@@ -182,12 +182,11 @@ extern "C" {
     fn ckpt_m2p_entries() -> c_ulong;
     fn ckpt_m2p() -> *const c_ulong;
     fn ckpt_pin_probe(mfn: c_ulong, pin_cmd: c_uint) -> c_int;
-    fn ckpt_rdtsc() -> u64;
+    fn ckpt_clock_ns() -> u64;
     fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
     static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
     static xen_start_info: *mut u8;
-    static tsc_khz: c_uint;
     fn xen_checkpoint_suspend(
         capture: unsafe extern "C" fn(c_ulong, *mut c_void) -> c_int,
         arg: *mut c_void,
@@ -334,8 +333,8 @@ struct State {
     walk_err: bool,
     pt_pages: u64,
     scanned: u64,
-    tsc_in: u64,
-    tsc_out: u64,
+    clk_in: u64,
+    clk_out: u64,
 }
 
 static mut STATE: State = State {
@@ -359,8 +358,8 @@ static mut STATE: State = State {
     walk_err: false,
     pt_pages: 0,
     scanned: 0,
-    tsc_in: 0,
-    tsc_out: 0,
+    clk_in: 0,
+    clk_out: 0,
 };
 
 fn st() -> &'static mut State {
@@ -868,9 +867,7 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     c.snapshot_pages = s.snap_n;
     c.pt_pages = s.pt_pages;
     c.scanned = s.scanned;
-    // SAFETY: tsc_khz is set at boot.
-    let khz = unsafe { tsc_khz } as u64;
-    c.pause_ns = if khz > 0 { (s.tsc_out - s.tsc_in).saturating_mul(1_000_000) / khz } else { 0 };
+    c.pause_ns = s.clk_out.saturating_sub(s.clk_in);
     c.suspend_ns = t1 - t0;
     if s.overflow {
         let _ = to_user(arg, &c);
@@ -995,8 +992,8 @@ extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, _arg: *mut c_void)
 #[no_mangle]
 pub extern "C" fn ckpt_capture_rest() -> c_int {
     let s = st();
-    // SAFETY: rdtsc wrapper.
-    s.tsc_in = unsafe { ckpt_rdtsc() };
+    // SAFETY: sched_clock wrapper (Xen's pvclock: usable while timekeeping is suspended).
+    s.clk_in = unsafe { ckpt_clock_ns() };
     // SAFETY: ckpt_ctx is ours during the capture; the kernel fills its non-register part.
     unsafe {
         let ctx = ptr::addr_of_mut!(ckpt_ctx);
@@ -1053,8 +1050,8 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
         s.snap_n += 1;
     }
     s.ran = true;
-    // SAFETY: rdtsc wrapper.
-    s.tsc_out = unsafe { ckpt_rdtsc() };
+    // SAFETY: as above.
+    s.clk_out = unsafe { ckpt_clock_ns() };
     1
 }
 
@@ -1064,7 +1061,7 @@ impl kernel::Module for Checkpoint {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         // SAFETY: plain query.
         if unsafe { ckpt_xen_pv() } == 0 {
-            pr_err!("checkpoint: not a Xen PV guest\n");
+            pr_err!("not a Xen PV guest\n");
             return Err(kernel::error::Error::from_errno(-(ENODEV as i32)));
         }
         let s = st();
@@ -1075,7 +1072,7 @@ impl kernel::Module for Checkpoint {
             s.bounce.free();
             return Err(kernel::error::Error::from_errno(rc));
         }
-        pr_info!("checkpoint: /dev/checkpoint ready (abi {}, max_pfn {})\n", ABI_VERSION, max_pfn());
+        pr_info!("/dev/checkpoint ready (abi {}, max_pfn {})\n", ABI_VERSION, max_pfn());
         Ok(Checkpoint)
     }
 }
@@ -1090,7 +1087,7 @@ impl Drop for Checkpoint {
         let s = st();
         stop_session(s);
         s.bounce.free();
-        pr_info!("checkpoint: unloaded\n");
+        pr_info!("unloaded\n");
     }
 }
 

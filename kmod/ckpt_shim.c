@@ -13,6 +13,7 @@
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/sched.h>
+#include <linux/sched/clock.h>
 #include <linux/cpumask.h>
 #include <linux/timekeeping.h>
 #include <linux/capability.h>
@@ -42,7 +43,7 @@ unsigned int ckpt_online_cpus(void);
 int ckpt_xen_pv(void);
 unsigned long ckpt_m2p_entries(void);
 const unsigned long *ckpt_m2p(void);
-u64 ckpt_rdtsc(void);
+unsigned long long ckpt_clock_ns(void);
 int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
 
 static DEFINE_MUTEX(ckpt_lock);
@@ -121,7 +122,7 @@ unsigned int ckpt_online_cpus(void) { return num_online_cpus(); }
 int ckpt_xen_pv(void) { return xen_pv_domain(); }
 unsigned long ckpt_m2p_entries(void) { return machine_to_phys_nr; }
 const unsigned long *ckpt_m2p(void) { return machine_to_phys_mapping; }
-u64 ckpt_rdtsc(void) { return rdtsc(); }
+unsigned long long ckpt_clock_ns(void) { return sched_clock(); }
 
 /*
  * Is this table page pinned in Xen? Pinning succeeds only on a page that is not pinned

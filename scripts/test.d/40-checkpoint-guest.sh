@@ -43,7 +43,7 @@ grep -q 'CKPT-MODULE-LOADED' <<<"$out" || die "module did not load"
 grep -q 'CKPT-TEST PASS' <<<"$out" || { tail -n 40 <<<"$out" >&2; die "ckpt-test failed"; }
 # After the capture the same guest carries on: new heartbeats and network.
 n1=$(grep -c 'CKPT-ALIVE' <<<"$out" || true)
-lab_exec_raw 1 60 "" "ping -c 3 -W 2 $ip" >&2 || die "guest does not answer ping after the capture"
+lab_exec_raw 1 60 "" "busybox ping -c 3 -W 2 $ip" >&2 || die "guest does not answer ping after the capture"
 sleep 5
 n2=$(consolelog | grep -c 'CKPT-ALIVE' || true)
 [ "$n2" -gt "$n1" ] || die "guest console stopped after the capture ($n1 -> $n2 heartbeats)"
