@@ -1,5 +1,5 @@
 //! Writes seed inputs for the fuzz target (scripts/fuzz-stream): valid streams, each prefixed
-//! with a mode byte. `cargo run -p checkpoint-stream --example fuzz_seeds -- DIR`.
+//! with a mode byte. `cargo run -p checkpoint-stream --example stream_fuzz_seeds -- DIR`.
 
 use checkpoint_stream::digest::root_of_pages;
 use checkpoint_stream::*;
@@ -29,7 +29,7 @@ fn stream(max_pfn: u64, data_pages: &[u64]) -> Vec<u8> {
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
+    let dir = std::env::args().nth(1).expect("usage: stream_fuzz_seeds DIR");
     let seeds = [("small", stream(1, &[])), ("pages", stream(3, &[1, 3]))];
     for (name, s) in seeds {
         model::Checkpoint::from_bytes(&s).expect("seed streams are valid");
