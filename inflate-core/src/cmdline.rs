@@ -7,6 +7,9 @@ pub struct NetConfig {
     pub prefix_len: u8,
     pub port: u16,
     pub gateway: Option<[u8; 4]>,
+    /// `handover-check`: after the hand-over, connect a fresh netfront to the same backend and
+    /// disconnect it again, proving the backend was left ready for the next frontend.
+    pub handover_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,7 @@ pub fn netmask_prefix(m: [u8; 4]) -> Option<u8> {
 
 pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
     let (mut ip, mut mask, mut port, mut gw) = (None, None, None, None);
+    let handover_check = cmdline.split_ascii_whitespace().any(|w| w == "handover-check");
     for word in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = word.split_once('=') else { continue };
         match k {
@@ -72,6 +76,7 @@ pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
         prefix_len: mask.ok_or(CmdlineError::Missing("netmask"))?,
         port: port.ok_or(CmdlineError::Missing("port"))?,
         gateway: gw,
+        handover_check,
     })
 }
 
@@ -82,7 +87,8 @@ mod tests {
     #[test]
     fn parses_full_line() {
         let c = parse("console=hvc0 ip=10.0.0.50 netmask=255.255.255.0 port=7000 gw=10.0.0.1").unwrap();
-        assert_eq!(c, NetConfig { ip: [10, 0, 0, 50], prefix_len: 24, port: 7000, gateway: Some([10, 0, 0, 1]) });
+        assert_eq!(c, NetConfig { ip: [10, 0, 0, 50], prefix_len: 24, port: 7000, gateway: Some([10, 0, 0, 1]), handover_check: false });
+        assert!(parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 handover-check").unwrap().handover_check);
     }
 
     #[test]

@@ -89,6 +89,17 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     }
     kprintln!("inflate-loader: packets rx {rxp} tx {txp} rx-errors {rxe}; grants still active {}; {} guest pages held",
         gt.active, rec.pages);
+    if cfg.handover_check {
+        // A fresh frontend against the backend we left: it must connect, then we leave it
+        // handed-over again.
+        match netfront::Netfront::connect(&mut xs, &mut gt) {
+            Ok(nf) => match nf.disconnect(&mut xs, &mut gt) {
+                Ok(st) => kprintln!("inflate-loader: handover-check ok: a fresh netfront connected and disconnected, backend state {st}, grants active {}", gt.active),
+                Err(e) => kprintln!("inflate-loader: handover-check FAILED at disconnect: {e}"),
+            },
+            Err(e) => kprintln!("inflate-loader: handover-check FAILED: fresh netfront could not connect: {e}"),
+        }
+    }
     status(&mut xs, "handed-over");
     console::flush();
     kprintln!("inflate-loader: hand-over done: xenstore ring idle {}, console ring drained {}, vif event channel closed; idling",

@@ -120,94 +120,97 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
     let mut busy_tx = [0u8; 1024];
     let mut storage: [SocketStorage; 2] = Default::default();
     let mut sockets = SocketSet::new(&mut storage[..]);
-    let main = sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut main_rx[..]), tcp::SocketBuffer::new(&mut main_tx[..])));
-    let busy = sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut busy_rx[..]), tcp::SocketBuffer::new(&mut busy_tx[..])));
-    sockets.get_mut::<tcp::Socket>(main).listen(cfg.port).expect("listen");
-    sockets.get_mut::<tcp::Socket>(busy).listen(cfg.port).expect("listen");
+    // Two symmetric sockets listen on the port. A connection that arrives while no other is
+    // being served becomes the served one; one that arrives during a transfer gets "busy".
+    // Symmetry matters: a finished connection may still be closing when the next client
+    // connects, and that client must be served, not refused.
+    let handles = [
+        sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut main_rx[..]), tcp::SocketBuffer::new(&mut main_tx[..]))),
+        sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut busy_rx[..]), tcp::SocketBuffer::new(&mut busy_tx[..]))),
+    ];
+    for h in handles {
+        sockets.get_mut::<tcp::Socket>(h).listen(cfg.port).expect("listen");
+    }
     kprintln!("inflate-loader: listening on {}.{}.{}.{}/{} port {} ({} ms after boot)",
         a, b, c, d, cfg.prefix_len, cfg.port, (mm::system_time_ns() - boot_ns) / 1_000_000);
 
     let mut store = WindowStore;
-    let mut pending: Option<ResultRecord> = None;
-    let mut busy_sent = false;
+    let mut roles = [Role::Listen, Role::Listen];
     let mut last_report = 0u64;
     loop {
         let t = now();
         iface.poll(t, &mut dev, &mut sockets);
 
-        // The checkpoint connection.
-        let s = sockets.get_mut::<tcp::Socket>(main);
-        if s.is_active() && rx.state() == State::Idle && pending.is_none() {
-            kprintln!("inflate-loader: connection from {:?}", s.remote_endpoint());
-            rx.begin(now_us());
-        }
-        while rx.state() == State::Receiving && s.can_recv() {
-            let res = s.recv(|buf| {
-                let r = rx.feed(buf, &mut store, now_us());
-                (buf.len(), r)
-            });
-            if let Ok(Some(rec)) = res {
-                report(&rec);
-                pending = Some(rec);
-            }
-        }
-        if rx.state() == State::Receiving && !s.can_recv()
-            && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed | tcp::State::Closing | tcp::State::TimeWait)
-        {
-            if let Some(rec) = rx.eof(now_us()) {
-                report(&rec);
-                pending = Some(rec);
-            }
-        }
-        if rx.state() == State::Receiving && now_us() / 1_000_000 >= last_report + 5 {
-            last_report = now_us() / 1_000_000;
-            kprintln!("inflate-loader: {} bytes received, {} pages placed", rx.bytes(), rx.plan.placed());
-        }
-        if let Some(rec) = &pending {
-            // Drain anything still arriving after the verdict.
-            while s.can_recv() {
-                let _ = s.recv(|b| (b.len(), ()));
-            }
-            if s.can_send() && s.send_queue() == 0 && s.state() != tcp::State::Closed {
-                if s.may_send() {
-                    let _ = s.send_slice(&rec.encode());
+        for i in 0..2 {
+            let serving_elsewhere = roles.iter().enumerate().any(|(k, r)| k != i && matches!(r, Role::Serve));
+            let s = sockets.get_mut::<tcp::Socket>(handles[i]);
+            match &mut roles[i] {
+                Role::Listen => {
+                    if s.is_active() {
+                        if !serving_elsewhere && rx.state() == State::Idle {
+                            kprintln!("inflate-loader: connection from {:?}", s.remote_endpoint());
+                            rx.begin(now_us());
+                            roles[i] = Role::Serve;
+                        } else {
+                            kprintln!("inflate-loader: refusing connection from {:?}: busy", s.remote_endpoint());
+                            let rec = ResultRecord::new(Status::Busy, 0, 0, 0, "loader busy: it serves one connection at a time");
+                            roles[i] = Role::Finish { rec, sent: false };
+                        }
+                    }
                 }
-                s.close();
-            }
-            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) || !s.is_active() {
-                let rec = pending.take().unwrap();
-                if rec.status == Status::Ok {
-                    s.abort();
-                    iface.poll(now(), &mut dev, &mut sockets);
-                    return rec;
+                Role::Serve => {
+                    let mut verdict = None;
+                    while verdict.is_none() && s.can_recv() {
+                        if let Ok(r) = s.recv(|buf| (buf.len(), rx.feed(buf, &mut store, now_us()))) {
+                            verdict = r;
+                        }
+                    }
+                    if verdict.is_none() && !s.can_recv()
+                        && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed | tcp::State::Closing | tcp::State::TimeWait)
+                    {
+                        verdict = rx.eof(now_us());
+                    }
+                    if let Some(rec) = verdict {
+                        report(&rec);
+                        if rec.status != Status::Ok {
+                            // Frames already returned; the receiver may serve the next client.
+                            rx.reset(false);
+                        }
+                        roles[i] = Role::Finish { rec, sent: false };
+                    } else if now_us() / 1_000_000 >= last_report + 5 {
+                        last_report = now_us() / 1_000_000;
+                        kprintln!("inflate-loader: {} bytes received, {} pages placed", rx.bytes(), rx.plan.placed());
+                    }
                 }
-                rx.reset(false);
-                let s = sockets.get_mut::<tcp::Socket>(main);
-                s.abort();
-                let _ = s.listen(cfg.port);
-                kprintln!("inflate-loader: listening again on port {}", cfg.port);
+                Role::Finish { rec, sent } => {
+                    // Drain anything still arriving after the verdict.
+                    while s.can_recv() {
+                        let _ = s.recv(|b| (b.len(), ()));
+                    }
+                    if !*sent && s.can_send() {
+                        let _ = s.send_slice(&rec.encode());
+                        s.close();
+                        *sent = true;
+                    } else if !*sent && !s.may_send() {
+                        s.close();
+                        *sent = true;
+                    }
+                    if *sent && (matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) || !s.is_active()) {
+                        if rec.status == Status::Ok {
+                            let rec = rec.clone();
+                            iface.poll(now(), &mut dev, &mut sockets);
+                            for h in handles {
+                                sockets.get_mut::<tcp::Socket>(h).abort();
+                            }
+                            iface.poll(now(), &mut dev, &mut sockets);
+                            return rec;
+                        }
+                        s.abort();
+                        let _ = s.listen(cfg.port);
+                        roles[i] = Role::Listen;
+                    }
+                }
             }
-        } else if !s.is_active() && !s.is_listening() {
-            rx.reset(false);
-            let _ = s.listen(cfg.port);
-        }
-
-        // Any other connection: refuse with a busy record.
-        let s = sockets.get_mut::<tcp::Socket>(busy);
-        if s.is_active() && !busy_sent && s.may_send() {
-            let rec = ResultRecord::new(Status::Busy, 0, 0, 0, "loader busy: it serves one connection at a time");
-            kprintln!("inflate-loader: refusing second connection from {:?}: busy", s.remote_endpoint());
-            let _ = s.send_slice(&rec.encode());
-            s.close();
-            busy_sent = true;
-        }
-        while s.can_recv() {
-            let _ = s.recv(|b| (b.len(), ()));
-        }
-        if busy_sent && (matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)) {
-            s.abort();
-            let _ = s.listen(cfg.port);
-            busy_sent = false;
         }
 
         // Sleep until the next timer or an event on the vif.
@@ -217,6 +220,13 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
             events::wait(&[port], mm::system_time_ns() + delay * 1000);
         }
     }
+}
+
+enum Role {
+    Listen,
+    Serve,
+    /// Sending a result record (verdict or busy), then closing.
+    Finish { rec: ResultRecord, sent: bool },
 }
 
 fn report(rec: &ResultRecord) {

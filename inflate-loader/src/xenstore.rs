@@ -222,14 +222,18 @@ impl Xenstore {
             events::wait(&[self.port], deadline);
         }
         while avail(r) {
+            // Once a message has started, finish reading it whatever the caller's deadline:
+            // xenstored may publish header and body separately, and giving up in between would
+            // leave the ring out of step.
+            let msg_deadline = mm::system_time_ns() + TIMEOUT_NS;
             let mut hb = [0u8; HEADER_LEN];
-            if self.get(&mut hb, deadline).is_err() {
+            if self.get(&mut hb, msg_deadline).is_err() {
                 return;
             }
             let rh = Header::decode(&hb);
             let mut body = [0u8; xs::PAYLOAD_MAX];
             let n = (rh.len as usize).min(xs::PAYLOAD_MAX);
-            if self.get(&mut body[..n], deadline).is_err() {
+            if self.get(&mut body[..n], msg_deadline).is_err() {
                 return;
             }
             self.watch_events += 1;

@@ -7,7 +7,8 @@
 #   3. send a good synthetic checkpoint while a second connection is refused as busy: result ok,
 #      digest verified, with the throughput;
 #   4. plain dom0-to-dom0 TCP of the same stream file in the same run, for comparison;
-#   5. check the hand-over: backend back in InitWait, frontend Initialising, no grants left;
+#   5. check the hand-over: backend back in InitWait, frontend Initialising, no grants left,
+#      and (kernel option handover-check) a fresh netfront connected to that backend and left;
 #   6. destroy the domain. Prints a JSON summary line and the figures.
 # Env: INFLATE_PAGES (default 4096 = 16 MiB), LAB_INFLATE_NAME (lab name, default ci-inflate),
 #      INFLATE_KEEP=1 keeps the hosts up.
@@ -35,7 +36,7 @@ done
 # destroy and time a clean `xl create` inside dom0.
 "$lab" guest-create 2 "$name" --kernel "$loader" --no-ramdisk --memory $mem --ip $ip \
     --template "$REPO_ROOT/xen-configs/inflate-loader.cfg" \
-    --extra "ip=$ip netmask=255.255.255.0 port=$port" --wait listening --timeout 120 >&2 || fail "first boot"
+    --extra "ip=$ip netmask=255.255.255.0 port=$port handover-check" --wait listening --timeout 120 >&2 || fail "first boot"
 x2 "xl destroy $name" || fail "destroy"
 times=$(x2 "s=\$(date +%s%N); xl create -q /etc/xen/$name.cfg >/dev/null || exit 3
   c=\$(( (\$(date +%s%N) - s) / 1000000 )); d=\$(xl domid $name)
@@ -79,9 +80,11 @@ fstate=$(x2 "xenstore-read /local/domain/$domid/device/vif/0/state")
 log=$(x2 "cat /var/log/xen/console/guest-$name.log")
 grep -q "grants still active 0;" <<<"$log" || fail "grants left active after hand-over"
 grep -q "xenstore ring idle true" <<<"$log" || fail "xenstore ring not idle after hand-over"
+# The loader connected a fresh netfront to the backend it had left, and handed it over again.
+grep -q "handover-check ok" <<<"$log" || fail "a fresh netfront could not connect after the hand-over"
 [ "$bstate" = 2 ] || fail "backend state $bstate after hand-over (want 2, InitWait)"
 [ "$fstate" = 1 ] || fail "frontend state $fstate after hand-over (want 1, Initialising)"
-echo "hand-over: backend state $bstate (InitWait), frontend $fstate, 0 grants active, rings idle"
+echo "hand-over: backend state $bstate (InitWait), frontend $fstate, 0 grants active, rings idle; a fresh netfront connected to it"
 x2 "xl destroy $name" || fail "destroy"
 
 size=$(stat -c %s "$loader")
