@@ -836,11 +836,12 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
 
     // SAFETY: nothing else uses ckpt_ctx until the capture is over.
     unsafe { ptr::write_bytes(ptr::addr_of_mut!(ckpt_ctx) as *mut u8, 0, VCPU_CTX_BYTES) };
-    let t0 = unsafe { ckpt_now_ns() };
+    // sched_clock (Xen pvclock), not ktime: CLOCK_MONOTONIC skips the suspended interval.
+    let t0 = unsafe { ckpt_clock_ns() };
     // SAFETY: the kernel runs its suspend sequence and calls our entry once, in
     // stop_machine; the entry follows the C ABI.
     let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, ptr::null_mut()) };
-    let t1 = unsafe { ckpt_now_ns() };
+    let t1 = unsafe { ckpt_clock_ns() };
     // The capture routine changed the state behind our back: take a fresh reference.
     let s = st();
     // SAFETY: plain read of a field the capture routine wrote before we got here.

@@ -14,16 +14,7 @@ pages=${CKPT_TEST_PAGES:-256}
 name=ckptg
 ip=$LAB_SUBNET.120
 
-# The guest image: keyed on the recipe, the lab image and the module (which keys the kernel).
-labimg=$(lab_build)
-kmod_vars=$(bash "$REPO_ROOT/scripts/build-checkpoint-kmod")
-eval "$kmod_vars"
-key=$( { recipe_hash "$REPO_ROOT/test-vms/checkpoint-guest"; basename "$labimg"; echo "$KMOD"; } | sha256sum | cut -c1-16)
-img="$CACHE_ROOT/images/checkpoint-guest-$key"
-if [ ! -e "$img/vmlinuz" ]; then
-    log "building guest image checkpoint-guest-$key"
-    bash "$REPO_ROOT/test-vms/checkpoint-guest/build.sh" "$labimg" "$img" >&2
-fi
+img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")
 
 started=0
 if [ "$(lab_hosts)" = 0 ]; then lab_up 1; started=1; fi
@@ -32,7 +23,7 @@ cleanup() {
     [ "$started" = 0 ] || lab_down
 }
 trap cleanup EXIT
-lab_exec_raw 1 30 "" "xl destroy $name" >/dev/null 2>&1 || true
+lab_exec_raw 1 30 "" "xl destroy $name; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
 t0=$(date +%s)
 lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory 256 \
     --ip "$ip" --extra "ckpt.test=$pages" --wait 'CKPT-TEST-EXIT' --timeout 300

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Stage 41-checkpoint-save: `checkpointd save` inside the checkpoint guest on emulated Xen
+# (own lab "ckpt", one host) while pattern-writer holds pattern P in 64 locked pages; the
+# stream leaves the guest over TCP to dom0 (saving into guest RAM would never converge).
+# Then: the guest writes Q and carries on (heartbeats, ping); in dom0 `checkpointd inspect`
+# validates the file (checksums, order, digest) and check-pattern.pl finds P, not Q, at the
+# pattern's pfns (the capture-point content). ~5 min warm on a busy 2-core machine.
+set -euo pipefail
+. "$(dirname "$0")/../lib/common.sh"
+export LAB_NAME=${CKPT_LAB_NAME:-ckpt}
+. "$REPO_ROOT/scripts/lib/lab.sh"
+. "$REPO_ROOT/scripts/lib/lab-guest.sh"
+
+[ -f "$REPO_ROOT/checkpointd/Cargo.toml" ] || { log "no checkpointd crate: stage skipped"; exit 0; }
+name=ckpts ip=$LAB_SUBNET.121 port=5555 pages=${CKPT_PATTERN_PAGES:-64}
+img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")
+cpd="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release/checkpointd"
+[ -x "$cpd" ] || die "static checkpointd not built ($cpd)"
+
+started=0
+if [ "$(lab_hosts)" = 0 ]; then lab_up 1; started=1; fi
+cleanup() {
+    lab_exec_raw 1 30 "" "xl destroy $name; pkill -f 'TCP-LISTEN:$port' ; rm -f /tmp/ck.bin" >/dev/null 2>&1 || true
+    [ "$started" = 0 ] || lab_down
+}
+trap cleanup EXIT
+lab_exec_raw 1 30 "" "xl destroy $name; rm -f /var/log/xen/console/guest-$name.log /tmp/ck.bin" >/dev/null 2>&1 || true
+lab_exec_raw 1 30 "" "(setsid socat -u TCP-LISTEN:$port,reuseaddr OPEN:/tmp/ck.bin,creat,trunc </dev/null >/tmp/ck-recv.log 2>&1 &)" \
+    || die "cannot start the receiver in dom0"
+t0=$(date +%s)
+lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory 256 \
+    --ip "$ip" --extra "ckpt.save=$LAB_SUBNET.1:$port ckpt.pattern=$pages" --wait 'CKPT-SAVE-EXIT' --timeout 900
+lab_guest_wait 1 "$name" 'PATTERN-Q-WRITTEN' 60
+consolelog() { lab_exec_raw 1 30 "" "cat /var/log/xen/console/guest-$name.log"; }
+out=$(consolelog | tr -d '\r')
+grep -E '^CKPT-(SAVE|PATTERN-P)' <<<"$out" >&2 || true
+grep -q 'CKPT-SAVE-EXIT 0' <<<"$out" || die "checkpointd save failed in the guest"
+pfns=$(sed -n 's/^CKPT-PATTERN-PFNS //p' <<<"$out" | tr -cs '0-9' ' ')
+[ "$(wc -w <<<"$pfns")" = "$pages" ] || die "expected $pages pattern pfns, got: $pfns"
+n1=$(grep -c 'CKPT-ALIVE' <<<"$out" || true)
+lab_exec_raw 1 60 "" "busybox ping -c 3 -W 2 $ip" >&2 || die "guest does not answer ping after the save"
+lab_push_cached 1 "$cpd" >/dev/null
+rcpd=$(lab_push_cached 1 "$cpd")
+rchk=$(lab_push_cached 1 "$REPO_ROOT/test-vms/checkpoint-guest/check-pattern.pl")
+lab_exec_raw 1 300 "" "chmod +x $rcpd && $rcpd inspect /tmp/ck.bin" >&2 || die "checkpointd inspect rejected the saved checkpoint"
+lab_exec_raw 1 300 "" "perl $rchk /tmp/ck.bin $pfns" >&2 || die "the checkpoint does not hold pattern P at the capture point"
+n2=$(consolelog | grep -c 'CKPT-ALIVE' || true)
+[ "$n2" -gt "$n1" ] || die "guest console stopped after the save ($n1 -> $n2 heartbeats)"
+log "checkpoint save: valid stream, P at all $pages pattern pfns, guest alive ($n1 -> $n2 heartbeats), $(( $(date +%s) - t0 )) s"
