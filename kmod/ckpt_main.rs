@@ -869,7 +869,9 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     c.pt_pages = s.pt_pages;
     c.scanned = s.scanned;
     c.pause_ns = s.clk_out.saturating_sub(s.clk_in);
-    c.suspend_ns = t1 - t0;
+    // Linux freezes sched_clock from xen_arch_pre_suspend to xen_arch_post_suspend
+    // (xen_save/restore_time_memory_area), so t1 - t0 lacks about the capture's own time.
+    c.suspend_ns = t1.saturating_sub(t0) + c.pause_ns;
     if s.overflow {
         let _ = to_user(arg, &c);
         return fail(s, bm, -ENOSPC);

@@ -39,7 +39,6 @@ pfns=$(sed -n 's/^CKPT-PATTERN-PFNS //p' <<<"$out" | tr -cs '0-9' ' ')
 [ "$(wc -w <<<"$pfns")" = "$pages" ] || die "expected $pages pattern pfns, got: $pfns"
 n1=$(grep -c 'CKPT-ALIVE' <<<"$out" || true)
 lab_exec_raw 1 60 "" "busybox ping -c 3 -W 2 $ip" >&2 || die "guest does not answer ping after the save"
-lab_push_cached 1 "$cpd" >/dev/null
 rcpd=$(lab_push_cached 1 "$cpd")
 rchk=$(lab_push_cached 1 "$REPO_ROOT/test-vms/checkpoint-guest/check-pattern.pl")
 lab_exec_raw 1 300 "" "chmod +x $rcpd && $rcpd inspect /tmp/ck.bin" >&2 || die "checkpointd inspect rejected the saved checkpoint"
