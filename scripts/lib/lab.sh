@@ -8,6 +8,7 @@ LAB_HOST_MEM=${LAB_HOST_MEM:-2048}       # MiB of emulated RAM per host
 LAB_DOM0_MEM=${LAB_DOM0_MEM:-1024}       # MiB for dom0, the rest is for guests
 LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-300}
 LAB_SUBNET=10.0.0                         # hosts are .1 .. .N, guests .100 and up
+LAB_CHANNELS=3                            # control channels per host (concurrent execs)
 
 lab_image_dir() { echo "$CACHE_ROOT/lab/dom0-$(recipe_hash "$REPO_ROOT/scripts/lab-dom0")"; }
 
@@ -41,12 +42,29 @@ qemu_alive() {
 }
 free_port() { perl -MSocket -e 'socket(S,PF_INET,SOCK_STREAM,0);bind(S,sockaddr_in(0,inet_aton("127.0.0.1")));print((sockaddr_in(getsockname(S)))[0])'; }
 
-# lab_exec_raw HOST TIMEOUT STDIN_FILE CMD: one request on the control channel.
+# lab_exec_raw HOST TIMEOUT STDIN_FILE CMD: one request on a control channel of HOST.
+# Each host has LAB_CHANNELS channels, one request at a time each: take the first free one
+# (flock), or wait for channel 0 when all are busy.
 lab_exec_raw() {
-    local h=$1 t=$2 in=$3 cmd=$4 d; d=$(host_dir "$h")
-    [ -S "$d/ctl.sock" ] || die "host $h has no control socket ($d/ctl.sock): is it up?"
-    # One request per host at a time: the channel is a single stream.
-    flock -w "$((t + 300))" "$d/ctl.lock" perl "$REPO_ROOT/scripts/lib/lab-client.pl" "$d/ctl.sock" "$t" "$in" "$cmd"
+    local h=$1 t=$2 in=$3 cmd=$4 d i fd rc; d=$(host_dir "$h")
+    if [ ! -S "$d/ctl0.sock" ] && [ -S "$d/ctl.sock" ]; then
+        # A host booted by an older scripts/lab (one channel): still usable.
+        flock -w "$((t + 300))" "$d/ctl.lock" perl "$REPO_ROOT/scripts/lib/lab-client.pl" "$d/ctl.sock" "$t" "$in" "$cmd"
+        return
+    fi
+    [ -S "$d/ctl0.sock" ] || die "host $h has no control socket ($d/ctl0.sock): is it up?"
+    for ((i = 0; i < LAB_CHANNELS; i++)); do
+        [ -S "$d/ctl$i.sock" ] || break
+        exec {fd}>>"$d/ctl$i.lock"
+        if flock -n "$fd"; then
+            rc=0
+            perl "$REPO_ROOT/scripts/lib/lab-client.pl" "$d/ctl$i.sock" "$t" "$in" "$cmd" || rc=$?
+            exec {fd}>&-
+            return "$rc"
+        fi
+        exec {fd}>&-
+    done
+    flock -w "$((t + 300))" "$d/ctl0.lock" perl "$REPO_ROOT/scripts/lib/lab-client.pl" "$d/ctl0.sock" "$t" "$in" "$cmd"
 }
 
 # lab_exec HOST CMD...: like ssh, the words are joined into one shell command for bash -c.
@@ -81,6 +99,11 @@ lab_start_host() {
     rm -rf "$d"; mkdir -p "$d"
     [ ${#d} -lt 90 ] || die "run directory path too long for unix sockets: $d (set LAUNDROMAT_CACHE shorter)"
     local mac; mac=$(printf '52:54:00:4c:41:%02x' "$n")
+    local ctl=() i
+    for ((i = 0; i < LAB_CHANNELS; i++)); do
+        ctl+=(-chardev "socket,id=ctl$i,path=$d/ctl$i.sock,server=on,wait=off"
+              -device "virtserialport,chardev=ctl$i,name=lab.ctl$i")
+    done
     local xen_args="console=com1 com1=115200,8n1 dom0_mem=${LAB_DOM0_MEM}M,max:${LAB_DOM0_MEM}M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot"
     local dom0_args="console=hvc0 earlyprintk=xen lab.host=$n lab.ip=$LAB_SUBNET.$n/24"
     # -cpu max,-smap,-xsave is required (docs/lab.md): without -smap dom0 faults at once,
@@ -90,9 +113,7 @@ lab_start_host() {
         -kernel "$img/xen" -append "$xen_args" -initrd "$img/vmlinuz $dom0_args,$img/dom0.cpio" \
         -chardev "socket,id=ser0,path=$d/console.sock,server=on,wait=off,logfile=$d/serial.log" \
         -serial chardev:ser0 \
-        -device virtio-serial-pci \
-        -chardev "socket,id=ctl,path=$d/ctl.sock,server=on,wait=off" \
-        -device virtserialport,chardev=ctl,name=lab.ctl \
+        -device virtio-serial-pci "${ctl[@]}" \
         -netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=$mac" \
         -monitor "unix:$d/monitor.sock,server=on,wait=off" \
         </dev/null >"$d/qemu.log" 2>&1 &
