@@ -47,6 +47,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the first 8 bytes (little-endian u64) of pages of a checkpoint, one line per pfn.
+    Peek {
+        file: PathBuf,
+        /// Pfns, decimal or 0x-hex.
+        #[arg(required = true)]
+        pfns: Vec<String>,
+    },
     /// Convert a checkpoint into another format.
     Export {
         /// Write an xl save image (for `xl restore`) to this path.
@@ -103,6 +110,29 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", inspect::human(&s));
+            }
+            Ok(())
+        }
+        Cmd::Peek { file, pfns } => {
+            let c = read_checkpoint(&file)?;
+            for p in pfns {
+                let pfn = match p.strip_prefix("0x") {
+                    Some(h) => u64::from_str_radix(h, 16),
+                    None => p.parse(),
+                }
+                .with_context(|| format!("bad pfn {p}"))?;
+                if pfn > c.checkpoint.max_pfn {
+                    bail!(
+                        "pfn {pfn:#x} is beyond the checkpoint (max pfn {:#x})",
+                        c.checkpoint.max_pfn
+                    );
+                }
+                let head = c
+                    .checkpoint
+                    .page(pfn)
+                    .map(|pg| u64::from_le_bytes(pg[..8].try_into().unwrap()))
+                    .unwrap_or(0);
+                println!("{pfn:#x} {head:#018x}");
             }
             Ok(())
         }
