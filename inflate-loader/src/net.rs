@@ -191,7 +191,10 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                         let _ = s.send_slice(&rec.encode());
                         s.close();
                         *sent = true;
-                    } else if !*sent && !s.may_send() {
+                    } else if !*sent && !s.may_send()
+                        && !matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent)
+                    {
+                        // The peer is gone before we could answer.
                         s.close();
                         *sent = true;
                     }
