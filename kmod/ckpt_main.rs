@@ -155,6 +155,8 @@ pub struct VcpuCtx([u8; VCPU_CTX_BYTES]);
 const CTX_FLAGS: usize = 512;
 const CTX_RAX: usize = 600;
 const CTX_RDX: usize = 616;
+const CTX_CR0: usize = 4984;
+const CTX_CR4: usize = 4984 + 4 * 8;
 const VGCF_I387_VALID: u64 = 1;
 
 /// The capture's vCPU context. Written by the asm entry and the capture routine (in
@@ -183,6 +185,8 @@ extern "C" {
     fn ckpt_m2p() -> *const c_ulong;
     fn ckpt_pin_probe(mfn: c_ulong, pin_cmd: c_uint) -> c_int;
     fn ckpt_clock_ns() -> u64;
+    fn ckpt_read_cr0() -> c_ulong;
+    fn ckpt_read_cr4() -> c_ulong;
     fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
     static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
@@ -1005,6 +1009,8 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
         let flags = b.add(CTX_FLAGS) as *mut u64;
         *flags |= VGCF_I387_VALID;
         *(b.add(CTX_RAX) as *mut u64) = 0;
+        *(b.add(CTX_CR0) as *mut u64) = ckpt_read_cr0() as u64;
+        *(b.add(CTX_CR4) as *mut u64) = ckpt_read_cr4() as u64;
         *(b.add(CTX_RDX) as *mut u64) = ckpt_start_info_gfn;
     }
 

@@ -45,6 +45,8 @@ unsigned long ckpt_m2p_entries(void);
 const unsigned long *ckpt_m2p(void);
 unsigned long long ckpt_clock_ns(void);
 int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
+unsigned long ckpt_read_cr0(void);
+unsigned long ckpt_read_cr4(void);
 
 static DEFINE_MUTEX(ckpt_lock);
 
@@ -138,3 +140,8 @@ int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd)
 	HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
 	return 0;
 }
+
+/* The guest's view of CR0/CR4 (Xen keeps it per vCPU; a restore must get it back, or
+ * e.g. CR4.FSGSBASE is off and the first rdfsbase faults). */
+unsigned long ckpt_read_cr0(void) { return read_cr0(); }
+unsigned long ckpt_read_cr4(void) { return __read_cr4(); }
