@@ -57,7 +57,15 @@ if ($in) {
 }
 
 my $buf = '';
+# Once the response header is in, the body streams without pause; a stall means a broken
+# agent or channel (LAB_STALL_TIMEOUT seconds, default 120).
+my $stall = ($ENV{LAB_STALL_TIMEOUT} // '') =~ /^\d+$/ ? $ENV{LAB_STALL_TIMEOUT} : 120;
+my $in_body = 0;
 sub more {
+    if ($in_body) {
+        $SIG{ALRM} = sub { fail("response body stalled for $stall s ($sock)") };
+        alarm($stall);
+    }
     my $n = sysread($c, $buf, 262144, length $buf);
     fail("dom0 agent closed the channel (host down?)") unless $n;
 }
@@ -79,6 +87,7 @@ while (1) {
 }
 my (undef, undef, $status, $outlen, $errlen) = split / /, $hdr;
 fail("malformed response header: $hdr") unless defined $errlen && $errlen =~ /^\d+$/;
+$in_body = 1;
 for my $spec ([\*STDOUT, $outlen], [\*STDERR, $errlen]) {
     my ($fh, $left) = @$spec;
     binmode $fh;
