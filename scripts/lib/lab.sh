@@ -168,10 +168,13 @@ lab_up() {
         done
     fi
     log "booting $n host(s) (lab '$LAB_NAME', run dir $LAB_RUN)"
+    # A host that fails to boot must not leave the others running (they burn a core each).
+    trap 'rc=$?; [ "$rc" = 0 ] || { log "boot failed: taking lab $LAB_NAME down"; lab_down; }; exit "$rc"' EXIT
     for i in $(seq "$n"); do
         lab_wait_host "$i" || return 1
         log "host $i ready: dom0 $LAB_SUBNET.$i ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after start)"
     done
+    trap - EXIT
 }
 
 lab_down() {
