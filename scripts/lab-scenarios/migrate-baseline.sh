@@ -3,21 +3,24 @@
 # host 2 over socat (no ssh), measured from outside (scripts/lib/lab-measure.sh). Prints one
 # JSON object on stdout. Brings 2 hosts up if the lab is down, and down again at the end.
 # usage: scripts/lab scenario migrate-baseline [--mem MIB] [--fill MIB] [--rate MIB_S] [--keep]
+#        [--timeout SECS]
 #   --mem   guest memory (default 256)      --fill  memory the workload keeps filled (default mem/2)
 #   --rate  MiB/s the workload rewrites (default 0)   --keep  leave the hosts up afterwards
+#   --timeout  seconds before `xl migrate` is killed (default 3600; emulation is slow)
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 . "$REPO_ROOT/scripts/lib/lab.sh"
 . "$REPO_ROOT/scripts/lib/lab-guest.sh"
 . "$REPO_ROOT/scripts/lib/lab-measure.sh"
 
-mem=256 fill="" rate=0 keep=0 name=mig ip=$LAB_SUBNET.100 port=7
+mem=256 fill="" rate=0 keep=0 name=mig ip=$LAB_SUBNET.100 port=7 timeout=3600
 while [ $# -gt 0 ]; do
     case $1 in
         --mem) mem=${2:?}; shift 2 ;;
         --fill) fill=${2:?}; shift 2 ;;
         --rate) rate=${2:?}; shift 2 ;;
         --keep) keep=1; shift ;;
+        --timeout) timeout=${2:?}; shift 2 ;;
         *) die "migrate-baseline: unknown option $1" ;;
     esac
 done
@@ -25,6 +28,7 @@ done
 fill=${fill:-$((mem / 2))}
 [[ $fill =~ ^[0-9]+$ ]] && [ "$fill" -lt "$mem" ] || die "--fill must be MiB below --mem"
 [[ $rate =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--rate must be MiB/s"
+[[ $timeout =~ ^[0-9]+$ ]] || die "--timeout must be seconds"
 
 started=0
 if [ "$(lab_hosts)" = 0 ]; then
@@ -50,7 +54,7 @@ lab_exec_raw 2 30 "" "setsid socat TCP-LISTEN:5000,reuseaddr SYSTEM:'xl migrate-
 xfer="dd bs=64k 2>/tmp/mig.bytes | socat - TCP:$LAB_SUBNET.2:5000"
 log "migrating $name ($mem MiB, $fill MiB filled, dirty rate $rate MiB/s) host 1 -> host 2"
 m=$(lab_measure_migration 2 "$ip" "$port" -- \
-    lab_exec_raw 1 1200 "" "xl migrate -s '' $name \"$xfer\"")
+    lab_exec_raw 1 "$timeout" "" "xl migrate -s '' $name \"$xfer\"")
 bytes=$(lab_exec_raw 1 30 "" "sed -n 's/^\([0-9]*\) bytes.*/\1/p' /tmp/mig.bytes" || true)
 where=$(lab_exec_raw 2 30 "" "xl domid $name >/dev/null 2>&1 && echo host2 || echo lost")
 ok=false
