@@ -79,6 +79,8 @@ bstate=$(x2 "xenstore-read /local/domain/0/backend/vif/$domid/0/state")
 fstate=$(x2 "xenstore-read /local/domain/$domid/device/vif/0/state")
 log=$(x2 "cat /var/log/xen/console/guest-$name.log")
 grep -q "grants still active 0;" <<<"$log" || fail "grants left active after hand-over"
+grep -q "refusing connection .*: busy" <<<"$log" || fail "console lacks the busy refusal"
+grep -q "result ok: 4096 pages placed, digest verified\|result ok: $pages pages placed, digest verified" <<<"$log" || fail "console lacks the verified result"
 grep -q "xenstore ring idle true" <<<"$log" || fail "xenstore ring not idle after hand-over"
 # The loader connected a fresh netfront to the backend it had left, and handed it over again.
 grep -q "handover-check ok" <<<"$log" || fail "a fresh netfront could not connect after the hand-over"
