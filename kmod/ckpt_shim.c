@@ -105,7 +105,11 @@ int ckpt_shim_register(void) { return misc_register(&ckpt_dev); }
 void ckpt_shim_deregister(void) { misc_deregister(&ckpt_dev); }
 
 /* Wrappers for inlines and macros. */
-void *ckpt_vzalloc(unsigned long size) { return vzalloc(size); }
+/* Big buffers (snapshot) must fail with ENOMEM, not wake the OOM killer on the caller. */
+void *ckpt_vzalloc(unsigned long size)
+{
+	return __vmalloc(size, GFP_KERNEL | __GFP_ZERO | __GFP_RETRY_MAYFAIL | __GFP_NOWARN);
+}
 void ckpt_vfree(void *p) { vfree(p); }
 unsigned long ckpt_copy_to_user(void __user *to, const void *from, unsigned long n)
 {
