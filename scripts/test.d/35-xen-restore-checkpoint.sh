@@ -5,7 +5,7 @@
 # after which the guest writes Q. In dom0: `checkpointd inspect` validates the stream,
 # `checkpointd peek` must show P (not Q) at the reported pfns, `checkpointd export --xen`
 # writes an xl image; the original is destroyed and stock `xl restore` must resume the
-# checkpoint: the restored guest reports it resumed from the checkpoint and answers ping.
+# checkpoint: the restored guest reports it resumed from the checkpoint and keeps running.
 # Cold: the guest kernel build (~8-10 min, shared with stage 40) + the lab image.
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
@@ -81,9 +81,14 @@ ex "xl destroy $name" >&2
 ex "rm -f /root/g.img; mkfifo /root/g.img; (/root/checkpointd export --xen /root/g.img --config /etc/xen/$name.cfg /root/g.ckpt </dev/null >/root/export.log 2>&1; echo \$? >/root/export.rc) &" >&2
 ex "xl restore /root/g.img" >&2 || { ex "cat /root/export.log" >&2 || true; fail "xl restore rejected the exported checkpoint"; }
 ex "cat /root/export.log; test \"\$(cat /root/export.rc)\" = 0" >&2 || fail "export --xen failed"
-ex "ping -c 3 -W 3 $ip" >&2 || { consolelog | tail -n 30 >&2; fail "restored guest does not answer ping"; }
-sleep 3
-consolelog | tail -n 20 >&2
-consolelog | tr -d '\r' | grep -q 'resumed from a checkpoint' || fail "restored guest did not report resuming from the checkpoint"
+# The revived guest resumes inside checkpointd's capture ioctl (result 0), which says so,
+# and its init carries on: a heartbeat after that line shows it runs. (dom0 has no ping.)
+ok=0
+for i in $(seq 30); do
+    if consolelog | tr -d '\r' | sed -n '/resumed from a checkpoint/,$p' | grep -q 'CKPT-ALIVE'; then ok=1; break; fi
+    sleep 3
+done
+consolelog | tail -n 8 >&2
+[ "$ok" = 1 ] || fail "restored guest did not report resuming from the checkpoint and running on"
 ex "xl destroy $name" >/dev/null 2>&1 || true
 log "xen-restore-checkpoint: guest saved itself in $((t_saved - t0)) s (boot included), P verified, stock xl restore resumed it"
