@@ -1,8 +1,9 @@
 // pattern-writer: the workload side of the P/Q checkpoint test (issue 4, item 6).
 // Fills PAGES locked pages with pattern P ('P' + page index in the first 8 bytes), writes
 // their pfns (from /proc/self/pagemap, needs root) one per line to PFNFILE, then waits until
-// the file GO exists (created once the checkpoint's capture is done), writes pattern Q
-// everywhere, prints "PATTERN-Q-WRITTEN" and keeps the buffer alive.
+// the file GO exists (created once the checkpoint's capture is done), checks that every
+// page still holds P (prints "PATTERN-P-INTACT n/n", or "PATTERN-P-CHANGED k/n"), writes
+// pattern Q everywhere, prints "PATTERN-Q-WRITTEN" and keeps the buffer alive.
 // A checkpoint taken in between must hold P at every listed pfn, never Q.
 // Usage: pattern-writer PAGES PFNFILE GO
 #include <fcntl.h>
@@ -60,6 +61,15 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	while (access(argv[3], F_OK) != 0)
 		usleep(100000);
+	// Still P? In a guest revived from the checkpoint this is the proof that the buffer
+	// came back with the capture point's contents.
+	static uint8_t want[PG];
+	int intact = 0;
+	for (int i = 0; i < n; i++) {
+		fill(want, i, 'P');
+		intact += memcmp(buf + (size_t)i * PG, want, PG) == 0;
+	}
+	printf("%s %d/%d\n", intact == n ? "PATTERN-P-INTACT" : "PATTERN-P-CHANGED", intact, n);
 	for (int i = 0; i < n; i++)
 		fill(buf + (size_t)i * PG, i, 'Q');
 	printf("PATTERN-Q-WRITTEN\n");
