@@ -11,13 +11,13 @@
 # By default the lab has 2 hosts and the guest streams its checkpoint to host 2's dom0, which
 # validates, exports and restores it there: the guest moves itself to another Xen host, and
 # the revived guest must find pattern P in its buffer. CKPT_DEST_HOST=1 keeps it on one host.
+# CKPT_DIRTY=MIB:RATE runs the lab's dirtying workload (MIB MiB at RATE MiB/s) during the save.
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${CKPT_LAB_NAME:-ckpt}
 . "$REPO_ROOT/scripts/lib/lab.sh"
 . "$REPO_ROOT/scripts/lib/lab-guest.sh"
 
-[ -f "$REPO_ROOT/checkpointd/Cargo.toml" ] || { log "no checkpointd crate: stage skipped"; exit 0; }
 name=ckpts ip=$LAB_SUBNET.121 port=5555 pages=${CKPT_PATTERN_PAGES:-64} dst=${CKPT_DEST_HOST:-2}
 img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")
 cpd="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release/checkpointd"
@@ -40,7 +40,7 @@ lab_exec_raw "$dst" 30 "" "(setsid socat -u TCP-LISTEN:$port,reuseaddr OPEN:/tmp
     || die "cannot start the receiver in dom0"
 t0=$(date +%s)
 lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory 256 \
-    --ip "$ip" --extra "ckpt.save=$LAB_SUBNET.$dst:$port ckpt.pattern=$pages" --wait 'CKPT-SAVE-EXIT' --timeout 900
+    --ip "$ip" --extra "ckpt.save=$LAB_SUBNET.$dst:$port ckpt.pattern=$pages${CKPT_DIRTY:+ ckpt.dirty=$CKPT_DIRTY}" --wait 'CKPT-SAVE-EXIT' --timeout 900
 lab_guest_wait 1 "$name" 'PATTERN-Q-WRITTEN' 60
 consolelog() { lab_exec_raw "${1:-1}" 30 "" "cat /var/log/xen/console/guest-$name.log"; }
 out=$(consolelog | tr -d '\r')
