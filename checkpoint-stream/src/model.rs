@@ -229,29 +229,12 @@ impl Builder {
 impl Checkpoint {
     /// Decode and fully validate a stream held in memory.
     pub fn from_bytes(data: &[u8]) -> Result<Self, Error> {
-        let mut b = Builder::default();
-        let mut d = Box::new(Decoder::new());
-        d.feed(data, &mut b)?;
-        d.finish()?;
-        Ok(b.build(data.len() as u64))
+        FullCheckpoint::from_bytes(data).map(|f| f.checkpoint)
     }
 
     /// Decode and fully validate a stream from a reader, 64 KiB at a time.
-    pub fn read_from(mut r: impl io::Read) -> Result<Self, ReadError> {
-        let mut b = Builder::default();
-        let mut d = Box::new(Decoder::new());
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            d.feed(&buf[..n], &mut b)?;
-        }
-        d.finish()?;
-        Ok(b.build(d.position()))
+    pub fn read_from(r: impl io::Read) -> Result<Self, ReadError> {
+        FullCheckpoint::read_from(r).map(|f| f.checkpoint)
     }
 
     /// Content of a pfn (None: zero page).
