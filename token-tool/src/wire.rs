@@ -158,6 +158,37 @@ impl<'a> Reader<'a> {
 }
 
 /// Common header check: exact length window, magic, version.
+/// Checks length, magic and version, and returns a reader positioned after them.
+fn open<'a>(
+    bytes: &'a [u8],
+    magic: [u8; 4],
+    what: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<Reader<'a>, TokenError> {
+    check_header(bytes, magic, what, min, max)?;
+    let mut r = Reader::new(bytes, what);
+    r.take(5)?;
+    Ok(r)
+}
+
+/// The three reserved bytes that follow magic and version in top-ups and certificates.
+fn take_reserved(r: &mut Reader<'_>) -> Result<(), TokenError> {
+    if r.take(3)? != [0, 0, 0] {
+        return Err(TokenError::InvalidField { field: "reserved", reason: "must be zero" });
+    }
+    Ok(())
+}
+
+/// Magic, version and three reserved zero bytes: the start of a top-up or certificate.
+fn fixed_header(magic: [u8; 4], capacity: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(capacity);
+    b.extend_from_slice(&magic);
+    b.push(VERSION);
+    b.extend_from_slice(&[0, 0, 0]);
+    b
+}
+
 fn check_header(
     bytes: &[u8],
     magic: [u8; 4],
@@ -262,9 +293,7 @@ impl BootToken {
     /// Returns the token and its MAC.
     pub fn decode_unverified(bytes: &[u8]) -> Result<(BootToken, [u8; MAC_LEN]), TokenError> {
         let what = Self::WHAT;
-        check_header(bytes, BOOT_MAGIC, what, BOOT_MIN_LEN, BOOT_MAX_LEN)?;
-        let mut r = Reader::new(bytes, what);
-        r.take(5)?; // magic + version, checked above
+        let mut r = open(bytes, BOOT_MAGIC, what, BOOT_MIN_LEN, BOOT_MAX_LEN)?;
         let n_ext = r.u8()? as usize;
         if n_ext > MAX_EXTENTS {
             return Err(TokenError::TooManyExtents { found: n_ext, max: MAX_EXTENTS });
@@ -340,10 +369,7 @@ impl TopUp {
     const WHAT: &'static str = "top-up";
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(TOPUP_LEN);
-        b.extend_from_slice(&TOPUP_MAGIC);
-        b.push(VERSION);
-        b.extend_from_slice(&[0, 0, 0]);
+        let mut b = fixed_header(TOPUP_MAGIC, TOPUP_LEN);
         b.extend_from_slice(&self.node_id.to_be_bytes());
         b.extend_from_slice(&self.job_id.to_be_bytes());
         b.extend_from_slice(&self.count.to_be_bytes());
@@ -352,12 +378,8 @@ impl TopUp {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<TopUp, TokenError> {
-        check_header(bytes, TOPUP_MAGIC, Self::WHAT, TOPUP_LEN, TOPUP_LEN)?;
-        let mut r = Reader::new(bytes, Self::WHAT);
-        r.take(5)?;
-        if r.take(3)? != [0, 0, 0] {
-            return Err(TokenError::InvalidField { field: "reserved", reason: "must be zero" });
-        }
+        let mut r = open(bytes, TOPUP_MAGIC, Self::WHAT, TOPUP_LEN, TOPUP_LEN)?;
+        take_reserved(&mut r)?;
         let node_id = r.u32()?;
         let job_id = r.u64()?;
         let count = r.u32()?;
@@ -376,10 +398,7 @@ impl Certificate {
         if self.balance > self.accepted {
             return Err(TokenError::InvalidField { field: "balance", reason: "exceeds accepted tokens" });
         }
-        let mut b = Vec::with_capacity(CERT_LEN);
-        b.extend_from_slice(&CERT_MAGIC);
-        b.push(VERSION);
-        b.extend_from_slice(&[0, 0, 0]);
+        let mut b = fixed_header(CERT_MAGIC, CERT_LEN);
         b.extend_from_slice(&self.node_id.to_be_bytes());
         b.extend_from_slice(&self.job_id.to_be_bytes());
         b.extend_from_slice(&self.accepted.to_be_bytes());
@@ -393,12 +412,8 @@ impl Certificate {
 
     /// Parse without the MAC check; returns the certificate and its MAC.
     pub fn decode_unverified(bytes: &[u8]) -> Result<(Certificate, [u8; MAC_LEN]), TokenError> {
-        check_header(bytes, CERT_MAGIC, Self::WHAT, CERT_LEN, CERT_LEN)?;
-        let mut r = Reader::new(bytes, Self::WHAT);
-        r.take(5)?;
-        if r.take(3)? != [0, 0, 0] {
-            return Err(TokenError::InvalidField { field: "reserved", reason: "must be zero" });
-        }
+        let mut r = open(bytes, CERT_MAGIC, Self::WHAT, CERT_LEN, CERT_LEN)?;
+        take_reserved(&mut r)?;
         let node_id = r.u32()?;
         let job_id = r.u64()?;
         let accepted = r.u64()?;
