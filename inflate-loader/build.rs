@@ -2,7 +2,14 @@
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     println!("cargo:rerun-if-changed={dir}/linker.ld");
-    for a in ["-nostartfiles", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,-z,noexecstack"] {
+    for a in [
+        "-nostartfiles",
+        "-nostdlib",
+        "-static",
+        "-no-pie",
+        "-Wl,--build-id=none",
+        "-Wl,-z,noexecstack",
+    ] {
         println!("cargo:rustc-link-arg-bins={a}");
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/linker.ld");

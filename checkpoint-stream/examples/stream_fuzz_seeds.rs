@@ -29,7 +29,9 @@ fn stream(max_pfn: u64, data_pages: &[u64]) -> Vec<u8> {
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: stream_fuzz_seeds DIR");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: stream_fuzz_seeds DIR");
     let seeds = [("small", stream(1, &[])), ("pages", stream(3, &[1, 3]))];
     for (name, s) in seeds {
         model::Checkpoint::from_bytes(&s).expect("seed streams are valid");

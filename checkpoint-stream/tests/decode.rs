@@ -320,9 +320,21 @@ fn rejects_pfn_out_of_range() {
     ));
     // First pfns near 2^64 (found by the fuzzer: the end used to overflow).
     let d = with(Stage::P2m, |e| e.p2m(u64::MAX - 1, &[1; 8]).unwrap());
-    assert!(matches!(decode(&d).unwrap_err(), Error::PfnOutOfRange { record: RecordType::P2m, .. }));
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            record: RecordType::P2m,
+            ..
+        }
+    ));
     let d = with(Stage::Types, |e| e.page_types(u64::MAX, &[0; 8]).unwrap());
-    assert!(matches!(decode(&d).unwrap_err(), Error::PfnOutOfRange { record: RecordType::PageTypes, .. }));
+    assert!(matches!(
+        decode(&d).unwrap_err(),
+        Error::PfnOutOfRange {
+            record: RecordType::PageTypes,
+            ..
+        }
+    ));
     let d = with(Stage::Frames, |e| e.p2m_frames(&[8]).unwrap());
     assert!(matches!(
         decode(&d).unwrap_err(),

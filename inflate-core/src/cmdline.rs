@@ -41,21 +41,33 @@ pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
         }
         *o = part.parse().ok()?;
     }
-    if it.next().is_some() { None } else { Some(out) }
+    if it.next().is_some() {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 /// Prefix length of a contiguous netmask (255.255.255.0 -> 24).
 pub fn netmask_prefix(m: [u8; 4]) -> Option<u8> {
     let v = u32::from_be_bytes(m);
     let ones = v.leading_ones();
-    if v.checked_shl(ones).unwrap_or(0) != 0 { None } else { Some(ones as u8) }
+    if v.checked_shl(ones).unwrap_or(0) != 0 {
+        None
+    } else {
+        Some(ones as u8)
+    }
 }
 
 pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
     let (mut ip, mut mask, mut port, mut gw) = (None, None, None, None);
-    let handover_check = cmdline.split_ascii_whitespace().any(|w| w == "handover-check");
+    let handover_check = cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "handover-check");
     for word in cmdline.split_ascii_whitespace() {
-        let Some((k, v)) = word.split_once('=') else { continue };
+        let Some((k, v)) = word.split_once('=') else {
+            continue;
+        };
         match k {
             "ip" => ip = Some(parse_ipv4(v).ok_or(CmdlineError::BadAddress("ip"))?),
             "netmask" => {
@@ -64,7 +76,9 @@ pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
             }
             "port" => {
                 let p: u16 = v.parse().map_err(|_| CmdlineError::BadPort)?;
-                if p == 0 { return Err(CmdlineError::BadPort); }
+                if p == 0 {
+                    return Err(CmdlineError::BadPort);
+                }
                 port = Some(p);
             }
             "gw" => gw = Some(parse_ipv4(v).ok_or(CmdlineError::BadAddress("gw"))?),
@@ -86,19 +100,51 @@ mod tests {
 
     #[test]
     fn parses_full_line() {
-        let c = parse("console=hvc0 ip=10.0.0.50 netmask=255.255.255.0 port=7000 gw=10.0.0.1").unwrap();
-        assert_eq!(c, NetConfig { ip: [10, 0, 0, 50], prefix_len: 24, port: 7000, gateway: Some([10, 0, 0, 1]), handover_check: false });
-        assert!(parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 handover-check").unwrap().handover_check);
+        let c =
+            parse("console=hvc0 ip=10.0.0.50 netmask=255.255.255.0 port=7000 gw=10.0.0.1").unwrap();
+        assert_eq!(
+            c,
+            NetConfig {
+                ip: [10, 0, 0, 50],
+                prefix_len: 24,
+                port: 7000,
+                gateway: Some([10, 0, 0, 1]),
+                handover_check: false
+            }
+        );
+        assert!(
+            parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 handover-check")
+                .unwrap()
+                .handover_check
+        );
     }
 
     #[test]
     fn rejects_bad_values() {
-        assert_eq!(parse("ip=10.0.0 netmask=255.0.0.0 port=1"), Err(CmdlineError::BadAddress("ip")));
-        assert_eq!(parse("ip=10.0.0.300 netmask=255.0.0.0 port=1"), Err(CmdlineError::BadAddress("ip")));
-        assert_eq!(parse("ip=10.0.0.1 netmask=255.0.255.0 port=1"), Err(CmdlineError::BadNetmask));
-        assert_eq!(parse("ip=10.0.0.1 netmask=255.0.0.0 port=0"), Err(CmdlineError::BadPort));
-        assert_eq!(parse("ip=10.0.0.1 netmask=255.0.0.0 port=70000"), Err(CmdlineError::BadPort));
-        assert_eq!(parse("ip=10.0.0.1 port=5"), Err(CmdlineError::Missing("netmask")));
+        assert_eq!(
+            parse("ip=10.0.0 netmask=255.0.0.0 port=1"),
+            Err(CmdlineError::BadAddress("ip"))
+        );
+        assert_eq!(
+            parse("ip=10.0.0.300 netmask=255.0.0.0 port=1"),
+            Err(CmdlineError::BadAddress("ip"))
+        );
+        assert_eq!(
+            parse("ip=10.0.0.1 netmask=255.0.255.0 port=1"),
+            Err(CmdlineError::BadNetmask)
+        );
+        assert_eq!(
+            parse("ip=10.0.0.1 netmask=255.0.0.0 port=0"),
+            Err(CmdlineError::BadPort)
+        );
+        assert_eq!(
+            parse("ip=10.0.0.1 netmask=255.0.0.0 port=70000"),
+            Err(CmdlineError::BadPort)
+        );
+        assert_eq!(
+            parse("ip=10.0.0.1 port=5"),
+            Err(CmdlineError::Missing("netmask"))
+        );
         assert_eq!(parse(""), Err(CmdlineError::Missing("ip")));
     }
 

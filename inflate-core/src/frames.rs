@@ -22,7 +22,9 @@ impl core::fmt::Display for PlanError {
             PlanError::TooLarge { need, have } => {
                 write!(f, "stream needs {need} frames, loader has {have} free")
             }
-            PlanError::PfnOutOfRange { pfn, max_pfn } => write!(f, "pfn {pfn} beyond max_pfn {max_pfn}"),
+            PlanError::PfnOutOfRange { pfn, max_pfn } => {
+                write!(f, "pfn {pfn} beyond max_pfn {max_pfn}")
+            }
             PlanError::NotStarted => write!(f, "page before header"),
         }
     }
@@ -43,7 +45,12 @@ impl<'a> FrameBook<'a> {
     pub fn new(storage: &'a mut [u64], nr_pages: u64, first_free: u64) -> Self {
         let nr_pages = nr_pages.min(storage.len() as u64 * 64);
         storage.fill(0);
-        let mut b = FrameBook { used: storage, nr_pages, free: nr_pages, cursor: 0 };
+        let mut b = FrameBook {
+            used: storage,
+            nr_pages,
+            free: nr_pages,
+            cursor: 0,
+        };
         for pfn in 0..first_free.min(nr_pages) {
             b.reserve(pfn);
         }
@@ -109,7 +116,11 @@ pub struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     pub fn new(storage: &'a mut [u32]) -> Self {
-        Plan { slots: storage, max_pfn: None, placed: 0 }
+        Plan {
+            slots: storage,
+            max_pfn: None,
+            placed: 0,
+        }
     }
 
     /// Start a plan for a guest whose pfns run 0..=max_pfn. Fails when the loader has fewer
@@ -136,7 +147,10 @@ impl<'a> Plan<'a> {
         if *slot != UNPLACED {
             return Ok(*slot as u64);
         }
-        let f = book.alloc().ok_or(PlanError::TooLarge { need: max_pfn + 1, have: self.placed })?;
+        let f = book.alloc().ok_or(PlanError::TooLarge {
+            need: max_pfn + 1,
+            have: self.placed,
+        })?;
         *slot = f as u32;
         self.placed += 1;
         Ok(f)
@@ -144,7 +158,11 @@ impl<'a> Plan<'a> {
 
     pub fn lookup(&self, pfn: u64) -> Option<u64> {
         let max = self.max_pfn?;
-        if pfn > max || self.slots[pfn as usize] == UNPLACED { None } else { Some(self.slots[pfn as usize] as u64) }
+        if pfn > max || self.slots[pfn as usize] == UNPLACED {
+            None
+        } else {
+            Some(self.slots[pfn as usize] as u64)
+        }
     }
 
     /// Distinct guest pfns placed so far.
@@ -213,10 +231,20 @@ mod tests {
         let a = p.place(5, &mut b).unwrap();
         let c = p.place(7, &mut b).unwrap();
         assert_ne!(a, c);
-        assert_eq!(p.place(5, &mut b).unwrap(), a, "a resent page reuses its frame");
+        assert_eq!(
+            p.place(5, &mut b).unwrap(),
+            a,
+            "a resent page reuses its frame"
+        );
         assert_eq!(p.placed(), 2);
         assert!(a >= 16 && c >= 16);
-        assert_eq!(p.place(100, &mut b), Err(PlanError::PfnOutOfRange { pfn: 100, max_pfn: 99 }));
+        assert_eq!(
+            p.place(100, &mut b),
+            Err(PlanError::PfnOutOfRange {
+                pfn: 100,
+                max_pfn: 99
+            })
+        );
         assert_eq!(p.lookup(7), Some(c));
         assert_eq!(p.lookup(8), None);
         p.abandon(&mut b);
@@ -230,7 +258,10 @@ mod tests {
         let b = FrameBook::new(&mut st, 256, 200);
         let mut slots = [0u32; 256];
         let mut p = Plan::new(&mut slots);
-        assert_eq!(p.start(56, &b), Err(PlanError::TooLarge { need: 57, have: 56 }));
+        assert_eq!(
+            p.start(56, &b),
+            Err(PlanError::TooLarge { need: 57, have: 56 })
+        );
         p.start(55, &b).unwrap();
     }
 }

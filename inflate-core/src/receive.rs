@@ -37,7 +37,9 @@ struct Placer<'r, 'a, S: FrameStore> {
 impl<S: FrameStore> Sink for Placer<'_, '_, S> {
     fn header(&mut self, h: &Header<'_>) -> Result<(), StreamError> {
         if h.page_size as usize != PAGE_SIZE || h.word_size != 8 {
-            return Err(StreamError::Unsupported("only 64-bit guests with 4 KiB pages"));
+            return Err(StreamError::Unsupported(
+                "only 64-bit guests with 4 KiB pages",
+            ));
         }
         self.plan.start(h.max_pfn, self.book).map_err(|e| {
             self.plan_err = Some(e);
@@ -90,7 +92,9 @@ pub struct Receiver<'a> {
 fn classify(e: &StreamError, plan_err: Option<PlanError>) -> Status {
     match (e, plan_err) {
         (_, Some(PlanError::TooLarge { .. })) => Status::TooLarge,
-        (_, Some(PlanError::PfnOutOfRange { .. })) | (StreamError::PfnOutOfRange { .. }, _) => Status::PfnOutOfRange,
+        (_, Some(PlanError::PfnOutOfRange { .. })) | (StreamError::PfnOutOfRange { .. }, _) => {
+            Status::PfnOutOfRange
+        }
         (StreamError::DigestMismatch, _) => Status::DigestMismatch,
         (StreamError::Truncated { .. }, _) => Status::Truncated,
         _ => Status::Corrupt,
@@ -119,14 +123,25 @@ impl core::fmt::Write for Msg {
 }
 
 fn message(args: core::fmt::Arguments<'_>) -> Msg {
-    let mut m = Msg { b: [0; crate::result::MSG_MAX], n: 0 };
+    let mut m = Msg {
+        b: [0; crate::result::MSG_MAX],
+        n: 0,
+    };
     let _ = core::fmt::write(&mut m, args);
     m
 }
 
 impl<'a> Receiver<'a> {
     pub fn new(book: FrameBook<'a>, plan: Plan<'a>) -> Self {
-        Receiver { book, plan, decoder: Decoder::new(), state: State::Idle, bytes: 0, started_us: 0, digest: None }
+        Receiver {
+            book,
+            plan,
+            decoder: Decoder::new(),
+            state: State::Idle,
+            bytes: 0,
+            started_us: 0,
+            digest: None,
+        }
     }
 
     pub fn state(&self) -> State {
@@ -147,23 +162,46 @@ impl<'a> Receiver<'a> {
         self.digest = None;
     }
 
-    fn fail(&mut self, status: Status, now_us: u64, args: core::fmt::Arguments<'_>) -> ResultRecord {
+    fn fail(
+        &mut self,
+        status: Status,
+        now_us: u64,
+        args: core::fmt::Arguments<'_>,
+    ) -> ResultRecord {
         let placed = self.plan.placed();
         self.plan.abandon(&mut self.book);
         self.state = State::Finished(status);
         let m = message(args);
-        ResultRecord::new(status, placed, self.bytes, now_us - self.started_us, core::str::from_utf8(&m.b[..m.n]).unwrap_or(""))
+        ResultRecord::new(
+            status,
+            placed,
+            self.bytes,
+            now_us - self.started_us,
+            core::str::from_utf8(&m.b[..m.n]).unwrap_or(""),
+        )
     }
 
     /// Feed received bytes. Returns a result record once the stream is finished: after END
     /// (ok or a failed check) or at the first error; None while more is expected.
-    pub fn feed<S: FrameStore>(&mut self, data: &[u8], store: &mut S, now_us: u64) -> Option<ResultRecord> {
+    pub fn feed<S: FrameStore>(
+        &mut self,
+        data: &[u8],
+        store: &mut S,
+        now_us: u64,
+    ) -> Option<ResultRecord> {
         if self.state != State::Receiving {
             return None;
         }
         self.bytes += data.len() as u64;
         // DIGEST arrives in one feed() call and END maybe in a later one: carry it over.
-        let mut sink = Placer { book: &mut self.book, plan: &mut self.plan, store, plan_err: None, digest: self.digest, verified: false };
+        let mut sink = Placer {
+            book: &mut self.book,
+            plan: &mut self.plan,
+            store,
+            plan_err: None,
+            digest: self.digest,
+            verified: false,
+        };
         let r = self.decoder.feed(data, &mut sink);
         let (plan_err, verified) = (sink.plan_err, sink.verified);
         self.digest = sink.digest;
@@ -179,7 +217,13 @@ impl<'a> Receiver<'a> {
                 self.state = State::Finished(Status::Ok);
                 let placed = self.plan.placed();
                 let m = message(format_args!("{placed} pages placed, digest verified"));
-                Some(ResultRecord::new(Status::Ok, placed, self.bytes, now_us - self.started_us, core::str::from_utf8(&m.b[..m.n]).unwrap_or("")))
+                Some(ResultRecord::new(
+                    Status::Ok,
+                    placed,
+                    self.bytes,
+                    now_us - self.started_us,
+                    core::str::from_utf8(&m.b[..m.n]).unwrap_or(""),
+                ))
             }
             Ok(_) => None,
         }
@@ -193,7 +237,11 @@ impl<'a> Receiver<'a> {
         let e = self.decoder.finish().err();
         Some(match e {
             Some(e) => self.fail(Status::Truncated, now_us, format_args!("{e}")),
-            None => self.fail(Status::Internal, now_us, format_args!("stream ended without a result")),
+            None => self.fail(
+                Status::Internal,
+                now_us,
+                format_args!("stream ended without a result"),
+            ),
         })
     }
 
@@ -216,7 +264,8 @@ mod tests {
     struct FakeStore(std::collections::HashMap<u64, Box<[u8; PAGE_SIZE]>>);
     impl FrameStore for FakeStore {
         fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) {
-            self.0.insert(pfn, Box::new(*data.unwrap_or(&[0; PAGE_SIZE])));
+            self.0
+                .insert(pfn, Box::new(*data.unwrap_or(&[0; PAGE_SIZE])));
         }
         fn leaf(&mut self, pfn: u64) -> [u8; 32] {
             checkpoint_stream::digest::leaf_hash(Some(&self.0[&pfn]))
@@ -226,7 +275,10 @@ mod tests {
     fn run(stream: &[u8], nr_pages: u64, chunk: usize) -> (ResultRecord, FakeStore) {
         let mut bits = vec![0u64; 64];
         let mut slots = vec![0u32; 4096];
-        let mut r = Receiver::new(FrameBook::new(&mut bits, nr_pages, 100), Plan::new(&mut slots));
+        let mut r = Receiver::new(
+            FrameBook::new(&mut bits, nr_pages, 100),
+            Plan::new(&mut slots),
+        );
         let mut st = FakeStore(Default::default());
         r.begin(1000);
         for c in stream.chunks(chunk) {
@@ -246,7 +298,10 @@ mod tests {
             assert_eq!(res.pages, 64);
             assert_eq!(res.bytes, s.len() as u64);
             assert_eq!(st.0.len(), 64);
-            assert!(st.0.keys().all(|&f| (100..1000).contains(&f)), "frames below first_free untouched");
+            assert!(
+                st.0.keys().all(|&f| (100..1000).contains(&f)),
+                "frames below first_free untouched"
+            );
         }
     }
 
@@ -255,7 +310,12 @@ mod tests {
         let s = synth::stream(15, 1);
         for cut in [0, 10, 100, s.len() / 2, s.len() - 1] {
             let (res, _) = run(&s[..cut], 1000, 512);
-            assert_eq!(res.status, Status::Truncated, "cut at {cut}: {}", res.message());
+            assert_eq!(
+                res.status,
+                Status::Truncated,
+                "cut at {cut}: {}",
+                res.message()
+            );
         }
     }
 
@@ -342,7 +402,18 @@ mod tests {
         e.round(0, false).unwrap();
         let filler = [0x11u8; PAGE_SIZE];
         let round0: Vec<_> = (0..=7u64)
-            .map(|p| (p, if p == 2 { Some(&old2) } else if p == 5 { Some(&filler) } else { c.page(p) }))
+            .map(|p| {
+                (
+                    p,
+                    if p == 2 {
+                        Some(&old2)
+                    } else if p == 5 {
+                        Some(&filler)
+                    } else {
+                        c.page(p)
+                    },
+                )
+            })
             .collect();
         e.page_batch(&round0).unwrap();
         e.round(1, false).unwrap();
@@ -350,7 +421,8 @@ mod tests {
         e.capture(1, 1, 0).unwrap();
         e.page_types(0, &c.page_types).unwrap();
         e.p2m(0, &c.p2m).unwrap();
-        e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data).unwrap();
+        e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data)
+            .unwrap();
         e.digest(&c.digest).unwrap();
         let s = e.end().unwrap();
 

@@ -88,7 +88,14 @@ impl ResultRecord {
         }
         let mut m = [0u8; MSG_MAX];
         m[..n].copy_from_slice(&msg.as_bytes()[..n]);
-        ResultRecord { status, pages, bytes, micros, msg: m, msg_len: n as u16 }
+        ResultRecord {
+            status,
+            pages,
+            bytes,
+            micros,
+            msg: m,
+            msg_len: n as u16,
+        }
     }
 
     pub fn message(&self) -> &str {
@@ -125,12 +132,21 @@ impl ResultRecord {
         let mut m6 = [0u8; 8];
         m6[..6].copy_from_slice(&b[24..30]);
         let msg_len = u16::from_le_bytes([b[30], b[31]]);
-        if msg_len as usize > MSG_MAX || core::str::from_utf8(&b[32..32 + msg_len as usize]).is_err() {
+        if msg_len as usize > MSG_MAX
+            || core::str::from_utf8(&b[32..32 + msg_len as usize]).is_err()
+        {
             return Err(DecodeError::BadMessage);
         }
         let mut msg = [0u8; MSG_MAX];
         msg.copy_from_slice(&b[32..RECORD_LEN]);
-        Ok(ResultRecord { status, pages: u64at(8), bytes: u64at(16), micros: u64::from_le_bytes(m6), msg, msg_len })
+        Ok(ResultRecord {
+            status,
+            pages: u64at(8),
+            bytes: u64at(16),
+            micros: u64::from_le_bytes(m6),
+            msg,
+            msg_len,
+        })
     }
 }
 
@@ -140,11 +156,20 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let r = ResultRecord::new(Status::DigestMismatch, 1234, 5_000_000, 42_000_000, "digest mismatch: got ab, want cd");
+        let r = ResultRecord::new(
+            Status::DigestMismatch,
+            1234,
+            5_000_000,
+            42_000_000,
+            "digest mismatch: got ab, want cd",
+        );
         let b = r.encode();
         assert_eq!(&b[0..4], b"ILRR");
         assert_eq!(ResultRecord::decode(&b).unwrap(), r);
-        assert_eq!(ResultRecord::decode(&b).unwrap().message(), "digest mismatch: got ab, want cd");
+        assert_eq!(
+            ResultRecord::decode(&b).unwrap().message(),
+            "digest mismatch: got ab, want cd"
+        );
     }
 
     #[test]
@@ -153,7 +178,10 @@ mod tests {
         let r = ResultRecord::new(Status::Ok, 0, 0, 0, &s);
         assert!(r.message().len() <= MSG_MAX);
         assert_eq!(r.message().len() % 2, 0);
-        assert_eq!(ResultRecord::decode(&r.encode()).unwrap().message(), r.message());
+        assert_eq!(
+            ResultRecord::decode(&r.encode()).unwrap().message(),
+            r.message()
+        );
     }
 
     #[test]

@@ -33,10 +33,18 @@ pub fn checkpoint(max_pfn: u64, seed: u64) -> Checkpoint {
         kernel: String::from("synthetic"),
         pages,
         rounds: Vec::new(),
-        capture: Capture { start_info_pfn: 1, nr_vcpus: 1, pause_ns: 0 },
+        capture: Capture {
+            start_info_pfn: 1,
+            nr_vcpus: 1,
+            pause_ns: 0,
+        },
         page_types: vec![page_type::NORMAL; n],
         p2m: (0..n as u64).map(|p| 0x10_0000 + p).collect(),
-        vcpus: vec![VcpuState { id: 0, kind: VcpuKind::Basic, data: vec![0u8; 5168] }],
+        vcpus: vec![VcpuState {
+            id: 0,
+            kind: VcpuKind::Basic,
+            data: vec![0u8; 5168],
+        }],
         shared_info: None,
         digest: [0; 32],
         stream_bytes: 0,
@@ -47,5 +55,7 @@ pub fn checkpoint(max_pfn: u64, seed: u64) -> Checkpoint {
 
 /// The encoded stream of `checkpoint(max_pfn, seed)`.
 pub fn stream(max_pfn: u64, seed: u64) -> Vec<u8> {
-    checkpoint(max_pfn, seed).write_to(Vec::new()).expect("writing to memory")
+    checkpoint(max_pfn, seed)
+        .write_to(Vec::new())
+        .expect("writing to memory")
 }

@@ -32,7 +32,12 @@ impl Header {
     }
     pub fn decode(b: &[u8; HEADER_LEN]) -> Header {
         let w = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        Header { ty: w(0), req_id: w(4), tx_id: w(8), len: w(12) }
+        Header {
+            ty: w(0),
+            req_id: w(4),
+            tx_id: w(8),
+            len: w(12),
+        }
     }
 }
 
@@ -101,7 +106,12 @@ mod tests {
 
     #[test]
     fn header_roundtrip() {
-        let h = Header { ty: XS_READ, req_id: 7, tx_id: 0, len: 12 };
+        let h = Header {
+            ty: XS_READ,
+            req_id: 7,
+            tx_id: 0,
+            len: 12,
+        };
         assert_eq!(Header::decode(&h.encode()), h);
     }
 

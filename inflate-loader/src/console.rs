@@ -32,7 +32,11 @@ pub fn init(si: &StartInfo) {
 fn ring() -> Option<*mut Ring> {
     // SAFETY: read of a pointer-sized static on the only vCPU.
     let r = unsafe { RING };
-    if r.is_null() { None } else { Some(r) }
+    if r.is_null() {
+        None
+    } else {
+        Some(r)
+    }
 }
 
 pub fn write_bytes(s: &[u8]) {
@@ -81,7 +85,10 @@ pub fn flush() {
     for _ in 0..20000 {
         // SAFETY: as in put().
         let (c, p) = unsafe {
-            (core::ptr::read_volatile(&raw const (*r).out_cons), core::ptr::read_volatile(&raw const (*r).out_prod))
+            (
+                core::ptr::read_volatile(&raw const (*r).out_cons),
+                core::ptr::read_volatile(&raw const (*r).out_prod),
+            )
         };
         if c == p {
             return;
@@ -96,7 +103,8 @@ pub fn idle() -> bool {
     let Some(r) = ring() else { return true };
     // SAFETY: as in put().
     unsafe {
-        core::ptr::read_volatile(&raw const (*r).out_cons) == core::ptr::read_volatile(&raw const (*r).out_prod)
+        core::ptr::read_volatile(&raw const (*r).out_cons)
+            == core::ptr::read_volatile(&raw const (*r).out_prod)
     }
 }
 

@@ -38,9 +38,17 @@ pub fn close(port: u32) -> i64 {
 
 /// A fresh port that `remote` can bind to.
 pub fn alloc_unbound(remote: u16) -> Result<u32, i64> {
-    let mut a = AllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+    let mut a = AllocUnbound {
+        dom: DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
     let rc = event_channel_op(EVTCHNOP_ALLOC_UNBOUND, &mut a);
-    if rc < 0 { Err(rc) } else { Ok(a.port) }
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(a.port)
+    }
 }
 
 /// Clear the pending bit of `port` in shared_info (we consume events by polling rings).

@@ -43,7 +43,9 @@ pub enum GntError {
 impl core::fmt::Display for GntError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            GntError::Setup(rc, st) => write!(f, "GNTTABOP_setup_table failed: rc {rc}, status {st}"),
+            GntError::Setup(rc, st) => {
+                write!(f, "GNTTABOP_setup_table failed: rc {rc}, status {st}")
+            }
             GntError::Full => write!(f, "no free grant reference"),
         }
     }
@@ -52,7 +54,12 @@ impl core::fmt::Display for GntError {
 impl GrantTable {
     pub fn init() -> Result<Self, GntError> {
         let mut frames = [0u64; GNTTAB_FRAMES];
-        let mut st = SetupTable { dom: crate::events::DOMID_SELF, nr_frames: GNTTAB_FRAMES as u32, status: 0, frame_list: frames.as_mut_ptr() };
+        let mut st = SetupTable {
+            dom: crate::events::DOMID_SELF,
+            nr_frames: GNTTAB_FRAMES as u32,
+            status: 0,
+            frame_list: frames.as_mut_ptr(),
+        };
         let rc = grant_table_op(GNTTABOP_SETUP_TABLE, &mut st, 1);
         if rc != 0 || st.status != 0 {
             return Err(GntError::Setup(rc, st.status));
@@ -64,12 +71,18 @@ impl GrantTable {
                 base = va;
             }
         }
-        Ok(GrantTable { entries: base as *mut Entry, used: [0; (NR_REFS as usize).div_ceil(64)], active: 0 })
+        Ok(GrantTable {
+            entries: base as *mut Entry,
+            used: [0; (NR_REFS as usize).div_ceil(64)],
+            active: 0,
+        })
     }
 
     /// Grant `domid` access to machine frame `mfn`; returns the grant reference.
     pub fn grant(&mut self, domid: u16, mfn: u64, readonly: bool) -> Result<u32, GntError> {
-        let r = (FIRST_REF..NR_REFS).find(|&r| self.used[r as usize / 64] & (1 << (r % 64)) == 0).ok_or(GntError::Full)?;
+        let r = (FIRST_REF..NR_REFS)
+            .find(|&r| self.used[r as usize / 64] & (1 << (r % 64)) == 0)
+            .ok_or(GntError::Full)?;
         self.used[r as usize / 64] |= 1 << (r % 64);
         // SAFETY: r < NR_REFS, inside the mapped table frames (contiguous virtual pages). The
         // frame and domid must be visible before the flags make the entry valid.
@@ -78,7 +91,10 @@ impl GrantTable {
             core::ptr::write_volatile(&raw mut (*e).domid, domid);
             core::ptr::write_volatile(&raw mut (*e).frame, mfn as u32);
             fence(Ordering::SeqCst);
-            core::ptr::write_volatile(&raw mut (*e).flags, GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 });
+            core::ptr::write_volatile(
+                &raw mut (*e).flags,
+                GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 },
+            );
         }
         self.active += 1;
         Ok(r)

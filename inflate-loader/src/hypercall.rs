@@ -80,7 +80,11 @@ pub struct SchedPoll {
 
 /// Block until one of `ports` is pending or until Xen system time `deadline_ns` (0 = none).
 pub fn poll(ports: &[u32], deadline_ns: u64) -> i64 {
-    let arg = SchedPoll { ports: ports.as_ptr(), nr_ports: ports.len() as u32, timeout: deadline_ns };
+    let arg = SchedPoll {
+        ports: ports.as_ptr(),
+        nr_ports: ports.len() as u32,
+        timeout: deadline_ns,
+    };
     // SAFETY: arg and the ports slice outlive the call.
     unsafe { raw(SCHED_OP, SCHEDOP_POLL, &arg as *const _ as u64, 0, 0, 0) }
 }
@@ -92,5 +96,14 @@ pub fn event_channel_op<T>(cmd: u64, arg: &mut T) -> i64 {
 
 pub fn grant_table_op<T>(cmd: u64, arg: &mut T, count: u32) -> i64 {
     // SAFETY: T is one of the #[repr(C)] gnttab_* argument structures.
-    unsafe { raw(GRANT_TABLE_OP, cmd, arg as *mut T as u64, count as u64, 0, 0) }
+    unsafe {
+        raw(
+            GRANT_TABLE_OP,
+            cmd,
+            arg as *mut T as u64,
+            count as u64,
+            0,
+            0,
+        )
+    }
 }

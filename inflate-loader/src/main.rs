@@ -44,7 +44,12 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     console::init(si);
     mm::map_shared_info(si);
     let boot_ns = mm::system_time_ns();
-    kprintln!("inflate-loader: booting on {}, {} pages, cmdline '{}'", si.magic(), si.nr_pages, si.cmdline());
+    kprintln!(
+        "inflate-loader: booting on {}, {} pages, cmdline '{}'",
+        si.magic(),
+        si.nr_pages,
+        si.cmdline()
+    );
     let mapped = mm::mapped_pages(si);
     let first_free = mapped.max(mm::image_end_pfn());
     kprintln!("inflate-loader: image ends at pfn {}, boot mapping covers {} pages, pt_base {:#x} (+{} frames), upcall mask {}",
@@ -73,7 +78,12 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     // SAFETY: kmain runs once; these are the only references ever made to the two statics.
     let (bits, slots) = unsafe { (&mut *(&raw mut FRAME_BITS), &mut *(&raw mut PLAN_SLOTS)) };
     let book = FrameBook::new(bits, si.nr_pages, first_free);
-    kprintln!("inflate-loader: {} frames free for guest pages (pfn {}..{})", book.free_count(), first_free, si.nr_pages);
+    kprintln!(
+        "inflate-loader: {} frames free for guest pages (pfn {}..{})",
+        book.free_count(),
+        first_free,
+        si.nr_pages
+    );
     let mut rx = Receiver::new(book, Plan::new(slots));
     status(&mut xs, "listening");
     let nf = RefCell::new(nf);

@@ -43,7 +43,8 @@ pub fn pfn_to_mfn(pfn: u64) -> u64 {
 pub fn mfn_to_pfn(mfn: u64) -> u64 {
     // SAFETY: the read-only machine-to-phys table is mapped into every 64-bit PV guest at
     // MACH2PHYS_VIRT_START; an entry is 8 bytes.
-    let pfn = unsafe { core::ptr::read_volatile((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)) };
+    let pfn =
+        unsafe { core::ptr::read_volatile((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)) };
     pfn
 }
 
@@ -133,7 +134,11 @@ pub fn system_time_ns() -> u64 {
                 continue;
             }
             let mut delta = tsc.wrapping_sub(tsc_ts);
-            if shift >= 0 { delta <<= shift } else { delta >>= -shift }
+            if shift >= 0 {
+                delta <<= shift
+            } else {
+                delta >>= -shift
+            }
             return sys + ((delta as u128 * mul as u128) >> 32) as u64;
         }
     }
@@ -149,17 +154,25 @@ pub fn mapped_pages(si: &StartInfo) -> u64 {
     // each present entry's frame is one of those tables.
     unsafe {
         let e4 = *l4;
-        if e4 & PTE_PRESENT == 0 { return 0; }
+        if e4 & PTE_PRESENT == 0 {
+            return 0;
+        }
         let l3 = table_va(e4);
         let e3 = *l3;
-        if e3 & PTE_PRESENT == 0 { return 0; }
+        if e3 & PTE_PRESENT == 0 {
+            return 0;
+        }
         let l2 = table_va(e3);
         for i2 in 0..512 {
             let e2 = *l2.add(i2);
-            if e2 & PTE_PRESENT == 0 { return n; }
+            if e2 & PTE_PRESENT == 0 {
+                return n;
+            }
             let l1 = table_va(e2);
             for i1 in 0..512 {
-                if *l1.add(i1) & PTE_PRESENT == 0 { return n; }
+                if *l1.add(i1) & PTE_PRESENT == 0 {
+                    return n;
+                }
                 n += 1;
             }
         }
@@ -168,6 +181,8 @@ pub fn mapped_pages(si: &StartInfo) -> u64 {
 }
 
 pub fn image_end_pfn() -> u64 {
-    extern "C" { static __image_end: u8; }
+    extern "C" {
+        static __image_end: u8;
+    }
     (&raw const __image_end as u64).div_ceil(PAGE_SIZE as u64)
 }

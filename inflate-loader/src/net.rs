@@ -44,8 +44,14 @@ impl TxToken for Tx<'_> {
 }
 
 impl<'n> Device for NfDevice<'n> {
-    type RxToken<'a> = Rx<'a> where Self: 'a;
-    type TxToken<'a> = Tx<'a> where Self: 'a;
+    type RxToken<'a>
+        = Rx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = Tx<'a>
+    where
+        Self: 'a;
 
     fn receive(&mut self, _t: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
         let ready = {
@@ -79,7 +85,9 @@ impl FrameStore for WindowStore {
         })
     }
     fn leaf(&mut self, pfn: u64) -> [u8; 32] {
-        mm::with_frame(mm::pfn_to_mfn(pfn), |p| checkpoint_stream::digest::leaf_hash(Some(p)))
+        mm::with_frame(mm::pfn_to_mfn(pfn), |p| {
+            checkpoint_stream::digest::leaf_hash(Some(p))
+        })
     }
 }
 
@@ -97,7 +105,12 @@ const MAIN_RX_LEN: usize = 256 * 1024;
 static mut MAIN_RX: [u8; MAIN_RX_LEN] = [0; MAIN_RX_LEN];
 
 /// Serve until a checkpoint has been received and verified; returns its result record.
-pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boot_ns: u64) -> ResultRecord {
+pub fn serve(
+    nf: &RefCell<Netfront>,
+    cfg: &NetConfig,
+    rx: &mut Receiver<'_>,
+    boot_ns: u64,
+) -> ResultRecord {
     let mac = nf.borrow().mac;
     let port = nf.borrow().port;
     let mut dev = NfDevice(nf);
@@ -109,7 +122,9 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
         let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), cfg.prefix_len));
     });
     if let Some([a, b, c, d]) = cfg.gateway {
-        let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
     }
 
     // SAFETY: serve() runs once (kmain never returns to call it again), so this is the only
@@ -125,14 +140,31 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
     // Symmetry matters: a finished connection may still be closing when the next client
     // connects, and that client must be served, not refused.
     let handles = [
-        sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut main_rx[..]), tcp::SocketBuffer::new(&mut main_tx[..]))),
-        sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(&mut busy_rx[..]), tcp::SocketBuffer::new(&mut busy_tx[..]))),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut main_rx[..]),
+            tcp::SocketBuffer::new(&mut main_tx[..]),
+        )),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut busy_rx[..]),
+            tcp::SocketBuffer::new(&mut busy_tx[..]),
+        )),
     ];
     for h in handles {
-        sockets.get_mut::<tcp::Socket>(h).listen(cfg.port).expect("listen");
+        sockets
+            .get_mut::<tcp::Socket>(h)
+            .listen(cfg.port)
+            .expect("listen");
     }
-    kprintln!("inflate-loader: listening on {}.{}.{}.{}/{} port {} ({} ms after boot)",
-        a, b, c, d, cfg.prefix_len, cfg.port, (mm::system_time_ns() - boot_ns) / 1_000_000);
+    kprintln!(
+        "inflate-loader: listening on {}.{}.{}.{}/{} port {} ({} ms after boot)",
+        a,
+        b,
+        c,
+        d,
+        cfg.prefix_len,
+        cfg.port,
+        (mm::system_time_ns() - boot_ns) / 1_000_000
+    );
 
     let mut store = WindowStore;
     let mut roles = [Role::Listen, Role::Listen];
@@ -142,7 +174,10 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
         iface.poll(t, &mut dev, &mut sockets);
 
         for i in 0..2 {
-            let serving_elsewhere = roles.iter().enumerate().any(|(k, r)| k != i && matches!(r, Role::Serve));
+            let serving_elsewhere = roles
+                .iter()
+                .enumerate()
+                .any(|(k, r)| k != i && matches!(r, Role::Serve));
             let s = sockets.get_mut::<tcp::Socket>(handles[i]);
             match &mut roles[i] {
                 Role::Listen => {
@@ -152,8 +187,17 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                             rx.begin(now_us());
                             roles[i] = Role::Serve;
                         } else {
-                            kprintln!("inflate-loader: refusing connection from {:?}: busy", s.remote_endpoint());
-                            let rec = ResultRecord::new(Status::Busy, 0, 0, 0, "loader busy: it serves one connection at a time");
+                            kprintln!(
+                                "inflate-loader: refusing connection from {:?}: busy",
+                                s.remote_endpoint()
+                            );
+                            let rec = ResultRecord::new(
+                                Status::Busy,
+                                0,
+                                0,
+                                0,
+                                "loader busy: it serves one connection at a time",
+                            );
                             roles[i] = Role::Finish { rec, sent: false };
                         }
                     }
@@ -161,12 +205,21 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                 Role::Serve => {
                     let mut verdict = None;
                     while verdict.is_none() && s.can_recv() {
-                        if let Ok(r) = s.recv(|buf| (buf.len(), rx.feed(buf, &mut store, now_us()))) {
+                        if let Ok(r) = s.recv(|buf| (buf.len(), rx.feed(buf, &mut store, now_us())))
+                        {
                             verdict = r;
                         }
                     }
-                    if verdict.is_none() && !s.can_recv()
-                        && matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closed | tcp::State::Closing | tcp::State::TimeWait)
+                    if verdict.is_none()
+                        && !s.can_recv()
+                        && matches!(
+                            s.state(),
+                            tcp::State::CloseWait
+                                | tcp::State::LastAck
+                                | tcp::State::Closed
+                                | tcp::State::Closing
+                                | tcp::State::TimeWait
+                        )
                     {
                         verdict = rx.eof(now_us());
                     }
@@ -179,7 +232,11 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                         roles[i] = Role::Finish { rec, sent: false };
                     } else if now_us() / 1_000_000 >= last_report + 5 {
                         last_report = now_us() / 1_000_000;
-                        kprintln!("inflate-loader: {} bytes received, {} pages placed", rx.bytes(), rx.plan.placed());
+                        kprintln!(
+                            "inflate-loader: {} bytes received, {} pages placed",
+                            rx.bytes(),
+                            rx.plan.placed()
+                        );
                     }
                 }
                 Role::Finish { rec, sent } => {
@@ -191,14 +248,21 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
                         let _ = s.send_slice(&rec.encode());
                         s.close();
                         *sent = true;
-                    } else if !*sent && !s.may_send()
-                        && !matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent)
+                    } else if !*sent
+                        && !s.may_send()
+                        && !matches!(
+                            s.state(),
+                            tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
+                        )
                     {
                         // The peer is gone before we could answer.
                         s.close();
                         *sent = true;
                     }
-                    if *sent && (matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) || !s.is_active()) {
+                    if *sent
+                        && (matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
+                            || !s.is_active())
+                    {
                         if rec.status == Status::Ok {
                             let rec = rec.clone();
                             iface.poll(now(), &mut dev, &mut sockets);
@@ -218,7 +282,11 @@ pub fn serve(nf: &RefCell<Netfront>, cfg: &NetConfig, rx: &mut Receiver<'_>, boo
 
         // Sleep until the next timer or an event on the vif.
         let t = now();
-        let delay = iface.poll_delay(t, &sockets).map(|d| d.total_micros()).unwrap_or(50_000).min(50_000);
+        let delay = iface
+            .poll_delay(t, &sockets)
+            .map(|d| d.total_micros())
+            .unwrap_or(50_000)
+            .min(50_000);
         if delay > 0 && !nf.borrow_mut().rx_pending() {
             events::wait(&[port], mm::system_time_ns() + delay * 1000);
         }
@@ -229,10 +297,19 @@ enum Role {
     Listen,
     Serve,
     /// Sending a result record (verdict or busy), then closing.
-    Finish { rec: ResultRecord, sent: bool },
+    Finish {
+        rec: ResultRecord,
+        sent: bool,
+    },
 }
 
 fn report(rec: &ResultRecord) {
-    kprintln!("inflate-loader: result {}: {} ({} pages, {} bytes, {} ms)",
-        rec.status.name(), rec.message(), rec.pages, rec.bytes, rec.micros / 1000);
+    kprintln!(
+        "inflate-loader: result {}: {} ({} pages, {} bytes, {} ms)",
+        rec.status.name(),
+        rec.message(),
+        rec.pages,
+        rec.bytes,
+        rec.micros / 1000
+    );
 }

@@ -133,28 +133,50 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     for b in m.iter_mut() {
         *b = u8::from_str_radix(it.next()?, 16).ok()?;
     }
-    if it.next().is_some() { None } else { Some(m) }
+    if it.next().is_some() {
+        None
+    } else {
+        Some(m)
+    }
 }
 
 impl Netfront {
     pub fn connect(xs: &mut Xenstore, gt: &mut GrantTable) -> Result<Self, NetError> {
         let mut b = [0u8; 128];
         let backend = {
-            let s = xs.read("device/vif/0/backend", &mut b).map_err(|e| NetError::Xs("device/vif/0/backend", e))?;
+            let s = xs
+                .read("device/vif/0/backend", &mut b)
+                .map_err(|e| NetError::Xs("device/vif/0/backend", e))?;
             let mut p = Buf::<128>::new();
             let _ = core::fmt::Write::write_str(&mut p, s);
             p
         };
-        let backend_id = xs.read_u64("device/vif/0/backend-id").map_err(|e| NetError::Xs("backend-id", e))? as u16;
+        let backend_id = xs
+            .read_u64("device/vif/0/backend-id")
+            .map_err(|e| NetError::Xs("backend-id", e))? as u16;
         let mac = {
-            let s = xs.read("device/vif/0/mac", &mut b).map_err(|e| NetError::Xs("mac", e))?;
+            let s = xs
+                .read("device/vif/0/mac", &mut b)
+                .map_err(|e| NetError::Xs("mac", e))?;
             parse_mac(s).ok_or(NetError::BadMac)?
         };
-        kprintln!("netfront: backend {} (dom{}), mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            backend.as_str(), backend_id, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+        kprintln!(
+            "netfront: backend {} (dom{}), mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            backend.as_str(),
+            backend_id,
+            mac[0],
+            mac[1],
+            mac[2],
+            mac[3],
+            mac[4],
+            mac[5]
+        );
 
         let bstate = path!("{}/state", backend.as_str());
-        let st = xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_INITWAIT || s == STATE_CONNECTED)
+        let st = xs
+            .wait_u64(bstate.as_str(), 30_000_000_000, |s| {
+                s == STATE_INITWAIT || s == STATE_CONNECTED
+            })
             .map_err(|e| NetError::Xs("waiting for backend InitWait", e))?;
         kprintln!("netfront: backend state {st}");
 
@@ -168,28 +190,57 @@ impl Netfront {
             (*rx_sring()).req_event = 1;
             (*rx_sring()).rsp_event = 1;
         }
-        let tx_ring_ref = gt.grant(backend_id, mm::virt_to_mfn(&raw const TX_RING as u64), false).map_err(|_| NetError::Grant)?;
-        let rx_ring_ref = gt.grant(backend_id, mm::virt_to_mfn(&raw const RX_RING as u64), false).map_err(|_| NetError::Grant)?;
+        let tx_ring_ref = gt
+            .grant(
+                backend_id,
+                mm::virt_to_mfn(&raw const TX_RING as u64),
+                false,
+            )
+            .map_err(|_| NetError::Grant)?;
+        let rx_ring_ref = gt
+            .grant(
+                backend_id,
+                mm::virt_to_mfn(&raw const RX_RING as u64),
+                false,
+            )
+            .map_err(|_| NetError::Grant)?;
         let mut tx_grefs = [0u32; TX_BUFS];
         for (i, g) in tx_grefs.iter_mut().enumerate() {
             // SAFETY: only the address is taken.
             let va = unsafe { &raw const TX_PAGES[i] } as u64;
-            *g = gt.grant(backend_id, mm::virt_to_mfn(va), true).map_err(|_| NetError::Grant)?;
+            *g = gt
+                .grant(backend_id, mm::virt_to_mfn(va), true)
+                .map_err(|_| NetError::Grant)?;
         }
         let mut rx_grefs = [0u32; RX_BUFS];
         for (i, g) in rx_grefs.iter_mut().enumerate() {
             // SAFETY: only the address is taken.
             let va = unsafe { &raw const RX_PAGES[i] } as u64;
-            *g = gt.grant(backend_id, mm::virt_to_mfn(va), false).map_err(|_| NetError::Grant)?;
+            *g = gt
+                .grant(backend_id, mm::virt_to_mfn(va), false)
+                .map_err(|_| NetError::Grant)?;
         }
         let port = events::alloc_unbound(backend_id).map_err(NetError::Evtchn)?;
         events::unmask(port);
 
         let mut nf = Netfront {
-            mac, port, backend, backend_id, tx_ring_ref, rx_ring_ref, tx_grefs, rx_grefs,
-            tx_free: core::array::from_fn(|i| i as u16), tx_nfree: TX_BUFS,
-            tx_req_prod: 0, tx_rsp_cons: 0, rx_req_prod: 0, rx_rsp_cons: 0,
-            rx_packets: 0, tx_packets: 0, rx_errors: 0,
+            mac,
+            port,
+            backend,
+            backend_id,
+            tx_ring_ref,
+            rx_ring_ref,
+            tx_grefs,
+            rx_grefs,
+            tx_free: core::array::from_fn(|i| i as u16),
+            tx_nfree: TX_BUFS,
+            tx_req_prod: 0,
+            tx_rsp_cons: 0,
+            rx_req_prod: 0,
+            rx_rsp_cons: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            rx_errors: 0,
         };
         for id in 0..RX_BUFS as u16 {
             nf.post_rx(id);
@@ -198,7 +249,8 @@ impl Netfront {
 
         let w = |xs: &mut Xenstore, k: &str, v: u64| {
             let p = path!("device/vif/0/{k}");
-            xs.write_u64(p.as_str(), v).map_err(|e| NetError::Xs("writing frontend keys", e))
+            xs.write_u64(p.as_str(), v)
+                .map_err(|e| NetError::Xs("writing frontend keys", e))
         };
         w(xs, "tx-ring-ref", tx_ring_ref as u64)?;
         w(xs, "rx-ring-ref", rx_ring_ref as u64)?;
@@ -209,9 +261,17 @@ impl Netfront {
         w(xs, "feature-sg", 0)?;
         w(xs, "feature-gso-tcpv4", 0)?;
         w(xs, "state", STATE_CONNECTED)?;
-        xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_CONNECTED || s >= STATE_CLOSING)
-            .map_err(|e| NetError::Xs("waiting for backend Connected", e))
-            .and_then(|s| if s == STATE_CONNECTED { Ok(()) } else { Err(NetError::Backend("closed instead of connecting")) })?;
+        xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| {
+            s == STATE_CONNECTED || s >= STATE_CLOSING
+        })
+        .map_err(|e| NetError::Xs("waiting for backend Connected", e))
+        .and_then(|s| {
+            if s == STATE_CONNECTED {
+                Ok(())
+            } else {
+                Err(NetError::Backend("closed instead of connecting"))
+            }
+        })?;
         kprintln!("netfront: connected to dom{}, evtchn {port}, tx-ring-ref {tx_ring_ref}, rx-ring-ref {rx_ring_ref}", nf.backend_id);
         Ok(nf)
     }
@@ -219,7 +279,16 @@ impl Netfront {
     fn post_rx(&mut self, id: u16) {
         let s = rx_slot(self.rx_req_prod);
         // SAFETY: the slot is ours until we publish req_prod past it.
-        unsafe { core::ptr::write_volatile(s, RxReq { id, pad: 0, gref: self.rx_grefs[id as usize] }) };
+        unsafe {
+            core::ptr::write_volatile(
+                s,
+                RxReq {
+                    id,
+                    pad: 0,
+                    gref: self.rx_grefs[id as usize],
+                },
+            )
+        };
         self.rx_req_prod = self.rx_req_prod.wrapping_add(1);
     }
 
@@ -251,7 +320,12 @@ impl Netfront {
             if self.rx_rsp_cons == prod {
                 // Ask for an event on the next response, then re-check (RING_FINAL_CHECK).
                 // SAFETY: as above.
-                unsafe { vwrite(&raw mut (*rx_sring()).rsp_event, self.rx_rsp_cons.wrapping_add(1)) };
+                unsafe {
+                    vwrite(
+                        &raw mut (*rx_sring()).rsp_event,
+                        self.rx_rsp_cons.wrapping_add(1),
+                    )
+                };
                 fence(Ordering::SeqCst);
                 // SAFETY: as above.
                 if unsafe { vread(&raw const (*rx_sring()).rsp_prod) } == self.rx_rsp_cons {
@@ -262,19 +336,24 @@ impl Netfront {
             fence(Ordering::SeqCst);
             // SAFETY: responses up to rsp_prod are written by the backend; a response overlays
             // the request slot of the same index.
-            let rsp = unsafe { core::ptr::read_volatile(rx_slot(self.rx_rsp_cons) as *const RxRsp) };
+            let rsp =
+                unsafe { core::ptr::read_volatile(rx_slot(self.rx_rsp_cons) as *const RxRsp) };
             self.rx_rsp_cons = self.rx_rsp_cons.wrapping_add(1);
             let id = rsp.id as usize;
             if id >= RX_BUFS {
                 self.rx_errors += 1;
                 continue;
             }
-            let out = if rsp.status > 0 && rsp.flags & (NETRXF_EXTRA_INFO | NETRXF_MORE_DATA) == 0
+            let out = if rsp.status > 0
+                && rsp.flags & (NETRXF_EXTRA_INFO | NETRXF_MORE_DATA) == 0
                 && rsp.offset as usize + rsp.status as usize <= PAGE_SIZE
             {
                 // SAFETY: the backend finished copying into buffer `id` before posting the
                 // response; the buffer is ours until re-posted below.
-                let data = unsafe { &(&(*(&raw const RX_PAGES[id])).0)[rsp.offset as usize..rsp.offset as usize + rsp.status as usize] };
+                let data = unsafe {
+                    &(&(*(&raw const RX_PAGES[id])).0)
+                        [rsp.offset as usize..rsp.offset as usize + rsp.status as usize]
+                };
                 self.rx_packets += 1;
                 f.take().map(|f| f(data))
             } else {
@@ -305,7 +384,8 @@ impl Netfront {
             }
             fence(Ordering::SeqCst);
             // SAFETY: as in recv().
-            let rsp = unsafe { core::ptr::read_volatile(tx_slot(self.tx_rsp_cons) as *const TxRsp) };
+            let rsp =
+                unsafe { core::ptr::read_volatile(tx_slot(self.tx_rsp_cons) as *const TxRsp) };
             self.tx_rsp_cons = self.tx_rsp_cons.wrapping_add(1);
             if (rsp.id as usize) < TX_BUFS && self.tx_nfree < TX_BUFS {
                 self.tx_free[self.tx_nfree] = rsp.id;
@@ -330,7 +410,18 @@ impl Netfront {
         let r = f(buf);
         let s = tx_slot(self.tx_req_prod);
         // SAFETY: the slot is ours until we publish req_prod past it.
-        unsafe { core::ptr::write_volatile(s, TxReq { gref: self.tx_grefs[id as usize], offset: 0, flags: 0, id, size: len as u16 }) };
+        unsafe {
+            core::ptr::write_volatile(
+                s,
+                TxReq {
+                    gref: self.tx_grefs[id as usize],
+                    offset: 0,
+                    flags: 0,
+                    id,
+                    size: len as u16,
+                },
+            )
+        };
         self.tx_req_prod = self.tx_req_prod.wrapping_add(1);
         self.push(tx_sring(), self.tx_req_prod);
         self.tx_packets += 1;
@@ -342,16 +433,26 @@ impl Netfront {
     /// for the next frontend. Returns the backend state seen last.
     pub fn disconnect(mut self, xs: &mut Xenstore, gt: &mut GrantTable) -> Result<u64, NetError> {
         let bstate = path!("{}/state", self.backend.as_str());
-        let st = |xs: &mut Xenstore, v| xs.write_u64("device/vif/0/state", v).map_err(|e| NetError::Xs("frontend state", e));
+        let st = |xs: &mut Xenstore, v| {
+            xs.write_u64("device/vif/0/state", v)
+                .map_err(|e| NetError::Xs("frontend state", e))
+        };
         st(xs, STATE_CLOSING)?;
         xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s >= STATE_CLOSING)
             .map_err(|e| NetError::Xs("waiting for backend Closing", e))?;
         st(xs, STATE_CLOSED)?;
-        xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_CLOSED || s == STATE_INITWAIT)
-            .map_err(|e| NetError::Xs("waiting for backend Closed", e))?;
+        xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| {
+            s == STATE_CLOSED || s == STATE_INITWAIT
+        })
+        .map_err(|e| NetError::Xs("waiting for backend Closed", e))?;
         self.reap_tx();
         let mut stuck = 0;
-        for r in self.tx_grefs.iter().chain(self.rx_grefs.iter()).chain([&self.tx_ring_ref, &self.rx_ring_ref]) {
+        for r in self
+            .tx_grefs
+            .iter()
+            .chain(self.rx_grefs.iter())
+            .chain([&self.tx_ring_ref, &self.rx_ring_ref])
+        {
             if !gt.end(*r) {
                 stuck += 1;
             }
@@ -365,7 +466,8 @@ impl Netfront {
             let _ = xs.rm(p.as_str());
         }
         st(xs, STATE_INITIALISING)?;
-        let last = xs.wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_INITWAIT)
+        let last = xs
+            .wait_u64(bstate.as_str(), 30_000_000_000, |s| s == STATE_INITWAIT)
             .map_err(|e| NetError::Xs("waiting for backend InitWait", e))?;
         self.port = 0;
         Ok(last)

@@ -22,7 +22,11 @@ pub struct StartInfo {
 
 impl StartInfo {
     pub fn cmdline(&self) -> &str {
-        let n = self.cmd_line.iter().position(|&b| b == 0).unwrap_or(self.cmd_line.len());
+        let n = self
+            .cmd_line
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.cmd_line.len());
         core::str::from_utf8(&self.cmd_line[..n]).unwrap_or("<non-utf8 cmdline>")
     }
     pub fn magic(&self) -> &str {

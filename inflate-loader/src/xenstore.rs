@@ -28,7 +28,11 @@ pub enum XsError {
 impl core::fmt::Display for XsError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            XsError::Xen(b, n) => write!(f, "xenstore error {}", core::str::from_utf8(&b[..*n]).unwrap_or("?")),
+            XsError::Xen(b, n) => write!(
+                f,
+                "xenstore error {}",
+                core::str::from_utf8(&b[..*n]).unwrap_or("?")
+            ),
             XsError::TooLong => write!(f, "xenstore message too long"),
             XsError::Timeout => write!(f, "xenstore timeout"),
             XsError::Protocol => write!(f, "xenstore protocol error"),
@@ -50,7 +54,13 @@ impl Xenstore {
     pub fn new(si: &StartInfo) -> Self {
         let pfn = mm::mfn_to_pfn(si.store_mfn);
         events::unmask(si.store_evtchn);
-        Xenstore { ring: (pfn << 12) as *mut Ring, port: si.store_evtchn, req_id: 1, watch_events: 0, buf: [0; xs::PAYLOAD_MAX] }
+        Xenstore {
+            ring: (pfn << 12) as *mut Ring,
+            port: si.store_evtchn,
+            req_id: 1,
+            watch_events: 0,
+            buf: [0; xs::PAYLOAD_MAX],
+        }
     }
 
     pub fn port(&self) -> u32 {
@@ -61,7 +71,10 @@ impl Xenstore {
         if mm::system_time_ns() > deadline {
             return Err(XsError::Timeout);
         }
-        events::wait(&[self.port], (mm::system_time_ns() + 10_000_000).min(deadline));
+        events::wait(
+            &[self.port],
+            (mm::system_time_ns() + 10_000_000).min(deadline),
+        );
         Ok(())
     }
 
@@ -120,7 +133,12 @@ impl Xenstore {
         let id = self.req_id;
         self.req_id = self.req_id.wrapping_add(1);
         let deadline = mm::system_time_ns() + TIMEOUT_NS;
-        let h = Header { ty, req_id: id, tx_id: 0, len: len as u32 };
+        let h = Header {
+            ty,
+            req_id: id,
+            tx_id: 0,
+            len: len as u32,
+        };
         self.put(&h.encode(), deadline)?;
         self.put(&payload[..len], deadline)?;
         loop {
@@ -170,7 +188,8 @@ impl Xenstore {
     }
 
     pub fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
-        self.request(xs::XS_WRITE, &[path.as_bytes(), value.as_bytes()]).map(|_| ())
+        self.request(xs::XS_WRITE, &[path.as_bytes(), value.as_bytes()])
+            .map(|_| ())
     }
 
     pub fn write_u64(&mut self, path: &str, v: u64) -> Result<(), XsError> {
@@ -184,16 +203,23 @@ impl Xenstore {
     }
 
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(xs::XS_WATCH, &[path.as_bytes(), token.as_bytes()]).map(|_| ())
+        self.request(xs::XS_WATCH, &[path.as_bytes(), token.as_bytes()])
+            .map(|_| ())
     }
 
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(xs::XS_UNWATCH, &[path.as_bytes(), token.as_bytes()]).map(|_| ())
+        self.request(xs::XS_UNWATCH, &[path.as_bytes(), token.as_bytes()])
+            .map(|_| ())
     }
 
     /// Wait until the integer at `path` satisfies `ok`, using a watch so we sleep on the store
     /// event channel between reads.
-    pub fn wait_u64(&mut self, path: &str, timeout_ns: u64, ok: impl Fn(u64) -> bool) -> Result<u64, XsError> {
+    pub fn wait_u64(
+        &mut self,
+        path: &str,
+        timeout_ns: u64,
+        ok: impl Fn(u64) -> bool,
+    ) -> Result<u64, XsError> {
         let deadline = mm::system_time_ns() + timeout_ns;
         self.watch(path, "w")?;
         let res = loop {
@@ -216,7 +242,8 @@ impl Xenstore {
         let r = self.ring;
         // SAFETY: volatile reads of the shared indices.
         let avail = |r: *mut Ring| unsafe {
-            core::ptr::read_volatile(&raw const (*r).rsp_prod) != core::ptr::read_volatile(&raw const (*r).rsp_cons)
+            core::ptr::read_volatile(&raw const (*r).rsp_prod)
+                != core::ptr::read_volatile(&raw const (*r).rsp_cons)
         };
         if !avail(r) {
             events::wait(&[self.port], deadline);
@@ -245,8 +272,10 @@ impl Xenstore {
         let r = self.ring;
         // SAFETY: volatile reads of the shared indices.
         unsafe {
-            core::ptr::read_volatile(&raw const (*r).req_cons) == core::ptr::read_volatile(&raw const (*r).req_prod)
-                && core::ptr::read_volatile(&raw const (*r).rsp_cons) == core::ptr::read_volatile(&raw const (*r).rsp_prod)
+            core::ptr::read_volatile(&raw const (*r).req_cons)
+                == core::ptr::read_volatile(&raw const (*r).req_prod)
+                && core::ptr::read_volatile(&raw const (*r).rsp_cons)
+                    == core::ptr::read_volatile(&raw const (*r).rsp_prod)
         }
     }
 }

@@ -9,7 +9,11 @@ use token_tool::{BootToken, Certificate, Chain, Extent, TopUp};
 const SECRET: &[u8] = b"fuzz-node-secret-0123";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: fuzz_seeds CORPUS_DIR")?);
+    let root = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: fuzz_seeds CORPUS_DIR")?,
+    );
     let chain = Chain::mint([1; 20], 64, 8, |_| {})?;
     for (i, n_ext) in [0usize, 1, 32].into_iter().enumerate() {
         let t = BootToken {
@@ -25,14 +29,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             first: chain.released_value(10).ok_or("chain")?,
             loader_sha1: [0xab; 20],
             extents: (0..n_ext)
-                .map(|e| Extent { disk: e as u32, writable: e % 2 == 0, start_sector: 8 * e as u64, sectors: 8 })
+                .map(|e| Extent {
+                    disk: e as u32,
+                    writable: e % 2 == 0,
+                    start_sector: 8 * e as u64,
+                    sectors: 8,
+                })
                 .collect(),
         };
         write(&root, "boot_token", &format!("seed{i}"), &t.encode(SECRET)?)?;
     }
-    let tu = TopUp { node_id: 1, job_id: 42, count: 10, value: chain.released_value(20).ok_or("chain")? };
+    let tu = TopUp {
+        node_id: 1,
+        job_id: 42,
+        count: 10,
+        value: chain.released_value(20).ok_or("chain")?,
+    };
     write(&root, "top_up", "seed0", &tu.encode())?;
-    let c = Certificate { node_id: 1, job_id: 42, accepted: 20, balance: 13, issued_at: 1, last: tu.value };
+    let c = Certificate {
+        node_id: 1,
+        job_id: 42,
+        accepted: 20,
+        balance: 13,
+        issued_at: 1,
+        last: tu.value,
+    };
     write(&root, "certificate", "seed0", &c.encode(SECRET)?)?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::chain::{Chain, Value};
 use crate::error::TokenError;
-use crate::wire::{BootToken, Certificate, Extent};
 use crate::wallet::Purchase;
+use crate::wire::{BootToken, Certificate, Extent};
 
 /// Environment variable naming a step of a sale at which the process announces itself on
 /// stderr and stops until killed. Used by the crash tests; unset in normal use.
@@ -93,7 +93,13 @@ pub struct Sale {
 
 impl Sale {
     pub fn purchase(&self) -> Purchase {
-        Purchase { job_id: self.job_id, node_id: self.node_id, from: self.from, count: self.count as u32, value: self.value }
+        Purchase {
+            job_id: self.job_id,
+            node_id: self.node_id,
+            from: self.from,
+            count: self.count as u32,
+            value: self.value,
+        }
     }
 }
 
@@ -182,9 +188,13 @@ fn crash_point(name: &str) {
 }
 
 fn to_value(b: Vec<u8>) -> Result<Value> {
-    b.as_slice()
-        .try_into()
-        .map_err(|_| TokenError::InvalidField { field: "stored value", reason: "not 20 bytes" }.into())
+    b.as_slice().try_into().map_err(|_| {
+        TokenError::InvalidField {
+            field: "stored value",
+            reason: "not 20 bytes",
+        }
+        .into()
+    })
 }
 
 impl Broker {
@@ -192,7 +202,9 @@ impl Broker {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // FULL: a committed sale survives power loss, not only a process crash.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )?;
         Ok(conn)
     }
 
@@ -200,7 +212,10 @@ impl Broker {
     pub fn init(path: &Path) -> Result<Broker> {
         let conn = Self::connect(path)?;
         conn.execute_batch(SCHEMA)?;
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', '1')", [])?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('format', '1')",
+            [],
+        )?;
         Ok(Broker { conn })
     }
 
@@ -210,7 +225,9 @@ impl Broker {
         }
         let conn = Self::connect(path)?;
         let fmt: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|_| BrokerError::NotInitialised(path.display().to_string()))?;
         if fmt.as_deref() != Some("1") {
@@ -234,16 +251,30 @@ impl Broker {
 
     pub fn node_secret(&self, node_id: u32) -> Result<Vec<u8>> {
         self.conn
-            .query_row("SELECT secret FROM nodes WHERE node_id = ?1", [node_id], |r| r.get(0))
+            .query_row(
+                "SELECT secret FROM nodes WHERE node_id = ?1",
+                [node_id],
+                |r| r.get(0),
+            )
             .optional()?
             .ok_or(BrokerError::UnknownNode(node_id))
     }
 
     /// Mint a chain for a new job on `node_id`; returns the job.
-    pub fn mint(&mut self, node_id: u32, length: u64, max_topup: u32, progress: impl FnMut(u64)) -> Result<JobInfo> {
+    pub fn mint(
+        &mut self,
+        node_id: u32,
+        length: u64,
+        max_topup: u32,
+        progress: impl FnMut(u64),
+    ) -> Result<JobInfo> {
         self.node_secret(node_id)?;
         if max_topup == 0 {
-            return Err(TokenError::InvalidField { field: "max_topup", reason: "must be at least 1" }.into());
+            return Err(TokenError::InvalidField {
+                field: "max_topup",
+                reason: "must be at least 1",
+            }
+            .into());
         }
         let seed = crate::random_bytes::<20>()?;
         let chain = Chain::mint(seed, length, Chain::default_step(length), progress)?;
@@ -312,7 +343,12 @@ impl Broker {
             )
             .optional()?
             .ok_or(BrokerError::UnknownJob(job_id))?;
-        Ok(Chain::from_parts(len as u64, step as u64, Chain::checkpoints_from_blob(&blob)?, to_value(anchor)?)?)
+        Ok(Chain::from_parts(
+            len as u64,
+            step as u64,
+            Chain::checkpoints_from_blob(&blob)?,
+            to_value(anchor)?,
+        )?)
     }
 
     pub fn sales(&self, job_id: u64) -> Result<Vec<Sale>> {
@@ -321,7 +357,13 @@ impl Broker {
             "SELECT sale_id, payment_ref, first_pos, count, value FROM sales WHERE job_id = ?1 ORDER BY first_pos",
         )?;
         let rows = st.query_map([job_id as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Vec<u8>>(4)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -344,12 +386,22 @@ impl Broker {
     /// makes a retried request idempotent).
     pub fn sell(&mut self, job_id: u64, count: u64, payment_ref: &str) -> Result<Sale> {
         if count == 0 {
-            return Err(TokenError::InvalidField { field: "count", reason: "must be at least 1" }.into());
+            return Err(TokenError::InvalidField {
+                field: "count",
+                reason: "must be at least 1",
+            }
+            .into());
         }
         if payment_ref.is_empty() {
-            return Err(TokenError::InvalidField { field: "payment reference", reason: "must not be empty" }.into());
+            return Err(TokenError::InvalidField {
+                field: "payment reference",
+                reason: "must not be empty",
+            }
+            .into());
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         crash_point("sale-begin");
         let earlier: Option<(i64, i64, i64, i64, Vec<u8>)> = tx
             .query_row(
@@ -368,7 +420,10 @@ impl Broker {
             .ok_or(BrokerError::UnknownJob(job_id))?;
         if let Some((sale_id, sjob, from, scount, value)) = earlier {
             if sjob as u64 != job_id {
-                return Err(BrokerError::PaymentRefOtherJob(payment_ref.into(), sjob as u64));
+                return Err(BrokerError::PaymentRefOtherJob(
+                    payment_ref.into(),
+                    sjob as u64,
+                ));
             }
             return Ok(Sale {
                 sale_id,
@@ -387,15 +442,27 @@ impl Broker {
         // The first sale goes into the boot token (any size); later ones are top-ups and
         // must fit the node's bound.
         if released > 0 && count > max_topup as u64 {
-            return Err(BrokerError::SaleTooLarge { job: job_id, count, bound: max_topup });
+            return Err(BrokerError::SaleTooLarge {
+                job: job_id,
+                count,
+                bound: max_topup,
+            });
         }
         if count > left {
-            return Err(BrokerError::ChainExhausted { job: job_id, left, count });
+            return Err(BrokerError::ChainExhausted {
+                job: job_id,
+                left,
+                count,
+            });
         }
         let chain = Self::chain(&tx, job_id)?;
         let value = chain
             .released_value(released + count)
-            .ok_or(BrokerError::ChainExhausted { job: job_id, left, count })?;
+            .ok_or(BrokerError::ChainExhausted {
+                job: job_id,
+                left,
+                count,
+            })?;
         crash_point("sale-computed");
         tx.execute(
             "INSERT INTO sales (job_id, payment_ref, first_pos, count, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -413,7 +480,16 @@ impl Broker {
         crash_point("sale-updated");
         tx.commit()?;
         crash_point("sale-committed");
-        Ok(Sale { sale_id, job_id, node_id, payment_ref: payment_ref.into(), from: released, count, value, repeated: false })
+        Ok(Sale {
+            sale_id,
+            job_id,
+            node_id,
+            payment_ref: payment_ref.into(),
+            from: released,
+            count,
+            value,
+            repeated: false,
+        })
     }
 
     /// The boot token for a job: anchor s(n), first = the last value released so far, count
@@ -423,10 +499,14 @@ impl Broker {
         if job.released == 0 {
             return Err(BrokerError::NothingSold(job_id));
         }
-        let count = u32::try_from(job.released)
-            .map_err(|_| TokenError::InvalidField { field: "count", reason: "more than 2^32 tokens" })?;
+        let count = u32::try_from(job.released).map_err(|_| TokenError::InvalidField {
+            field: "count",
+            reason: "more than 2^32 tokens",
+        })?;
         let chain = Self::chain(&self.conn, job_id)?;
-        let first = chain.released_value(job.released).ok_or(BrokerError::UnknownJob(job_id))?;
+        let first = chain
+            .released_value(job.released)
+            .ok_or(BrokerError::UnknownJob(job_id))?;
         let t = BootToken {
             vcpus: grant.vcpus,
             node_id: job.node_id,
@@ -451,7 +531,11 @@ impl Broker {
         let (unverified, _) = Certificate::decode_unverified(cert_bytes)?;
         let job = self.job(unverified.job_id)?;
         if job.node_id != unverified.node_id {
-            return Err(TokenError::WrongNode { token_node: unverified.node_id, this_node: job.node_id }.into());
+            return Err(TokenError::WrongNode {
+                token_node: unverified.node_id,
+                this_node: job.node_id,
+            }
+            .into());
         }
         let secret = self.node_secret(job.node_id)?;
         let cert = Certificate::verify(cert_bytes, &secret)?;
@@ -466,7 +550,9 @@ impl Broker {
         }
         let undelivered = job.released.saturating_sub(cert.accepted);
         let tokens = cert.balance + undelivered;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "INSERT OR IGNORE INTO refunds (job_id, tokens, certificate, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![job.job_id as i64, tokens as i64, cert_bytes, crate::unix_now() as i64],
@@ -475,9 +561,17 @@ impl Broker {
             return Err(BrokerError::AlreadyRefunded(job.job_id));
         }
         // Close the chain: nothing more can be sold on a refunded job.
-        tx.execute("UPDATE chains SET released = length WHERE job_id = ?1", [job.job_id as i64])?;
+        tx.execute(
+            "UPDATE chains SET released = length WHERE job_id = ?1",
+            [job.job_id as i64],
+        )?;
         tx.commit()?;
-        Ok(Refund { job_id: job.job_id, tokens, unspent: cert.balance, undelivered })
+        Ok(Refund {
+            job_id: job.job_id,
+            tokens,
+            unspent: cert.balance,
+            undelivered,
+        })
     }
 
     /// Consistency check used by tests and `broker check`: for each job, the sales tile
@@ -487,22 +581,35 @@ impl Broker {
         for job in self.jobs()? {
             let refunded: bool = self
                 .conn
-                .query_row("SELECT 1 FROM refunds WHERE job_id = ?1", [job.job_id as i64], |_| Ok(true))
+                .query_row(
+                    "SELECT 1 FROM refunds WHERE job_id = ?1",
+                    [job.job_id as i64],
+                    |_| Ok(true),
+                )
                 .optional()?
                 .unwrap_or(false);
             let chain = Self::chain(&self.conn, job.job_id)?;
             let mut pos = 0;
             for s in self.sales(job.job_id)? {
                 if s.from != pos {
-                    problems.push(format!("job {}: sale {} starts at {} not {}", job.job_id, s.sale_id, s.from, pos));
+                    problems.push(format!(
+                        "job {}: sale {} starts at {} not {}",
+                        job.job_id, s.sale_id, s.from, pos
+                    ));
                 }
                 pos = s.from + s.count;
                 if chain.released_value(pos) != Some(s.value) {
-                    problems.push(format!("job {}: sale {} value is not s(n-{})", job.job_id, s.sale_id, pos));
+                    problems.push(format!(
+                        "job {}: sale {} value is not s(n-{})",
+                        job.job_id, s.sale_id, pos
+                    ));
                 }
             }
             if pos != job.released && !refunded {
-                problems.push(format!("job {}: released {} but sales cover {}", job.job_id, job.released, pos));
+                problems.push(format!(
+                    "job {}: released {} but sales cover {}",
+                    job.job_id, job.released, pos
+                ));
             }
         }
         Ok(problems)
@@ -515,7 +622,13 @@ mod tests {
     use crate::chain::iterate;
 
     fn grant() -> BootGrant {
-        BootGrant { memory_mib: 64, vcpus: 1, loader_sha1: [0; 20], extents: vec![], expiry: u64::MAX }
+        BootGrant {
+            memory_mib: 64,
+            vcpus: 1,
+            loader_sha1: [0; 20],
+            extents: vec![],
+            expiry: u64::MAX,
+        }
     }
 
     #[test]
@@ -525,7 +638,10 @@ mod tests {
         b.add_node(1).unwrap();
         assert_eq!(b.add_node(1).unwrap_err().code(), "node-exists");
         let job = b.mint(1, 1000, 20, |_| {}).unwrap();
-        assert_eq!(b.boot_token(job.job_id, &grant()).unwrap_err().code(), "nothing-sold");
+        assert_eq!(
+            b.boot_token(job.job_id, &grant()).unwrap_err().code(),
+            "nothing-sold"
+        );
         let s1 = b.sell(job.job_id, 10, "p1").unwrap();
         let again = b.sell(job.job_id, 10, "p1").unwrap();
         assert!(again.repeated);
@@ -533,7 +649,10 @@ mod tests {
         let s2 = b.sell(job.job_id, 10, "p2").unwrap();
         assert_eq!(s2.from, 10);
         assert_eq!(iterate(&s2.value, 10), s1.value);
-        assert_eq!(b.sell(job.job_id, 21, "p3").unwrap_err().code(), "sale-too-large");
+        assert_eq!(
+            b.sell(job.job_id, 21, "p3").unwrap_err().code(),
+            "sale-too-large"
+        );
         assert_eq!(b.job(job.job_id).unwrap().released, 20);
         assert!(b.check().unwrap().is_empty());
         let (t, _) = b.boot_token(job.job_id, &grant()).unwrap();
@@ -547,7 +666,10 @@ mod tests {
         b.add_node(1).unwrap();
         let job = b.mint(1, 25, 20, |_| {}).unwrap();
         b.sell(job.job_id, 20, "a").unwrap();
-        assert_eq!(b.sell(job.job_id, 6, "b").unwrap_err().code(), "chain-exhausted");
+        assert_eq!(
+            b.sell(job.job_id, 6, "b").unwrap_err().code(),
+            "chain-exhausted"
+        );
         let last = b.sell(job.job_id, 5, "c").unwrap();
         assert_eq!(iterate(&last.value, 25), job.anchor);
     }

@@ -60,10 +60,16 @@ impl Chain {
         mut progress: impl FnMut(u64),
     ) -> Result<Chain, TokenError> {
         if len == 0 || len > MAX_CHAIN_LEN {
-            return Err(TokenError::InvalidField { field: "chain length", reason: "must be 1..=2^26" });
+            return Err(TokenError::InvalidField {
+                field: "chain length",
+                reason: "must be 1..=2^26",
+            });
         }
         if step == 0 || step > len {
-            return Err(TokenError::InvalidField { field: "checkpoint step", reason: "must be 1..=length" });
+            return Err(TokenError::InvalidField {
+                field: "checkpoint step",
+                reason: "must be 1..=length",
+            });
         }
         let mut checkpoints = Vec::with_capacity((len / step + 1) as usize);
         let mut x = seed;
@@ -78,18 +84,39 @@ impl Chain {
             }
         }
         progress(len);
-        Ok(Chain { len, step, checkpoints, anchor: x })
+        Ok(Chain {
+            len,
+            step,
+            checkpoints,
+            anchor: x,
+        })
     }
 
     /// Rebuild from stored parts, checking they are consistent in shape (not re-hashing).
-    pub fn from_parts(len: u64, step: u64, checkpoints: Vec<Value>, anchor: Value) -> Result<Chain, TokenError> {
+    pub fn from_parts(
+        len: u64,
+        step: u64,
+        checkpoints: Vec<Value>,
+        anchor: Value,
+    ) -> Result<Chain, TokenError> {
         if len == 0 || len > MAX_CHAIN_LEN || step == 0 || step > len {
-            return Err(TokenError::InvalidField { field: "chain", reason: "bad length or step" });
+            return Err(TokenError::InvalidField {
+                field: "chain",
+                reason: "bad length or step",
+            });
         }
         if checkpoints.len() as u64 != len / step + 1 {
-            return Err(TokenError::InvalidField { field: "chain", reason: "wrong number of checkpoints" });
+            return Err(TokenError::InvalidField {
+                field: "chain",
+                reason: "wrong number of checkpoints",
+            });
         }
-        Ok(Chain { len, step, checkpoints, anchor })
+        Ok(Chain {
+            len,
+            step,
+            checkpoints,
+            anchor,
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -134,7 +161,10 @@ impl Chain {
     /// Split a stored blob back into checkpoints.
     pub fn checkpoints_from_blob(blob: &[u8]) -> Result<Vec<Value>, TokenError> {
         if blob.len() % VALUE_LEN != 0 {
-            return Err(TokenError::InvalidField { field: "checkpoints", reason: "not a multiple of 20 bytes" });
+            return Err(TokenError::InvalidField {
+                field: "checkpoints",
+                reason: "not a multiple of 20 bytes",
+            });
         }
         Ok(blob
             .chunks_exact(VALUE_LEN)
@@ -160,7 +190,10 @@ mod tests {
     fn sha1_of_known_input() {
         // SHA-1 of 20 zero bytes (FIPS 180 reference implementations agree on this digest).
         let z = [0u8; 20];
-        assert_eq!(crate::to_hex(&f(&z)), "6768033e216468247bd031a0a2d9876d79818f8f");
+        assert_eq!(
+            crate::to_hex(&f(&z)),
+            "6768033e216468247bd031a0a2d9876d79818f8f"
+        );
     }
 
     #[test]
@@ -230,6 +263,9 @@ mod tests {
         assert_eq!(iterate(&s10, 10), c.anchor());
         assert_eq!(iterate(&s20, 10), s10);
         // A value right below a checkpoint costs the most: still equals the naive walk.
-        assert_eq!(c.value(1999).unwrap(), iterate(&c.value(1000).unwrap(), 999));
+        assert_eq!(
+            c.value(1999).unwrap(),
+            iterate(&c.value(1000).unwrap(), 999)
+        );
     }
 }

@@ -7,9 +7,17 @@ use thiserror::Error;
 pub enum TokenError {
     // --- parsing ---
     #[error("truncated {what}: {got} bytes, need {need}")]
-    Truncated { what: &'static str, need: usize, got: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
     #[error("oversized {what}: {got} bytes, at most {max} allowed")]
-    Oversized { what: &'static str, max: usize, got: usize },
+    Oversized {
+        what: &'static str,
+        max: usize,
+        got: usize,
+    },
     #[error("not a {what}: bad magic {found:02x?}")]
     BadMagic { what: &'static str, found: [u8; 4] },
     #[error("unsupported {what} version {found}")]
@@ -17,7 +25,10 @@ pub enum TokenError {
     #[error("too many disk extents: {found} (at most {max})")]
     TooManyExtents { found: usize, max: usize },
     #[error("invalid field {field}: {reason}")]
-    InvalidField { field: &'static str, reason: &'static str },
+    InvalidField {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("bad hex: {0}")]
     BadHex(String),
 

@@ -34,7 +34,10 @@ pub fn from_hex(s: &str) -> Result<Vec<u8>, TokenError> {
             b'0'..=b'9' => Ok(c - b'0'),
             b'a'..=b'f' => Ok(c - b'a' + 10),
             b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(TokenError::BadHex(format!("not a hex digit: {:?}", c as char))),
+            _ => Err(TokenError::BadHex(format!(
+                "not a hex digit: {:?}",
+                c as char
+            ))),
         }
     };
     digits

@@ -303,13 +303,34 @@ fn main() -> ExitCode {
 fn classify(e: &anyhow::Error) -> (u8, &'static str) {
     for c in e.chain() {
         if let Some(t) = c.downcast_ref::<TokenError>() {
-            return (if t.is_refusal() { EXIT_REFUSED } else { EXIT_FAIL }, t.code());
+            return (
+                if t.is_refusal() {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAIL
+                },
+                t.code(),
+            );
         }
         if let Some(l) = c.downcast_ref::<LedgerError>() {
-            return (if l.is_refusal() { EXIT_REFUSED } else { EXIT_FAIL }, l.code());
+            return (
+                if l.is_refusal() {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAIL
+                },
+                l.code(),
+            );
         }
         if let Some(b) = c.downcast_ref::<BrokerError>() {
-            return (if b.is_refusal() { EXIT_REFUSED } else { EXIT_FAIL }, b.code());
+            return (
+                if b.is_refusal() {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAIL
+                },
+                b.code(),
+            );
         }
         if let Some(w) = c.downcast_ref::<WalletError>() {
             return match w {
@@ -378,34 +399,55 @@ fn parse_extent(s: &str) -> anyhow::Result<Extent> {
 fn broker(json: bool, a: BrokerArgs) -> anyhow::Result<()> {
     if let BrokerCmd::Init = a.cmd {
         Broker::init(&a.db)?;
-        emit(json, json!({"ok": true, "db": a.db}), || format!("broker ledger ready: {}", a.db.display()));
+        emit(json, json!({"ok": true, "db": a.db}), || {
+            format!("broker ledger ready: {}", a.db.display())
+        });
         return Ok(());
     }
     let mut b = Broker::open(&a.db)?;
     match a.cmd {
         BrokerCmd::Init => unreachable!("handled above"),
-        BrokerCmd::AddNode { node_id, secret_out } => {
+        BrokerCmd::AddNode {
+            node_id,
+            secret_out,
+        } => {
             let secret = b.add_node(node_id)?;
             write_secret(&secret_out, &secret)?;
-            emit(json, json!({"ok": true, "node_id": node_id, "secret_file": secret_out}), || {
-                format!("node {node_id} added; its secret is in {} (install it with `node init`)", secret_out.display())
-            });
+            emit(
+                json,
+                json!({"ok": true, "node_id": node_id, "secret_file": secret_out}),
+                || {
+                    format!(
+                        "node {node_id} added; its secret is in {} (install it with `node init`)",
+                        secret_out.display()
+                    )
+                },
+            );
         }
-        BrokerCmd::Mint { node_id, length, max_topup } => {
+        BrokerCmd::Mint {
+            node_id,
+            length,
+            max_topup,
+        } => {
             let bar = indicatif::ProgressBar::new(length);
             if json {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
             bar.set_style(
-                indicatif::ProgressStyle::with_template("minting {bar:40} {pos}/{len} values ({per_sec})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "minting {bar:40} {pos}/{len} values ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let t0 = Instant::now();
             let job = b.mint(node_id, length, max_topup, |i| bar.set_position(i))?;
             bar.finish_and_clear();
             let secs = t0.elapsed().as_secs_f64();
-            emit(json, json!({"ok": true, "job": job, "seconds": secs}), || {
-                format!(
+            emit(
+                json,
+                json!({"ok": true, "job": job, "seconds": secs}),
+                || {
+                    format!(
                     "job {} on node {}: {} values minted in {:.2} s, {} checkpoints every {} values, anchor {}",
                     job.job_id,
                     node_id,
@@ -415,9 +457,15 @@ fn broker(json: bool, a: BrokerArgs) -> anyhow::Result<()> {
                     job.step,
                     to_hex(&job.anchor)
                 )
-            });
+                },
+            );
         }
-        BrokerCmd::Sell { job, count, payment_ref, out } => {
+        BrokerCmd::Sell {
+            job,
+            count,
+            payment_ref,
+            out,
+        } => {
             let sale = b.sell(job, count, &payment_ref)?;
             if let Some(out) = &out {
                 let p = sale.purchase();
@@ -436,22 +484,47 @@ fn broker(json: bool, a: BrokerArgs) -> anyhow::Result<()> {
                 )
             });
         }
-        BrokerCmd::BootToken { job, memory_mib, vcpus, loader_sha1, loader_file, extents, expires_in, expires_at, out } => {
+        BrokerCmd::BootToken {
+            job,
+            memory_mib,
+            vcpus,
+            loader_sha1,
+            loader_file,
+            extents,
+            expires_in,
+            expires_at,
+            out,
+        } => {
             let loader_sha1 = match (loader_sha1, loader_file) {
-                (Some(h), _) => token_tool::value_from_hex(&h).map_err(|e| UsageError(format!("--loader-sha1: {e}")))?,
+                (Some(h), _) => token_tool::value_from_hex(&h)
+                    .map_err(|e| UsageError(format!("--loader-sha1: {e}")))?,
                 (None, Some(f)) => {
                     use sha1::Digest;
                     sha1::Sha1::digest(read_file(&f)?).into()
                 }
-                (None, None) => return Err(UsageError("give --loader-sha1 or --loader-file".into()).into()),
+                (None, None) => {
+                    return Err(UsageError("give --loader-sha1 or --loader-file".into()).into())
+                }
             };
-            let extents = extents.iter().map(|s| parse_extent(s)).collect::<anyhow::Result<Vec<_>>>()?;
+            let extents = extents
+                .iter()
+                .map(|s| parse_extent(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let expiry = expires_at.unwrap_or_else(|| unix_now().saturating_add(expires_in));
-            let grant = BootGrant { memory_mib, vcpus, loader_sha1, extents, expiry };
+            let grant = BootGrant {
+                memory_mib,
+                vcpus,
+                loader_sha1,
+                extents,
+                expiry,
+            };
             let (t, bytes) = b.boot_token(job, &grant)?;
             write_file(&out, &bytes)?;
-            emit(json, json!({"ok": true, "token": t, "bytes": bytes.len(), "out": out}), || {
-                format!(
+            emit(
+                json,
+                json!({"ok": true, "token": t, "bytes": bytes.len(), "out": out}),
+                || {
+                    format!(
                     "boot token for job {job} on node {}: {} tokens, {} bytes, expires at {}, written to {}",
                     t.node_id,
                     t.count,
@@ -459,7 +532,8 @@ fn broker(json: bool, a: BrokerArgs) -> anyhow::Result<()> {
                     t.expiry,
                     out.display()
                 )
-            });
+                },
+            );
         }
         BrokerCmd::Redeem { cert } => {
             let r = b.redeem(&read_file(&cert)?)?;
@@ -481,16 +555,29 @@ fn broker(json: bool, a: BrokerArgs) -> anyhow::Result<()> {
             }
             emit(json, json!({"ok": true, "jobs": out}), || {
                 jobs.iter()
-                    .map(|j| format!("job {} node {}: {} of {} values sold, bound {}", j.job_id, j.node_id, j.released, j.length, j.max_topup))
+                    .map(|j| {
+                        format!(
+                            "job {} node {}: {} of {} values sold, bound {}",
+                            j.job_id, j.node_id, j.released, j.length, j.max_topup
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
         }
         BrokerCmd::Check => {
             let problems = b.check()?;
-            emit(json, json!({"ok": problems.is_empty(), "problems": problems}), || {
-                if problems.is_empty() { "broker ledger consistent".into() } else { problems.join("\n") }
-            });
+            emit(
+                json,
+                json!({"ok": problems.is_empty(), "problems": problems}),
+                || {
+                    if problems.is_empty() {
+                        "broker ledger consistent".into()
+                    } else {
+                        problems.join("\n")
+                    }
+                },
+            );
             if !problems.is_empty() {
                 bail!("broker ledger inconsistent: {} problem(s)", problems.len());
             }
@@ -521,23 +608,39 @@ fn wallet(json: bool, a: WalletArgs) -> anyhow::Result<()> {
             w.add(p.clone())?;
             w.save(&a.wallet)?;
             emit(json, json!({"ok": true, "purchase": p}), || {
-                format!("kept {} tokens of job {} (positions {}..{})", p.count, p.job_id, p.from, p.from + p.count as u64)
+                format!(
+                    "kept {} tokens of job {} (positions {}..{})",
+                    p.count,
+                    p.job_id,
+                    p.from,
+                    p.from + p.count as u64
+                )
             });
         }
         WalletCmd::Boot { token } => {
             let job = w.booted(&read_file(&token)?)?;
             w.save(&a.wallet)?;
             let delivered = w.jobs.get(&job).map(|j| j.delivered).unwrap_or(0);
-            emit(json, json!({"ok": true, "job": job, "delivered": delivered}), || {
-                format!("job {job}: boot token delivers the first {delivered} tokens")
-            });
+            emit(
+                json,
+                json!({"ok": true, "job": job, "delivered": delivered}),
+                || format!("job {job}: boot token delivers the first {delivered} tokens"),
+            );
         }
         WalletCmd::NextTopup { job, out, resend } => {
-            let tu = if resend { w.last_topup(job)? } else { w.next_topup(job)? };
+            let tu = if resend {
+                w.last_topup(job)?
+            } else {
+                w.next_topup(job)?
+            };
             write_file(&out, &tu.encode())?;
             w.save(&a.wallet)?;
             emit(json, json!({"ok": true, "topup": tu, "out": out}), || {
-                format!("top-up of {} tokens for job {job} written to {}", tu.count, out.display())
+                format!(
+                    "top-up of {} tokens for job {job} written to {}",
+                    tu.count,
+                    out.display()
+                )
             });
         }
         WalletCmd::Show => {
@@ -546,7 +649,10 @@ fn wallet(json: bool, a: WalletArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|(id, j)| {
                         let bought: u64 = j.purchases.iter().map(|p| p.count as u64).sum();
-                        format!("job {id} node {}: {bought} tokens bought, {} delivered", j.node_id, j.delivered)
+                        format!(
+                            "job {id} node {}: {bought} tokens bought, {} delivered",
+                            j.node_id, j.delivered
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -557,13 +663,21 @@ fn wallet(json: bool, a: WalletArgs) -> anyhow::Result<()> {
 }
 
 fn node(json: bool, a: NodeArgs) -> anyhow::Result<()> {
-    if let NodeCmd::Init { node_id, secret_file } = &a.cmd {
-        let text = std::fs::read_to_string(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
-        let secret = from_hex(&text).map_err(|e| UsageError(format!("{}: {e}", secret_file.display())))?;
+    if let NodeCmd::Init {
+        node_id,
+        secret_file,
+    } = &a.cmd
+    {
+        let text = std::fs::read_to_string(secret_file)
+            .with_context(|| format!("reading {}", secret_file.display()))?;
+        let secret =
+            from_hex(&text).map_err(|e| UsageError(format!("{}: {e}", secret_file.display())))?;
         NodeLedger::create(&a.state, *node_id, &secret)?;
-        emit(json, json!({"ok": true, "node_id": node_id, "state": a.state}), || {
-            format!("node {node_id} ledger created in {}", a.state.display())
-        });
+        emit(
+            json,
+            json!({"ok": true, "node_id": node_id, "state": a.state}),
+            || format!("node {node_id} ledger created in {}", a.state.display()),
+        );
         return Ok(());
     }
     let mut l = NodeLedger::open(&a.state)?;
@@ -574,9 +688,16 @@ fn node(json: bool, a: NodeArgs) -> anyhow::Result<()> {
             let now = now.unwrap_or_else(unix_now);
             if bytes.starts_with(&token_tool::wire::TOPUP_MAGIC) {
                 let j = l.accept_topup(&bytes)?;
-                emit(json, json!({"ok": true, "kind": "top-up", "job": j}), || {
-                    format!("top-up accepted: job {} balance {} ({} accepted in total)", j.job_id, j.balance, j.accepted)
-                });
+                emit(
+                    json,
+                    json!({"ok": true, "kind": "top-up", "job": j}),
+                    || {
+                        format!(
+                            "top-up accepted: job {} balance {} ({} accepted in total)",
+                            j.job_id, j.balance, j.accepted
+                        )
+                    },
+                );
             } else {
                 // Anything else is parsed as a boot token, which names what is wrong with it.
                 let j = l.accept_boot(&bytes, now)?;
@@ -591,7 +712,13 @@ fn node(json: bool, a: NodeArgs) -> anyhow::Result<()> {
         NodeCmd::Consume { job, tokens } => {
             let d = l.consume(job, tokens)?;
             if d.exhausted {
-                return Err(Exhausted { job, wanted: tokens, debited: d.debited, debit: json!(d) }.into());
+                return Err(Exhausted {
+                    job,
+                    wanted: tokens,
+                    debited: d.debited,
+                    debit: json!(d),
+                }
+                .into());
             }
             emit(json, json!({"ok": true, "job": job, "debit": d}), || {
                 format!("job {job}: debited {}, balance {}", d.debited, d.balance)
@@ -602,28 +729,40 @@ fn node(json: bool, a: NodeArgs) -> anyhow::Result<()> {
                 Some(j) => vec![l.job(j).ok_or(TokenError::UnknownJob { job: j })?.clone()],
                 None => l.jobs().cloned().collect(),
             };
-            emit(json, json!({"ok": true, "node_id": l.node_id(), "jobs": jobs}), || {
-                jobs.iter()
-                    .map(|j| {
-                        format!(
-                            "job {}: balance {} (accepted {}, consumed {}){}",
-                            j.job_id,
-                            j.balance,
-                            j.accepted,
-                            j.consumed,
-                            if j.closed { ", closed" } else { "" }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            emit(
+                json,
+                json!({"ok": true, "node_id": l.node_id(), "jobs": jobs}),
+                || {
+                    jobs.iter()
+                        .map(|j| {
+                            format!(
+                                "job {}: balance {} (accepted {}, consumed {}){}",
+                                j.job_id,
+                                j.balance,
+                                j.accepted,
+                                j.consumed,
+                                if j.closed { ", closed" } else { "" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         NodeCmd::Redeem { job, out } => {
             let (c, bytes) = l.redeem(job, unix_now())?;
             write_file(&out, &bytes)?;
-            emit(json, json!({"ok": true, "certificate": c, "out": out}), || {
-                format!("job {job} closed; certificate for {} unspent tokens written to {}", c.balance, out.display())
-            });
+            emit(
+                json,
+                json!({"ok": true, "certificate": c, "out": out}),
+                || {
+                    format!(
+                        "job {job} closed; certificate for {} unspent tokens written to {}",
+                        c.balance,
+                        out.display()
+                    )
+                },
+            );
         }
     }
     Ok(())
@@ -640,7 +779,9 @@ fn inspect(json: bool, file: &Path) -> anyhow::Result<()> {
         let (t, mac) = BootToken::decode_unverified(&b)?;
         json!({"kind": "boot", "boot_token": t, "mac": to_hex(&mac), "bytes": b.len()})
     };
-    emit(json, json!({"ok": true, "decoded": v}), || serde_json::to_string_pretty(&v).unwrap_or_default());
+    emit(json, json!({"ok": true, "decoded": v}), || {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    });
     Ok(())
 }
 
@@ -665,9 +806,16 @@ fn bench(json: bool, seconds: f64, count: u32) -> anyhow::Result<()> {
         max_topup: 1000,
         nonce: [0; 16],
         anchor: chain.anchor(),
-        first: chain.released_value(count as u64).ok_or_else(|| anyhow!("chain too short"))?,
+        first: chain
+            .released_value(count as u64)
+            .ok_or_else(|| anyhow!("chain too short"))?,
         loader_sha1: [0; 20],
-        extents: vec![Extent { disk: 0, writable: true, start_sector: 0, sectors: 1 << 21 }],
+        extents: vec![Extent {
+            disk: 0,
+            writable: true,
+            start_sector: 0,
+            sectors: 1 << 21,
+        }],
     };
     let bytes = token.encode(&secret)?;
 
@@ -683,9 +831,16 @@ fn bench(json: bool, seconds: f64, count: u32) -> anyhow::Result<()> {
     let verif_rate = verifs as f64 / t0.elapsed().as_secs_f64();
 
     // Raw SHA-1 compression function over 64-byte blocks.
-    let mut state = [0x67452301u32, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
+    let mut state = [
+        0x67452301u32,
+        0xefcdab89,
+        0x98badcfe,
+        0x10325476,
+        0xc3d2e1f0,
+    ];
     use sha1::digest::{consts::U64, generic_array::GenericArray};
-    let blocks: Vec<GenericArray<u8, U64>> = vec![GenericArray::clone_from_slice(&[0x61u8; 64]); 64];
+    let blocks: Vec<GenericArray<u8, U64>> =
+        vec![GenericArray::clone_from_slice(&[0x61u8; 64]); 64];
     let mut comps = 0u64;
     let t0 = Instant::now();
     while t0.elapsed() < dur {

@@ -24,7 +24,10 @@ pub enum LedgerError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("node ledger {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("node ledger {path} is corrupt: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("node ledger already exists in {0}")]
@@ -90,7 +93,10 @@ pub struct NodeLedger {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
-    move |source| LedgerError::Io { path: path.to_path_buf(), source }
+    move |source| LedgerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl NodeLedger {
@@ -103,8 +109,13 @@ impl NodeLedger {
 
     /// Create a node state directory holding the node id and the secret shared with the broker.
     pub fn create(dir: &Path, node_id: u32, secret: &[u8]) -> Result<NodeLedger, LedgerError> {
-        if secret.len() < crate::wire::MIN_SECRET_LEN || secret.len() > crate::wire::MAX_SECRET_LEN {
-            return Err(TokenError::InvalidField { field: "secret", reason: "must be 16..=64 bytes" }.into());
+        if secret.len() < crate::wire::MIN_SECRET_LEN || secret.len() > crate::wire::MAX_SECRET_LEN
+        {
+            return Err(TokenError::InvalidField {
+                field: "secret",
+                reason: "must be 16..=64 bytes",
+            }
+            .into());
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lp = Self::ledger_path(dir);
@@ -112,11 +123,20 @@ impl NodeLedger {
             return Err(LedgerError::Exists(dir.to_path_buf()));
         }
         let sp = Self::secret_path(dir);
-        atomic_write(&sp, format!("{}\n", crate::to_hex(secret)).as_bytes(), 0o600).map_err(io_err(&sp))?;
+        atomic_write(
+            &sp,
+            format!("{}\n", crate::to_hex(secret)).as_bytes(),
+            0o600,
+        )
+        .map_err(io_err(&sp))?;
         let l = NodeLedger {
             dir: dir.to_path_buf(),
             secret: secret.to_vec(),
-            state: LedgerFile { format: 1, node_id, jobs: BTreeMap::new() },
+            state: LedgerFile {
+                format: 1,
+                node_id,
+                jobs: BTreeMap::new(),
+            },
         };
         l.save()?;
         Ok(l)
@@ -125,22 +145,36 @@ impl NodeLedger {
     pub fn open(dir: &Path) -> Result<NodeLedger, LedgerError> {
         let sp = Self::secret_path(dir);
         let hex = fs::read_to_string(&sp).map_err(io_err(&sp))?;
-        let secret = crate::from_hex(&hex)
-            .map_err(|e| LedgerError::Corrupt { path: sp.clone(), msg: e.to_string() })?;
+        let secret = crate::from_hex(&hex).map_err(|e| LedgerError::Corrupt {
+            path: sp.clone(),
+            msg: e.to_string(),
+        })?;
         let lp = Self::ledger_path(dir);
         let text = fs::read(&lp).map_err(io_err(&lp))?;
-        let state: LedgerFile = serde_json::from_slice(&text)
-            .map_err(|e| LedgerError::Corrupt { path: lp.clone(), msg: e.to_string() })?;
+        let state: LedgerFile =
+            serde_json::from_slice(&text).map_err(|e| LedgerError::Corrupt {
+                path: lp.clone(),
+                msg: e.to_string(),
+            })?;
         if state.format != 1 {
-            return Err(LedgerError::Corrupt { path: lp, msg: format!("unknown format {}", state.format) });
+            return Err(LedgerError::Corrupt {
+                path: lp,
+                msg: format!("unknown format {}", state.format),
+            });
         }
-        Ok(NodeLedger { dir: dir.to_path_buf(), secret, state })
+        Ok(NodeLedger {
+            dir: dir.to_path_buf(),
+            secret,
+            state,
+        })
     }
 
     fn save(&self) -> Result<(), LedgerError> {
         let lp = Self::ledger_path(&self.dir);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| LedgerError::Corrupt { path: lp.clone(), msg: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(&self.state).map_err(|e| LedgerError::Corrupt {
+            path: lp.clone(),
+            msg: e.to_string(),
+        })?;
         atomic_write(&lp, &json, 0o600).map_err(io_err(&lp))
     }
 
@@ -195,9 +229,17 @@ impl NodeLedger {
     pub fn accept_topup(&mut self, bytes: &[u8]) -> Result<JobState, LedgerError> {
         let tu = TopUp::decode(bytes)?;
         if tu.node_id != self.state.node_id {
-            return Err(TokenError::WrongNode { token_node: tu.node_id, this_node: self.state.node_id }.into());
+            return Err(TokenError::WrongNode {
+                token_node: tu.node_id,
+                this_node: self.state.node_id,
+            }
+            .into());
         }
-        let js = self.state.jobs.get(&tu.job_id).ok_or(TokenError::UnknownJob { job: tu.job_id })?;
+        let js = self
+            .state
+            .jobs
+            .get(&tu.job_id)
+            .ok_or(TokenError::UnknownJob { job: tu.job_id })?;
         if js.closed {
             return Err(TokenError::JobClosed { job: tu.job_id }.into());
         }
@@ -205,7 +247,11 @@ impl NodeLedger {
             return Err(TokenError::Replay { job: tu.job_id }.into());
         }
         if tu.count > js.max_topup {
-            return Err(TokenError::SkipPastBound { count: tu.count, bound: js.max_topup }.into());
+            return Err(TokenError::SkipPastBound {
+                count: tu.count,
+                bound: js.max_topup,
+            }
+            .into());
         }
         if iterate(&tu.value, tu.count as u64) != js.last {
             // An older value of this chain lies between `last` and the anchor: walk forward
@@ -217,10 +263,17 @@ impl NodeLedger {
                     return Err(TokenError::Replay { job: tu.job_id }.into());
                 }
             }
-            return Err(TokenError::ChainMismatch { job: tu.job_id, count: tu.count }.into());
+            return Err(TokenError::ChainMismatch {
+                job: tu.job_id,
+                count: tu.count,
+            }
+            .into());
         }
         let mut next = self.state.clone();
-        let j = next.jobs.get_mut(&tu.job_id).ok_or(TokenError::UnknownJob { job: tu.job_id })?;
+        let j = next
+            .jobs
+            .get_mut(&tu.job_id)
+            .ok_or(TokenError::UnknownJob { job: tu.job_id })?;
         j.last = tu.value;
         j.accepted = j.accepted.saturating_add(tu.count as u64);
         j.balance = j.balance.saturating_add(tu.count as u64);
@@ -236,14 +289,21 @@ impl NodeLedger {
     /// Debit `tokens` of consumption. Takes what is there; `exhausted` says it was not enough.
     pub fn consume(&mut self, job: u64, tokens: u64) -> Result<Debit, LedgerError> {
         let mut next = self.state.clone();
-        let j = next.jobs.get_mut(&job).ok_or(TokenError::UnknownJob { job })?;
+        let j = next
+            .jobs
+            .get_mut(&job)
+            .ok_or(TokenError::UnknownJob { job })?;
         if j.closed {
             return Err(TokenError::JobClosed { job }.into());
         }
         let debited = tokens.min(j.balance);
         j.balance -= debited;
         j.consumed = j.consumed.saturating_add(debited);
-        let d = Debit { debited, balance: j.balance, exhausted: tokens > debited };
+        let d = Debit {
+            debited,
+            balance: j.balance,
+            exhausted: tokens > debited,
+        };
         self.commit(next)?;
         Ok(d)
     }
@@ -252,7 +312,10 @@ impl NodeLedger {
     /// or debit is accepted; asking again returns a certificate with the same figures.
     pub fn redeem(&mut self, job: u64, now: u64) -> Result<(Certificate, Vec<u8>), LedgerError> {
         let mut next = self.state.clone();
-        let j = next.jobs.get_mut(&job).ok_or(TokenError::UnknownJob { job })?;
+        let j = next
+            .jobs
+            .get_mut(&job)
+            .ok_or(TokenError::UnknownJob { job })?;
         j.closed = true;
         let cert = Certificate {
             node_id: next.node_id,
@@ -302,14 +365,25 @@ mod tests {
             anchor: c.anchor(),
             first: c.released_value(count as u64).unwrap(),
             loader_sha1: [2; 20],
-            extents: vec![Extent { disk: 0, writable: true, start_sector: 0, sectors: 8 }],
+            extents: vec![Extent {
+                disk: 0,
+                writable: true,
+                start_sector: 0,
+                sectors: 8,
+            }],
         }
         .encode(SECRET)
         .unwrap()
     }
 
     fn topup(c: &Chain, job: u64, from: u64, count: u32) -> Vec<u8> {
-        TopUp { node_id: 1, job_id: job, count, value: c.released_value(from + count as u64).unwrap() }.encode()
+        TopUp {
+            node_id: 1,
+            job_id: job,
+            count,
+            value: c.released_value(from + count as u64).unwrap(),
+        }
+        .encode()
     }
 
     #[test]
@@ -326,11 +400,17 @@ mod tests {
         } // "crash": drop everything in memory
         let mut l = NodeLedger::open(d.path()).unwrap();
         assert_eq!(l.job(9).unwrap().balance, 20);
-        assert_eq!(l.accept_boot(&bt, 100).unwrap_err().code(), "boot-token-reused");
+        assert_eq!(
+            l.accept_boot(&bt, 100).unwrap_err().code(),
+            "boot-token-reused"
+        );
         assert_eq!(l.accept_topup(&tu).unwrap_err().code(), "replay");
         // The chain goes on where it stopped.
         l.accept_topup(&topup(&c, 9, 20, 5)).unwrap();
-        assert_eq!(NodeLedger::open(d.path()).unwrap().job(9).unwrap().accepted, 25);
+        assert_eq!(
+            NodeLedger::open(d.path()).unwrap().job(9).unwrap().accepted,
+            25
+        );
     }
 
     #[test]
@@ -341,20 +421,40 @@ mod tests {
         l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
         let before = std::fs::read(NodeLedger::ledger_path(d.path())).unwrap();
         // Skipping past the bound (51 > 50) even though the value is genuine.
-        assert_eq!(l.accept_topup(&topup(&c, 1, 10, 51)).unwrap_err().code(), "skip-past-bound");
+        assert_eq!(
+            l.accept_topup(&topup(&c, 1, 10, 51)).unwrap_err().code(),
+            "skip-past-bound"
+        );
         // Claiming fewer steps than the value really is.
         let mut t = TopUp::decode(&topup(&c, 1, 10, 20)).unwrap();
         t.count = 19;
-        assert_eq!(l.accept_topup(&t.encode()).unwrap_err().code(), "chain-mismatch");
+        assert_eq!(
+            l.accept_topup(&t.encode()).unwrap_err().code(),
+            "chain-mismatch"
+        );
         // A value from an older position (between last and anchor).
-        let old = TopUp { node_id: 1, job_id: 1, count: 3, value: c.released_value(4).unwrap() };
+        let old = TopUp {
+            node_id: 1,
+            job_id: 1,
+            count: 3,
+            value: c.released_value(4).unwrap(),
+        };
         assert_eq!(l.accept_topup(&old.encode()).unwrap_err().code(), "replay");
         // Another node's top-up.
         let mut other = TopUp::decode(&topup(&c, 1, 10, 5)).unwrap();
         other.node_id = 2;
-        assert_eq!(l.accept_topup(&other.encode()).unwrap_err().code(), "wrong-node");
-        assert_eq!(l.accept_topup(&topup(&c, 2, 10, 5)).unwrap_err().code(), "unknown-job");
-        assert_eq!(std::fs::read(NodeLedger::ledger_path(d.path())).unwrap(), before);
+        assert_eq!(
+            l.accept_topup(&other.encode()).unwrap_err().code(),
+            "wrong-node"
+        );
+        assert_eq!(
+            l.accept_topup(&topup(&c, 2, 10, 5)).unwrap_err().code(),
+            "unknown-job"
+        );
+        assert_eq!(
+            std::fs::read(NodeLedger::ledger_path(d.path())).unwrap(),
+            before
+        );
         assert_eq!(l.job(1).unwrap().balance, 10);
     }
 
@@ -364,15 +464,32 @@ mod tests {
         let c = Chain::mint([5; 20], 1000, 32, |_| {}).unwrap();
         let mut l = NodeLedger::create(d.path(), 1, SECRET).unwrap();
         l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
-        assert_eq!(l.consume(1, 4).unwrap(), Debit { debited: 4, balance: 6, exhausted: false });
-        assert_eq!(l.consume(1, 8).unwrap(), Debit { debited: 6, balance: 0, exhausted: true });
+        assert_eq!(
+            l.consume(1, 4).unwrap(),
+            Debit {
+                debited: 4,
+                balance: 6,
+                exhausted: false
+            }
+        );
+        assert_eq!(
+            l.consume(1, 8).unwrap(),
+            Debit {
+                debited: 6,
+                balance: 0,
+                exhausted: true
+            }
+        );
         l.accept_topup(&topup(&c, 1, 10, 10)).unwrap();
         l.consume(1, 3).unwrap();
         let (cert, bytes) = l.redeem(1, 77).unwrap();
         assert_eq!((cert.accepted, cert.balance), (20, 7));
         assert_eq!(Certificate::verify(&bytes, SECRET).unwrap(), cert);
         assert_eq!(cert.last, c.released_value(20).unwrap());
-        assert_eq!(l.accept_topup(&topup(&c, 1, 20, 10)).unwrap_err().code(), "job-closed");
+        assert_eq!(
+            l.accept_topup(&topup(&c, 1, 20, 10)).unwrap_err().code(),
+            "job-closed"
+        );
         assert_eq!(l.consume(1, 1).unwrap_err().code(), "job-closed");
         let l2 = NodeLedger::open(d.path()).unwrap();
         assert!(l2.job(1).unwrap().closed);
@@ -428,7 +545,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         NodeLedger::create(d.path(), 1, SECRET).unwrap();
         std::fs::write(NodeLedger::ledger_path(d.path()), b"{\"format\":1,").unwrap();
-        assert_eq!(NodeLedger::open(d.path()).err().unwrap().code(), "corrupt-ledger");
-        assert_eq!(NodeLedger::create(d.path(), 1, SECRET).err().unwrap().code(), "exists");
+        assert_eq!(
+            NodeLedger::open(d.path()).err().unwrap().code(),
+            "corrupt-ledger"
+        );
+        assert_eq!(
+            NodeLedger::create(d.path(), 1, SECRET)
+                .err()
+                .unwrap()
+                .code(),
+            "exists"
+        );
     }
 }

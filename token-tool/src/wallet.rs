@@ -14,7 +14,10 @@ pub enum WalletError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("wallet {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("wallet {path} is corrupt: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{0}")]
@@ -49,28 +52,47 @@ pub struct Wallet {
 impl Wallet {
     pub fn load(path: &Path) -> Result<Wallet, WalletError> {
         match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| WalletError::Corrupt { path: path.to_path_buf(), msg: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| WalletError::Corrupt {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Wallet::default()),
-            Err(source) => Err(WalletError::Io { path: path.to_path_buf(), source }),
+            Err(source) => Err(WalletError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
     pub fn save(&self, path: &Path) -> Result<(), WalletError> {
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| WalletError::Corrupt { path: path.to_path_buf(), msg: e.to_string() })?;
-        atomic_write(path, &json, 0o600).map_err(|source| WalletError::Io { path: path.to_path_buf(), source })
+        let json = serde_json::to_vec_pretty(self).map_err(|e| WalletError::Corrupt {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        atomic_write(path, &json, 0o600).map_err(|source| WalletError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Keep a purchase (idempotent: the same purchase twice is kept once).
     pub fn add(&mut self, p: Purchase) -> Result<(), WalletError> {
-        let j = self.jobs.entry(p.job_id).or_insert_with(|| JobWallet { node_id: p.node_id, ..Default::default() });
+        let j = self.jobs.entry(p.job_id).or_insert_with(|| JobWallet {
+            node_id: p.node_id,
+            ..Default::default()
+        });
         if j.node_id != p.node_id {
-            return Err(WalletError::State(format!("job {} belongs to node {}, not {}", p.job_id, j.node_id, p.node_id)));
+            return Err(WalletError::State(format!(
+                "job {} belongs to node {}, not {}",
+                p.job_id, j.node_id, p.node_id
+            )));
         }
         if !j.purchases.contains(&p) {
             if j.purchases.iter().any(|q| q.from == p.from) {
-                return Err(WalletError::State(format!("job {}: a different purchase at position {} is already kept", p.job_id, p.from)));
+                return Err(WalletError::State(format!(
+                    "job {}: a different purchase at position {} is already kept",
+                    p.job_id, p.from
+                )));
             }
             j.purchases.push(p);
             j.purchases.sort_by_key(|q| q.from);
@@ -81,7 +103,10 @@ impl Wallet {
     /// Record that a boot token delivered its first `count` tokens.
     pub fn booted(&mut self, token: &[u8]) -> Result<u64, WalletError> {
         let (t, _) = BootToken::decode_unverified(token)?;
-        let j = self.jobs.entry(t.job_id).or_insert_with(|| JobWallet { node_id: t.node_id, ..Default::default() });
+        let j = self.jobs.entry(t.job_id).or_insert_with(|| JobWallet {
+            node_id: t.node_id,
+            ..Default::default()
+        });
         j.delivered = j.delivered.max(t.count as u64);
         Ok(t.job_id)
     }
@@ -95,20 +120,38 @@ impl Wallet {
             .iter()
             .find(|p| p.from + p.count as u64 == j.delivered)
             .ok_or_else(|| WalletError::State(format!("job {job}: no top-up sent yet")))?;
-        Ok(TopUp { node_id: p.node_id, job_id: job, count: p.count, value: p.value })
+        Ok(TopUp {
+            node_id: p.node_id,
+            job_id: job,
+            count: p.count,
+            value: p.value,
+        })
     }
 
     /// The next top-up for `job`: the purchase that starts where delivery stopped. Marks it
     /// delivered.
     pub fn next_topup(&mut self, job: u64) -> Result<TopUp, WalletError> {
-        let j = self.jobs.get_mut(&job).ok_or(TokenError::UnknownJob { job })?;
+        let j = self
+            .jobs
+            .get_mut(&job)
+            .ok_or(TokenError::UnknownJob { job })?;
         let p = j
             .purchases
             .iter()
             .find(|p| p.from == j.delivered)
-            .ok_or_else(|| WalletError::State(format!("job {job}: no purchase left to send (delivered {})", j.delivered)))?
+            .ok_or_else(|| {
+                WalletError::State(format!(
+                    "job {job}: no purchase left to send (delivered {})",
+                    j.delivered
+                ))
+            })?
             .clone();
         j.delivered = p.from + p.count as u64;
-        Ok(TopUp { node_id: p.node_id, job_id: job, count: p.count, value: p.value })
+        Ok(TopUp {
+            node_id: p.node_id,
+            job_id: job,
+            count: p.count,
+            value: p.value,
+        })
     }
 }

@@ -96,10 +96,15 @@ pub struct Certificate {
 
 fn check_secret(secret: &[u8]) -> Result<HmacSha1, TokenError> {
     if secret.len() < MIN_SECRET_LEN || secret.len() > MAX_SECRET_LEN {
-        return Err(TokenError::InvalidField { field: "secret", reason: "must be 16..=64 bytes" });
+        return Err(TokenError::InvalidField {
+            field: "secret",
+            reason: "must be 16..=64 bytes",
+        });
     }
-    HmacSha1::new_from_slice(secret)
-        .map_err(|_| TokenError::InvalidField { field: "secret", reason: "rejected by HMAC" })
+    HmacSha1::new_from_slice(secret).map_err(|_| TokenError::InvalidField {
+        field: "secret",
+        reason: "rejected by HMAC",
+    })
 }
 
 /// HMAC-SHA1(secret, data).
@@ -109,7 +114,12 @@ pub fn hmac_sha1(secret: &[u8], data: &[u8]) -> Result<[u8; MAC_LEN], TokenError
     Ok(m.finalize().into_bytes().into())
 }
 
-fn verify_mac(secret: &[u8], data: &[u8], mac: &[u8], what: &'static str) -> Result<(), TokenError> {
+fn verify_mac(
+    secret: &[u8],
+    data: &[u8],
+    mac: &[u8],
+    what: &'static str,
+) -> Result<(), TokenError> {
     let mut m = check_secret(secret)?;
     m.update(data);
     // Constant-time comparison.
@@ -128,11 +138,15 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0, what }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], TokenError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(TokenError::Truncated {
-            what: self.what,
-            need: self.pos.saturating_add(n),
-            got: self.buf.len(),
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(TokenError::Truncated {
+                what: self.what,
+                need: self.pos.saturating_add(n),
+                got: self.buf.len(),
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -175,7 +189,10 @@ fn open<'a>(
 /// The three reserved bytes that follow magic and version in top-ups and certificates.
 fn take_reserved(r: &mut Reader<'_>) -> Result<(), TokenError> {
     if r.take(3)? != [0, 0, 0] {
-        return Err(TokenError::InvalidField { field: "reserved", reason: "must be zero" });
+        return Err(TokenError::InvalidField {
+            field: "reserved",
+            reason: "must be zero",
+        });
     }
     Ok(())
 }
@@ -197,24 +214,42 @@ fn check_header(
     max: usize,
 ) -> Result<(), TokenError> {
     if bytes.len() > max {
-        return Err(TokenError::Oversized { what, max, got: bytes.len() });
+        return Err(TokenError::Oversized {
+            what,
+            max,
+            got: bytes.len(),
+        });
     }
     if bytes.len() < 5 {
         // Say "not a ..." rather than "truncated" when even the magic is wrong.
         if bytes.len() >= 4 && bytes[..4] != magic {
-            return Err(TokenError::BadMagic { what, found: [bytes[0], bytes[1], bytes[2], bytes[3]] });
+            return Err(TokenError::BadMagic {
+                what,
+                found: [bytes[0], bytes[1], bytes[2], bytes[3]],
+            });
         }
-        return Err(TokenError::Truncated { what, need: min, got: bytes.len() });
+        return Err(TokenError::Truncated {
+            what,
+            need: min,
+            got: bytes.len(),
+        });
     }
     let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
     if found != magic {
         return Err(TokenError::BadMagic { what, found });
     }
     if bytes[4] != VERSION {
-        return Err(TokenError::UnsupportedVersion { what, found: bytes[4] });
+        return Err(TokenError::UnsupportedVersion {
+            what,
+            found: bytes[4],
+        });
     }
     if bytes.len() < min {
-        return Err(TokenError::Truncated { what, need: min, got: bytes.len() });
+        return Err(TokenError::Truncated {
+            what,
+            need: min,
+            got: bytes.len(),
+        });
     }
     Ok(())
 }
@@ -229,26 +264,47 @@ impl BootToken {
 
     fn validate(&self) -> Result<(), TokenError> {
         if self.extents.len() > MAX_EXTENTS {
-            return Err(TokenError::TooManyExtents { found: self.extents.len(), max: MAX_EXTENTS });
+            return Err(TokenError::TooManyExtents {
+                found: self.extents.len(),
+                max: MAX_EXTENTS,
+            });
         }
         if self.vcpus == 0 {
-            return Err(TokenError::InvalidField { field: "vcpus", reason: "must be at least 1" });
+            return Err(TokenError::InvalidField {
+                field: "vcpus",
+                reason: "must be at least 1",
+            });
         }
         if self.memory_mib == 0 {
-            return Err(TokenError::InvalidField { field: "memory_mib", reason: "must be at least 1" });
+            return Err(TokenError::InvalidField {
+                field: "memory_mib",
+                reason: "must be at least 1",
+            });
         }
         if self.count == 0 {
-            return Err(TokenError::InvalidField { field: "count", reason: "must be at least 1" });
+            return Err(TokenError::InvalidField {
+                field: "count",
+                reason: "must be at least 1",
+            });
         }
         if self.max_topup == 0 {
-            return Err(TokenError::InvalidField { field: "max_topup", reason: "must be at least 1" });
+            return Err(TokenError::InvalidField {
+                field: "max_topup",
+                reason: "must be at least 1",
+            });
         }
         for e in &self.extents {
             if e.sectors == 0 {
-                return Err(TokenError::InvalidField { field: "extent", reason: "zero sectors" });
+                return Err(TokenError::InvalidField {
+                    field: "extent",
+                    reason: "zero sectors",
+                });
             }
             if e.start_sector.checked_add(e.sectors).is_none() {
-                return Err(TokenError::InvalidField { field: "extent", reason: "end overflows" });
+                return Err(TokenError::InvalidField {
+                    field: "extent",
+                    reason: "end overflows",
+                });
             }
         }
         Ok(())
@@ -296,14 +352,25 @@ impl BootToken {
         let mut r = open(bytes, BOOT_MAGIC, what, BOOT_MIN_LEN, BOOT_MAX_LEN)?;
         let n_ext = r.u8()? as usize;
         if n_ext > MAX_EXTENTS {
-            return Err(TokenError::TooManyExtents { found: n_ext, max: MAX_EXTENTS });
+            return Err(TokenError::TooManyExtents {
+                found: n_ext,
+                max: MAX_EXTENTS,
+            });
         }
         let expect = BOOT_MIN_LEN + n_ext * EXTENT_LEN;
         if bytes.len() < expect {
-            return Err(TokenError::Truncated { what, need: expect, got: bytes.len() });
+            return Err(TokenError::Truncated {
+                what,
+                need: expect,
+                got: bytes.len(),
+            });
         }
         if bytes.len() > expect {
-            return Err(TokenError::Oversized { what, max: expect, got: bytes.len() });
+            return Err(TokenError::Oversized {
+                what,
+                max: expect,
+                got: bytes.len(),
+            });
         }
         let vcpus = r.u16()?;
         let node_id = r.u32()?;
@@ -321,11 +388,19 @@ impl BootToken {
             let disk = r.u32()?;
             let flags = r.u32()?;
             if flags > 1 {
-                return Err(TokenError::InvalidField { field: "extent flags", reason: "unknown bits set" });
+                return Err(TokenError::InvalidField {
+                    field: "extent flags",
+                    reason: "unknown bits set",
+                });
             }
             let start_sector = r.u64()?;
             let sectors = r.u64()?;
-            extents.push(Extent { disk, writable: flags == 1, start_sector, sectors });
+            extents.push(Extent {
+                disk,
+                writable: flags == 1,
+                start_sector,
+                sectors,
+            });
         }
         let mac = r.arr()?;
         let t = BootToken {
@@ -349,14 +424,25 @@ impl BootToken {
     /// Everything a node checks that needs no state: format, node id, HMAC, expiry, and
     /// f^count(first) = anchor. Cheap checks come first; the chain walk (count hashes) runs
     /// only on tokens whose HMAC verified, so a forger cannot make the node hash much.
-    pub fn verify(bytes: &[u8], secret: &[u8], this_node: u32, now: u64) -> Result<BootToken, TokenError> {
+    pub fn verify(
+        bytes: &[u8],
+        secret: &[u8],
+        this_node: u32,
+        now: u64,
+    ) -> Result<BootToken, TokenError> {
         let (t, mac) = Self::decode_unverified(bytes)?;
         if t.node_id != this_node {
-            return Err(TokenError::WrongNode { token_node: t.node_id, this_node });
+            return Err(TokenError::WrongNode {
+                token_node: t.node_id,
+                this_node,
+            });
         }
         verify_mac(secret, &bytes[..bytes.len() - MAC_LEN], &mac, Self::WHAT)?;
         if now > t.expiry {
-            return Err(TokenError::Expired { expiry: t.expiry, now });
+            return Err(TokenError::Expired {
+                expiry: t.expiry,
+                now,
+            });
         }
         if iterate(&t.first, t.count as u64) != t.anchor {
             return Err(TokenError::AnchorMismatch { count: t.count });
@@ -384,10 +470,18 @@ impl TopUp {
         let job_id = r.u64()?;
         let count = r.u32()?;
         if count == 0 {
-            return Err(TokenError::InvalidField { field: "count", reason: "must be at least 1" });
+            return Err(TokenError::InvalidField {
+                field: "count",
+                reason: "must be at least 1",
+            });
         }
         let value = r.arr::<VALUE_LEN>()?;
-        Ok(TopUp { node_id, job_id, count, value })
+        Ok(TopUp {
+            node_id,
+            job_id,
+            count,
+            value,
+        })
     }
 }
 
@@ -396,7 +490,10 @@ impl Certificate {
 
     pub fn encode(&self, secret: &[u8]) -> Result<Vec<u8>, TokenError> {
         if self.balance > self.accepted {
-            return Err(TokenError::InvalidField { field: "balance", reason: "exceeds accepted tokens" });
+            return Err(TokenError::InvalidField {
+                field: "balance",
+                reason: "exceeds accepted tokens",
+            });
         }
         let mut b = fixed_header(CERT_MAGIC, CERT_LEN);
         b.extend_from_slice(&self.node_id.to_be_bytes());
@@ -422,9 +519,22 @@ impl Certificate {
         let last = r.arr()?;
         let mac = r.arr()?;
         if balance > accepted {
-            return Err(TokenError::InvalidField { field: "balance", reason: "exceeds accepted tokens" });
+            return Err(TokenError::InvalidField {
+                field: "balance",
+                reason: "exceeds accepted tokens",
+            });
         }
-        Ok((Certificate { node_id, job_id, accepted, balance, issued_at, last }, mac))
+        Ok((
+            Certificate {
+                node_id,
+                job_id,
+                accepted,
+                balance,
+                issued_at,
+                last,
+            },
+            mac,
+        ))
     }
 
     /// Parse and check the MAC under the node's secret.
@@ -445,7 +555,9 @@ macro_rules! hex_serde {
             pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; $n], D::Error> {
                 let s = String::deserialize(d)?;
                 let v = crate::from_hex(&s).map_err(D::Error::custom)?;
-                v.as_slice().try_into().map_err(|_| D::Error::custom(concat!("expected ", stringify!($n), " bytes")))
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| D::Error::custom(concat!("expected ", stringify!($n), " bytes")))
             }
         }
     };
@@ -476,7 +588,12 @@ mod tests {
             first: c.released_value(count as u64).unwrap(),
             loader_sha1: [0xaa; 20],
             extents: (0..extents)
-                .map(|i| Extent { disk: i as u32, writable: i % 2 == 0, start_sector: 2048, sectors: 4096 })
+                .map(|i| Extent {
+                    disk: i as u32,
+                    writable: i % 2 == 0,
+                    start_sector: 2048,
+                    sectors: 4096,
+                })
                 .collect(),
         };
         (t, c)
@@ -505,19 +622,37 @@ mod tests {
         let (t, _) = sample(10, 1);
         let b = t.encode(SECRET).unwrap();
         let code = |r: Result<BootToken, TokenError>| r.unwrap_err().code();
-        assert_eq!(code(BootToken::verify(&b, b"another-secret-20byt", 3, 0)), "bad-mac");
+        assert_eq!(
+            code(BootToken::verify(&b, b"another-secret-20byt", 3, 0)),
+            "bad-mac"
+        );
         assert_eq!(code(BootToken::verify(&b, SECRET, 4, 0)), "wrong-node");
-        assert_eq!(code(BootToken::verify(&b, SECRET, 3, 2_000_000_001)), "expired");
-        assert_eq!(code(BootToken::verify(&b[..b.len() - 1], SECRET, 3, 0)), "truncated");
+        assert_eq!(
+            code(BootToken::verify(&b, SECRET, 3, 2_000_000_001)),
+            "expired"
+        );
+        assert_eq!(
+            code(BootToken::verify(&b[..b.len() - 1], SECRET, 3, 0)),
+            "truncated"
+        );
         assert_eq!(code(BootToken::verify(&b[..3], SECRET, 3, 0)), "truncated");
         let mut long = b.clone();
         long.push(0);
         assert_eq!(code(BootToken::verify(&long, SECRET, 3, 0)), "oversized");
-        assert_eq!(code(BootToken::verify(&vec![0u8; 2000], SECRET, 3, 0)), "oversized");
-        assert_eq!(code(BootToken::verify(&[0x13; 150], SECRET, 3, 0)), "bad-magic");
+        assert_eq!(
+            code(BootToken::verify(&vec![0u8; 2000], SECRET, 3, 0)),
+            "oversized"
+        );
+        assert_eq!(
+            code(BootToken::verify(&[0x13; 150], SECRET, 3, 0)),
+            "bad-magic"
+        );
         let mut v2 = b.clone();
         v2[4] = 2;
-        assert_eq!(code(BootToken::verify(&v2, SECRET, 3, 0)), "unsupported-version");
+        assert_eq!(
+            code(BootToken::verify(&v2, SECRET, 3, 0)),
+            "unsupported-version"
+        );
         // Flip one bit of the anchor: the MAC catches it.
         let mut tampered = b.clone();
         tampered[60] ^= 1;
@@ -525,14 +660,27 @@ mod tests {
         // A correctly signed token whose count lies about the chain.
         let mut lie = t.clone();
         lie.count = 9;
-        assert_eq!(code(BootToken::verify(&lie.encode(SECRET).unwrap(), SECRET, 3, 0)), "anchor-mismatch");
+        assert_eq!(
+            code(BootToken::verify(
+                &lie.encode(SECRET).unwrap(),
+                SECRET,
+                3,
+                0
+            )),
+            "anchor-mismatch"
+        );
         // Short secrets are refused outright.
         assert_eq!(t.encode(b"short").unwrap_err().code(), "invalid-field");
     }
 
     #[test]
     fn topup_and_cert_roundtrip() {
-        let tu = TopUp { node_id: 1, job_id: 2, count: 10, value: [3; 20] };
+        let tu = TopUp {
+            node_id: 1,
+            job_id: 2,
+            count: 10,
+            value: [3; 20],
+        };
         let b = tu.encode();
         assert_eq!(b.len(), TOPUP_LEN);
         assert_eq!(TopUp::decode(&b).unwrap(), tu);
@@ -541,20 +689,42 @@ mod tests {
         zero[23] = 0;
         assert_eq!(TopUp::decode(&zero).unwrap_err().code(), "invalid-field");
 
-        let c = Certificate { node_id: 1, job_id: 2, accepted: 20, balance: 7, issued_at: 99, last: [4; 20] };
+        let c = Certificate {
+            node_id: 1,
+            job_id: 2,
+            accepted: 20,
+            balance: 7,
+            issued_at: 99,
+            last: [4; 20],
+        };
         let b = c.encode(SECRET).unwrap();
         assert_eq!(b.len(), CERT_LEN);
         assert_eq!(Certificate::verify(&b, SECRET).unwrap(), c);
         let mut forged = b.clone();
         forged[39] = 99; // raise the balance
-        assert_eq!(Certificate::verify(&forged, SECRET).unwrap_err().code(), "bad-mac");
+        assert_eq!(
+            Certificate::verify(&forged, SECRET).unwrap_err().code(),
+            "bad-mac"
+        );
     }
 
     #[test]
     fn parsers_tell_formats_apart() {
-        let tu = TopUp { node_id: 1, job_id: 2, count: 10, value: [3; 20] }.encode();
-        assert_eq!(BootToken::decode_unverified(&tu).unwrap_err().code(), "bad-magic");
-        assert_eq!(Certificate::decode_unverified(&tu).unwrap_err().code(), "bad-magic");
+        let tu = TopUp {
+            node_id: 1,
+            job_id: 2,
+            count: 10,
+            value: [3; 20],
+        }
+        .encode();
+        assert_eq!(
+            BootToken::decode_unverified(&tu).unwrap_err().code(),
+            "bad-magic"
+        );
+        assert_eq!(
+            Certificate::decode_unverified(&tu).unwrap_err().code(),
+            "bad-magic"
+        );
         let (t, _) = sample(1, 0);
         let bt = t.encode(SECRET).unwrap();
         assert_eq!(TopUp::decode(&bt).unwrap_err().code(), "oversized");

@@ -23,7 +23,19 @@ const POINTS: &[(&str, bool)] = &[
 ];
 
 fn sell_args() -> Vec<&'static str> {
-    vec!["--json", "broker", "--db", "b.db", "sell", "--job", "1", "--count", "10", "--payment-ref", "pay-crash"]
+    vec![
+        "--json",
+        "broker",
+        "--db",
+        "b.db",
+        "sell",
+        "--job",
+        "1",
+        "--count",
+        "10",
+        "--payment-ref",
+        "pay-crash",
+    ]
 }
 
 /// Start a sale that stops at `point`, wait for it to get there, SIGKILL it.
@@ -49,7 +61,10 @@ fn crash_at(d: &Path, point: &str) {
     child.kill().expect("kill");
     let status = child.wait().expect("wait");
     assert!(reached, "the sale never reached {point} (exit {status})");
-    assert!(status.code().is_none(), "killed by a signal, not exited: {status}");
+    assert!(
+        status.code().is_none(),
+        "killed by a signal, not exited: {status}"
+    );
     let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
     assert!(stdout.is_empty(), "the customer got no reply: {stdout}");
 }
@@ -60,41 +75,123 @@ fn sigkill_at_every_step_of_a_sale() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         ok(d, &["broker", "--db", "b.db", "init"]);
-        ok(d, &["broker", "--db", "b.db", "add-node", "--node-id", "1", "--secret-out", "n1.secret"]);
-        ok(d, &["broker", "--db", "b.db", "mint", "--node-id", "1", "--length", "1000", "--max-topup", "100"]);
-        let first = ok(d, &["broker", "--db", "b.db", "sell", "--job", "1", "--count", "10", "--payment-ref", "pay-first"]);
+        ok(
+            d,
+            &[
+                "broker",
+                "--db",
+                "b.db",
+                "add-node",
+                "--node-id",
+                "1",
+                "--secret-out",
+                "n1.secret",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "broker",
+                "--db",
+                "b.db",
+                "mint",
+                "--node-id",
+                "1",
+                "--length",
+                "1000",
+                "--max-topup",
+                "100",
+            ],
+        );
+        let first = ok(
+            d,
+            &[
+                "broker",
+                "--db",
+                "b.db",
+                "sell",
+                "--job",
+                "1",
+                "--count",
+                "10",
+                "--payment-ref",
+                "pay-first",
+            ],
+        );
 
         crash_at(d, point);
 
         // After the crash: the ledger is consistent and the sale is all there or not at all.
         let (released_after_crash, stored_value) = {
             let b = Broker::open(&d.join("b.db")).unwrap();
-            assert_eq!(b.check().unwrap(), Vec::<String>::new(), "{point}: ledger inconsistent");
+            assert_eq!(
+                b.check().unwrap(),
+                Vec::<String>::new(),
+                "{point}: ledger inconsistent"
+            );
             let sales = b.sales(1).unwrap();
-            let ours: Vec<_> = sales.iter().filter(|s| s.payment_ref == "pay-crash").collect();
+            let ours: Vec<_> = sales
+                .iter()
+                .filter(|s| s.payment_ref == "pay-crash")
+                .collect();
             assert_eq!(ours.len(), committed as usize, "{point}: sale half there");
             (b.job(1).unwrap().released, ours.first().map(|s| s.value))
         };
-        assert_eq!(released_after_crash, if committed { 20 } else { 10 }, "{point}");
+        assert_eq!(
+            released_after_crash,
+            if committed { 20 } else { 10 },
+            "{point}"
+        );
 
         // The customer retries with the same payment reference and gets exactly one sale.
         let retry = ok(d, &sell_args()[1..]);
         assert_eq!(retry["sale"]["repeated"], committed, "{point}");
         assert_eq!(retry["sale"]["from"], 10, "{point}");
-        let value: [u8; 20] = token_tool::from_hex(retry["sale"]["value"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let value: [u8; 20] = token_tool::from_hex(retry["sale"]["value"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
         if let Some(v) = stored_value {
-            assert_eq!(v, value, "{point}: the retry returns the value already paid for");
+            assert_eq!(
+                v, value,
+                "{point}: the retry returns the value already paid for"
+            );
         }
         // It extends the first sale by exactly 10 steps: nothing skipped, nothing reused.
-        let first_value: [u8; 20] = token_tool::from_hex(first["sale"]["value"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let first_value: [u8; 20] = token_tool::from_hex(first["sale"]["value"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
         assert_eq!(iterate(&value, 10), first_value, "{point}");
 
         let b = Broker::open(&d.join("b.db")).unwrap();
         assert_eq!(b.job(1).unwrap().released, 20, "{point}");
-        assert_eq!(b.sales(1).unwrap().iter().filter(|s| s.payment_ref == "pay-crash").count(), 1, "{point}");
+        assert_eq!(
+            b.sales(1)
+                .unwrap()
+                .iter()
+                .filter(|s| s.payment_ref == "pay-crash")
+                .count(),
+            1,
+            "{point}"
+        );
         // The next sale starts after it.
         drop(b);
-        let next = ok(d, &["broker", "--db", "b.db", "sell", "--job", "1", "--count", "5", "--payment-ref", "pay-next"]);
+        let next = ok(
+            d,
+            &[
+                "broker",
+                "--db",
+                "b.db",
+                "sell",
+                "--job",
+                "1",
+                "--count",
+                "5",
+                "--payment-ref",
+                "pay-next",
+            ],
+        );
         assert_eq!(next["sale"]["from"], 20, "{point}");
         ok(d, &["broker", "--db", "b.db", "check"]);
     }
@@ -107,15 +204,55 @@ fn concurrent_sales_from_several_processes() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     ok(d, &["broker", "--db", "b.db", "init"]);
-    ok(d, &["broker", "--db", "b.db", "add-node", "--node-id", "1", "--secret-out", "n1.secret"]);
-    ok(d, &["broker", "--db", "b.db", "mint", "--node-id", "1", "--length", "1000", "--max-topup", "100"]);
+    ok(
+        d,
+        &[
+            "broker",
+            "--db",
+            "b.db",
+            "add-node",
+            "--node-id",
+            "1",
+            "--secret-out",
+            "n1.secret",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "broker",
+            "--db",
+            "b.db",
+            "mint",
+            "--node-id",
+            "1",
+            "--length",
+            "1000",
+            "--max-topup",
+            "100",
+        ],
+    );
     let children: Vec<_> = (0..4)
         .map(|p| {
             let d = d.to_path_buf();
             std::thread::spawn(move || {
                 for i in 0..5 {
                     let r = format!("p{p}-{i}");
-                    ok(&d, &["broker", "--db", "b.db", "sell", "--job", "1", "--count", "3", "--payment-ref", &r]);
+                    ok(
+                        &d,
+                        &[
+                            "broker",
+                            "--db",
+                            "b.db",
+                            "sell",
+                            "--job",
+                            "1",
+                            "--count",
+                            "3",
+                            "--payment-ref",
+                            &r,
+                        ],
+                    );
                 }
             })
         })

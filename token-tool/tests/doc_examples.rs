@@ -18,7 +18,9 @@ fn doc() -> String {
 fn example(name: &str) -> Vec<u8> {
     let d = doc();
     let marker = format!("<!-- example: {name} -->");
-    let start = d.find(&marker).unwrap_or_else(|| panic!("docs/tokens.md lacks {marker}"));
+    let start = d
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/tokens.md lacks {marker}"));
     let rest = &d[start..];
     let open = rest.find("```hex\n").expect("hex fence after marker") + 7;
     let close = rest[open..].find("```").expect("closing fence") + open;
@@ -51,31 +53,63 @@ fn boot() -> BootToken {
         anchor: s(20),
         first: s(10),
         // SHA-1 of the empty string.
-        loader_sha1: from_hex("da39a3ee5e6b4b0d3255bfef95601890afd80709").unwrap().try_into().unwrap(),
-        extents: vec![Extent { disk: 0, writable: true, start_sector: 2048, sectors: 1_048_576 }],
+        loader_sha1: from_hex("da39a3ee5e6b4b0d3255bfef95601890afd80709")
+            .unwrap()
+            .try_into()
+            .unwrap(),
+        extents: vec![Extent {
+            disk: 0,
+            writable: true,
+            start_sector: 2048,
+            sectors: 1_048_576,
+        }],
     }
 }
 
 fn topup() -> TopUp {
-    TopUp { node_id: 1, job_id: 42, count: 10, value: s(0) }
+    TopUp {
+        node_id: 1,
+        job_id: 42,
+        count: 10,
+        value: s(0),
+    }
 }
 
 fn cert() -> Certificate {
-    Certificate { node_id: 1, job_id: 42, accepted: 20, balance: 13, issued_at: 1_893_000_000, last: s(0) }
+    Certificate {
+        node_id: 1,
+        job_id: 42,
+        accepted: 20,
+        balance: 13,
+        issued_at: 1_893_000_000,
+        last: s(0),
+    }
 }
 
 fn show(b: &[u8]) -> String {
-    b.chunks(16).enumerate().map(|(i, c)| format!("{:04x}: {}\n", i * 16, to_hex(c))).collect()
+    b.chunks(16)
+        .enumerate()
+        .map(|(i, c)| format!("{:04x}: {}\n", i * 16, to_hex(c)))
+        .collect()
 }
 
 #[test]
 fn boot_token_example_matches_doc() {
     let ours = boot().encode(SECRET).unwrap();
     let doc = example("boot-token");
-    assert_eq!(doc, ours, "doc example drifted; code encodes:\n{}", show(&ours));
+    assert_eq!(
+        doc,
+        ours,
+        "doc example drifted; code encodes:\n{}",
+        show(&ours)
+    );
     let t = BootToken::verify(&doc, SECRET, 1, 1_800_000_000).unwrap();
     assert_eq!(t, boot());
-    assert_eq!(t.encode(SECRET).unwrap(), doc, "re-encoding is byte-identical");
+    assert_eq!(
+        t.encode(SECRET).unwrap(),
+        doc,
+        "re-encoding is byte-identical"
+    );
     assert_eq!(doc.len(), 160);
 }
 
@@ -83,7 +117,12 @@ fn boot_token_example_matches_doc() {
 fn topup_example_matches_doc() {
     let ours = topup().encode();
     let doc = example("top-up");
-    assert_eq!(doc, ours, "doc example drifted; code encodes:\n{}", show(&ours));
+    assert_eq!(
+        doc,
+        ours,
+        "doc example drifted; code encodes:\n{}",
+        show(&ours)
+    );
     assert_eq!(TopUp::decode(&doc).unwrap().encode(), doc);
     // It extends the boot token's chain by exactly its count.
     assert_eq!(iterate(&topup().value, 10), boot().first);
@@ -93,7 +132,12 @@ fn topup_example_matches_doc() {
 fn certificate_example_matches_doc() {
     let ours = cert().encode(SECRET).unwrap();
     let doc = example("certificate");
-    assert_eq!(doc, ours, "doc example drifted; code encodes:\n{}", show(&ours));
+    assert_eq!(
+        doc,
+        ours,
+        "doc example drifted; code encodes:\n{}",
+        show(&ours)
+    );
     let c = Certificate::verify(&doc, SECRET).unwrap();
     assert_eq!(c, cert());
     assert_eq!(c.encode(SECRET).unwrap(), doc);
@@ -104,6 +148,10 @@ fn doc_lists_the_example_chain_values() {
     // The doc quotes s(10), s(20) and s(0); keep them honest too.
     let d = doc();
     for v in [s(0), s(10), s(20)] {
-        assert!(d.contains(&to_hex(&v)), "docs/tokens.md should quote {}", to_hex(&v));
+        assert!(
+            d.contains(&to_hex(&v)),
+            "docs/tokens.md should quote {}",
+            to_hex(&v)
+        );
     }
 }

@@ -47,13 +47,20 @@ struct Args {
 
 fn read_record(s: &mut TcpStream) -> Result<ResultRecord> {
     let mut b = [0u8; RECORD_LEN];
-    s.read_exact(&mut b).context("reading the result record (connection closed early?)")?;
+    s.read_exact(&mut b)
+        .context("reading the result record (connection closed early?)")?;
     ResultRecord::decode(&b).map_err(|e| anyhow::anyhow!("malformed result record: {e:?}"))
 }
 
 fn print(label: &str, r: &ResultRecord) {
-    println!("{label}: status={} pages={} bytes={} loader_micros={} message=\"{}\"",
-        r.status.name(), r.pages, r.bytes, r.micros, r.message());
+    println!(
+        "{label}: status={} pages={} bytes={} loader_micros={} message=\"{}\"",
+        r.status.name(),
+        r.pages,
+        r.bytes,
+        r.micros,
+        r.message()
+    );
 }
 
 fn main() -> Result<()> {
@@ -77,10 +84,15 @@ fn main() -> Result<()> {
         println!("wrote {} bytes to {}", data.len(), w.display());
         return Ok(());
     }
-    let addr = a.addr.as_deref().context("an address HOST:PORT is required unless --write")?;
+    let addr = a
+        .addr
+        .as_deref()
+        .context("an address HOST:PORT is required unless --write")?;
     if let Some(o) = a.corrupt_at {
         let n = data.len();
-        *data.get_mut(o).with_context(|| format!("--corrupt-at {o} beyond the stream's {n} bytes"))? ^= 0x10;
+        *data
+            .get_mut(o)
+            .with_context(|| format!("--corrupt-at {o} beyond the stream's {n} bytes"))? ^= 0x10;
     }
     let send_len = a.truncate_at.unwrap_or(data.len()).min(data.len());
     let t = Duration::from_secs(a.timeout);
@@ -93,7 +105,8 @@ fn main() -> Result<()> {
     s.write_all(&data[..first]).context("sending")?;
     let mut ok = true;
     if a.second {
-        let mut s2 = TcpStream::connect(addr).with_context(|| format!("second connection to {addr}"))?;
+        let mut s2 =
+            TcpStream::connect(addr).with_context(|| format!("second connection to {addr}"))?;
         s2.set_read_timeout(Some(t))?;
         let r2 = read_record(&mut s2)?;
         print("second connection", &r2);
@@ -129,7 +142,12 @@ fn main() -> Result<()> {
     };
     let secs = t0.elapsed().as_secs_f64();
     print("result", &r);
-    println!("sent {} bytes in {:.2} s: {:.2} MB/s", sent, secs, sent as f64 / secs / 1e6);
+    println!(
+        "sent {} bytes in {:.2} s: {:.2} MB/s",
+        sent,
+        secs,
+        sent as f64 / secs / 1e6
+    );
     ok &= r.status.name() == a.expect;
     if !ok {
         bail!("unexpected result (wanted {})", a.expect);

@@ -23,7 +23,11 @@ pub fn tt(dir: &Path, args: &[&str]) -> Run {
         .expect("spawn token-tool");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
-    Run { code: out.status.code().unwrap_or(-1), json, stderr: String::from_utf8_lossy(&out.stderr).into() }
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 /// Run and insist on success.
@@ -37,8 +41,16 @@ pub fn ok(dir: &Path, args: &[&str]) -> serde_json::Value {
 /// Run and insist on a refusal (exit 3) with this error code.
 pub fn refused(dir: &Path, args: &[&str], code: &str) -> String {
     let r = tt(dir, args);
-    assert_eq!(r.code, 3, "token-tool {args:?}: expected refusal {code}, got exit {} {}", r.code, r.json);
+    assert_eq!(
+        r.code, 3,
+        "token-tool {args:?}: expected refusal {code}, got exit {} {}",
+        r.code, r.json
+    );
     assert_eq!(r.json["error"], code, "token-tool {args:?}: {}", r.json);
-    assert!(r.stderr.contains(code), "stderr names the refusal: {}", r.stderr);
+    assert!(
+        r.stderr.contains(code),
+        "stderr names the refusal: {}",
+        r.stderr
+    );
     r.json["message"].as_str().unwrap_or_default().to_string()
 }
