@@ -102,8 +102,9 @@ impl core::fmt::Display for RecordType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum VcpuKind {
-    /// Xen's `vcpu_guest_context` for a 64-bit PV guest (public/arch-x86/xen-x86_64.h
-    /// layout, 5168 bytes), frame numbers in CR3/GDT as the guest saw them (source mfns).
+    /// Xen's `vcpu_guest_context` for a 64-bit PV guest (layout and size:
+    /// `checkpoint_abi::vcpu_ctx`), frame numbers in CR3/GDT as the guest saw them (source
+    /// mfns).
     Basic = 1,
     /// Xen's `xen_domctl_ext_vcpucontext` bytes, as libxc's X86_PV_VCPU_EXTENDED carries.
     Extended = 2,
@@ -125,26 +126,9 @@ impl VcpuKind {
     }
 }
 
-/// Page-type byte of PAGE_TYPES: level in bits 0..=3, bit 7 pinned.
-pub mod page_type {
-    pub const NORMAL: u8 = 0;
-    pub const L1: u8 = 1;
-    pub const L2: u8 = 2;
-    pub const L3: u8 = 3;
-    pub const L4: u8 = 4;
-    /// No frame behind this pfn at the source (p2m entry invalid).
-    pub const UNPOPULATED: u8 = 0x0F;
-    pub const PINNED: u8 = 0x80;
-
-    /// Whether a type byte is one the format allows.
-    pub fn valid(t: u8) -> bool {
-        match t & !PINNED {
-            NORMAL | UNPOPULATED => t & PINNED == 0,
-            L1..=L4 => true,
-            _ => false,
-        }
-    }
-}
+/// Page-type byte of PAGE_TYPES: level in bits 0..=3, bit 7 pinned. The values are the
+/// guest module's (`checkpoint-abi`), so a capture's type table is carried unchanged.
+pub use checkpoint_abi::page_type;
 
 /// P2M value for a pfn with no machine frame.
 pub const INVALID_MFN: u64 = u64::MAX;

@@ -7,98 +7,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-pub const DEVICE: &str = "/dev/checkpoint";
-
-const IOC_GET_FACTS: u64 = 0x8080_4301;
-const IOC_TRACK_START: u64 = 0x4010_4302;
-const IOC_TRACK_STOP: u64 = 0x0000_4303;
-const IOC_NEXT_ROUND: u64 = 0xC040_4304;
-const IOC_CAPTURE: u64 = 0xC080_4305;
-const IOC_READ_TABLE: u64 = 0xC030_4306;
-
-const TABLE_P2M_CAPTURED: u32 = 2;
-const TABLE_PAGE_TYPES: u32 = 3;
-const TABLE_P2M_FRAMES: u32 = 4;
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Facts {
-    pub abi_version: u32,
-    pub page_size: u32,
-    pub max_pfn: u64,
-    pub nr_pages: u64,
-    pub start_info_pfn: u64,
-    pub start_info_mfn: u64,
-    pub shared_info_maddr: u64,
-    pub store_mfn: u64,
-    pub console_mfn: u64,
-    pub store_evtchn: u32,
-    pub console_evtchn: u32,
-    pub online_cpus: u32,
-    pub guest_width: u32,
-    pub pt_levels: u32,
-    pub state: u32,
-    pub p2m_frames: u64,
-    pub reserved: [u64; 4],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Track {
-    flags: u64,
-    reserved: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Round {
-    bitmap: u64,
-    bitmap_bytes: u64,
-    flags: u64,
-    round: u64,
-    dirty: u64,
-    scanned: u64,
-    scan_ns: u64,
-    reserved: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Capture {
-    flags: u64,
-    max_snapshot_pages: u64,
-    bitmap: u64,
-    bitmap_bytes: u64,
-    vcpu: u64,
-    vcpu_bytes: u64,
-    result: u64,
-    snapshot_pages: u64,
-    pause_ns: u64,
-    suspend_ns: u64,
-    pt_pages: u64,
-    scanned: u64,
-    reserved: [u64; 4],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Table {
-    table: u32,
-    reserved: u32,
-    start: u64,
-    count: u64,
-    buf: u64,
-    buf_bytes: u64,
-    returned: u64,
-}
-
-const _: () = {
-    assert!(std::mem::size_of::<Facts>() == 128);
-    assert!(std::mem::size_of::<Track>() == 16);
-    assert!(std::mem::size_of::<Round>() == 64);
-    assert!(std::mem::size_of::<Capture>() == 128);
-    assert!(std::mem::size_of::<Table>() == 48);
+use checkpoint_abi::dev::{
+    Capture, Round, Table, Track, ABI_VERSION, CAPTURE_RESUMED, IOC_CAPTURE, IOC_GET_FACTS,
+    IOC_NEXT_ROUND, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP, PAGE_SIZE, TABLE_P2M_CAPTURED,
+    TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
 };
+pub use checkpoint_abi::dev::{Facts, DEVICE};
 
 pub struct Device {
     file: File,
@@ -107,9 +21,9 @@ pub struct Device {
 }
 
 /// One ioctl whose argument is `arg`. The caller guarantees `arg` is the struct the command
-/// number encodes (checked above by size) and that any buffers it points to are live and as
+/// number encodes (checkpoint-abi derives each number from its struct's size) and that any buffers it points to are live and as
 /// large as it says.
-fn ioctl<T>(file: &File, cmd: u64, arg: &mut T) -> io::Result<()> {
+fn ioctl<T>(file: &File, cmd: u32, arg: &mut T) -> io::Result<()> {
     // SAFETY: `arg` is a valid, exclusively borrowed #[repr(C)] struct whose size matches the
     // command's encoded size; the kernel writes at most that many bytes into it. Pointers
     // inside it are set by our callers from live slices of the stated length.
@@ -126,7 +40,10 @@ impl Device {
         let file = OpenOptions::new().read(true).write(true).open(DEVICE)?;
         let mut facts = Facts::default();
         ioctl(&file, IOC_GET_FACTS, &mut facts)?;
-        if facts.abi_version != 1 || facts.page_size != 4096 || facts.guest_width != 8 {
+        if facts.abi_version != ABI_VERSION
+            || facts.page_size as usize != PAGE_SIZE
+            || facts.guest_width != 8
+        {
             return Err(io::Error::other(format!(
                 "unsupported /dev/checkpoint (abi {}, page size {}, width {})",
                 facts.abi_version, facts.page_size, facts.guest_width
@@ -186,8 +103,8 @@ impl PageSource for Device {
         Ok(r.dirty)
     }
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, pfn * 4096)?;
-        Ok(n / 4096)
+        let n = self.file.read_at(buf, pfn * PAGE_SIZE as u64)?;
+        Ok(n / PAGE_SIZE)
     }
     fn capture(
         &mut self,
@@ -204,7 +121,7 @@ impl PageSource for Device {
             ..Default::default()
         };
         match ioctl(&self.file, IOC_CAPTURE, &mut c) {
-            Ok(()) if c.result == 0 => Ok(CaptureOutcome::Restored),
+            Ok(()) if c.result == CAPTURE_RESUMED => Ok(CaptureOutcome::Restored),
             Ok(()) => Ok(CaptureOutcome::Captured {
                 snapshot_pages: c.snapshot_pages,
                 pause_ns: c.pause_ns,

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 /// Size of the vCPU context the device returns (Xen's vcpu_guest_context, x86_64).
-pub const VCPU_CONTEXT_BYTES: usize = 5168;
+pub const VCPU_CONTEXT_BYTES: usize = checkpoint_abi::vcpu_ctx::SIZE;
 /// Pages per device read (the ABI's limit per pread).
 const READ_CHUNK: usize = 256;
 /// Pages per PAGE_BATCH record.
@@ -409,6 +409,7 @@ impl Default for RoundSummary {
 mod tests {
     use super::*;
     use checkpoint_stream::model::FullCheckpoint;
+    use checkpoint_stream::page_type;
     use std::collections::hash_map::DefaultHasher;
     use std::hash::{Hash, Hasher};
 
@@ -550,8 +551,8 @@ mod tests {
         }
         fn captured_page_types(&mut self) -> io::Result<Vec<u8>> {
             let mut t = vec![0u8; self.mem.len()];
-            t[2] = 0x0f;
-            t[3] = 0x84;
+            t[2] = page_type::UNPOPULATED;
+            t[3] = page_type::L4 | page_type::PINNED;
             Ok(t)
         }
         fn captured_p2m_frames(&mut self) -> io::Result<Vec<u64>> {

@@ -43,7 +43,7 @@ pub fn checkpoint(max_pfn: u64, seed: u64) -> Checkpoint {
         vcpus: vec![VcpuState {
             id: 0,
             kind: VcpuKind::Basic,
-            data: vec![0u8; 5168],
+            data: vec![0u8; checkpoint_abi::vcpu_ctx::SIZE],
         }],
         shared_info: None,
         digest: [0; 32],

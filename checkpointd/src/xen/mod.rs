@@ -69,15 +69,8 @@ pub mod pfinfo {
     pub const BROKEN: u64 = 0xd;
 }
 
-/// Offsets in Xen's x86_64 `vcpu_guest_context` (public/arch-x86/xen.h, xen-x86_64.h).
-pub mod vcpu {
-    pub const SIZE: usize = 5168;
-    pub const RDX: usize = 520 + 12 * 8;
-    pub const GDT_FRAMES: usize = 4832;
-    pub const GDT_ENTS: usize = 4960;
-    pub const CR1: usize = 4984 + 8;
-    pub const CR3: usize = 4984 + 3 * 8;
-}
+/// Offsets in Xen's x86_64 `vcpu_guest_context` (the one definition the guest module uses).
+pub use checkpoint_abi::vcpu_ctx as vcpu;
 
 /// Offsets in the x86_64 `shared_info` page.
 pub mod shinfo {
@@ -87,9 +80,6 @@ pub mod shinfo {
 
 /// PAGE_DATA batch size (libxc's MAX_BATCH_SIZE).
 const BATCH: usize = 1024;
-/// 64-bit PV L4 slots that belong to Xen (HYPERVISOR_VIRT_START..END): Xen rebuilds them.
-pub const XEN_L4_FIRST: usize = 256;
-pub const XEN_L4_LAST: usize = 271;
 const PTE_PRESENT: u64 = 1;
 const PTE_PSE: u64 = 1 << 7;
 const PTE_FRAME: u64 = 0x000f_ffff_ffff_f000;
@@ -200,7 +190,7 @@ pub fn normalise_pagetable(
     let mut n = 0;
     for i in 0..512 {
         let mut pte = get64(page, i * 8);
-        if level == 4 && (XEN_L4_FIRST..=XEN_L4_LAST).contains(&i) {
+        if level == 4 && checkpoint_abi::xen::l4_slot_is_xen(i) {
             pte = 0;
         }
         if pte & PTE_PRESENT != 0 {
