@@ -21,10 +21,22 @@ module! {
     license: "GPL",
 }
 
-const PAGE: usize = 4096;
-const ABI_VERSION: u32 = 1;
-const MAX_READ_PAGES: usize = 256;
-const VCPU_CTX_BYTES: usize = 5168;
+// The ABI shared with checkpointd and the C test program: one definition, in
+// checkpoint-abi/src/abi.rs (kmod/checkpoint_abi.rs links to it; the build copies it here).
+#[allow(dead_code, unreachable_pub, missing_docs, clippy::all)]
+mod checkpoint_abi {
+    include!("checkpoint_abi.rs");
+}
+use checkpoint_abi::dev::{
+    Capture as CaptureArg, Facts, Round, Table, Track, ABI_VERSION, IOC_CAPTURE, IOC_GET_FACTS,
+    IOC_NEXT_ROUND, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID,
+    TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+};
+use checkpoint_abi::page_type::{PINNED as TYPE_PINNED, UNPOPULATED as TYPE_NOT_RAM};
+use checkpoint_abi::vcpu_ctx;
+
+const PAGE: usize = checkpoint_abi::dev::PAGE_SIZE;
+const VCPU_CTX_BYTES: usize = vcpu_ctx::SIZE;
 
 // errnos
 const EPERM: c_long = 1;
@@ -39,125 +51,18 @@ const ENOMEM: c_long = 12;
 const ENODATA: c_long = 61;
 const EOPNOTSUPP: c_long = 95;
 
-// ioctl numbers (docs/checkpoint-abi.md): _IOC(dir, 'C', nr, size)
-const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
-    (dir << 30) | (size << 16) | (0x43 << 8) | nr
-}
-const IOC_GET_FACTS: u32 = ioc(2, 1, 128);
-const IOC_TRACK_START: u32 = ioc(1, 2, 16);
-const IOC_TRACK_STOP: u32 = ioc(0, 3, 0);
-const IOC_NEXT_ROUND: u32 = ioc(3, 4, 64);
-const IOC_CAPTURE: u32 = ioc(3, 5, 128);
-const IOC_READ_TABLE: u32 = ioc(3, 6, 48);
-
-const TABLE_P2M: u32 = 1;
-const TABLE_P2M_CAPTURED: u32 = 2;
-const TABLE_PAGE_TYPES: u32 = 3;
-const TABLE_P2M_FRAMES: u32 = 4;
-
 /// Reference-hash values with a meaning of their own; real hashes avoid both.
 const REF_NEVER_READ: u64 = 0;
 const REF_EXCLUDED: u64 = u64::MAX;
 
-const P2M_INVALID: u64 = u64::MAX;
-const P2M_SPECIAL_BITS: u64 = 3 << 62; // identity (62) and foreign (63) frames
-
-const TYPE_NOT_RAM: u8 = 0x0f;
-const TYPE_PINNED: u8 = 0x80;
-
 // Xen MMUEXT commands used to ask Xen whether a table page is pinned.
 const MMUEXT_PIN_L1_TABLE: c_uint = 0;
-
-#[repr(C)]
-#[derive(Default)]
-struct Facts {
-    abi_version: u32,
-    page_size: u32,
-    max_pfn: u64,
-    nr_pages: u64,
-    start_info_pfn: u64,
-    start_info_mfn: u64,
-    shared_info_maddr: u64,
-    store_mfn: u64,
-    console_mfn: u64,
-    store_evtchn: u32,
-    console_evtchn: u32,
-    online_cpus: u32,
-    guest_width: u32,
-    pt_levels: u32,
-    state: u32,
-    p2m_frames: u64,
-    reserved: [u64; 4],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Track {
-    flags: u64,
-    reserved: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Round {
-    bitmap: u64,
-    bitmap_bytes: u64,
-    flags: u64,
-    round: u64,
-    dirty: u64,
-    scanned: u64,
-    scan_ns: u64,
-    reserved: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CaptureArg {
-    flags: u64,
-    max_snapshot_pages: u64,
-    bitmap: u64,
-    bitmap_bytes: u64,
-    vcpu: u64,
-    vcpu_bytes: u64,
-    result: u64,
-    snapshot_pages: u64,
-    pause_ns: u64,
-    suspend_ns: u64,
-    pt_pages: u64,
-    scanned: u64,
-    reserved: [u64; 4],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Table {
-    table: u32,
-    reserved: u32,
-    start: u64,
-    count: u64,
-    buf: u64,
-    buf_bytes: u64,
-    returned: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<Facts>() == 128);
-const _: () = assert!(core::mem::size_of::<Track>() == 16);
-const _: () = assert!(core::mem::size_of::<Round>() == 64);
-const _: () = assert!(core::mem::size_of::<CaptureArg>() == 128);
-const _: () = assert!(core::mem::size_of::<Table>() == 48);
 
 /// Xen's `struct vcpu_guest_context` (x86_64), kept as bytes: the asm capture entry and
 /// the kernel's xen_checkpoint_vcpu_context() fill it at the offsets of Xen's layout.
 #[repr(C, align(64))]
 pub struct VcpuCtx([u8; VCPU_CTX_BYTES]);
 
-// Offsets inside VcpuCtx (docs/checkpoint-abi.md, "The vCPU context").
-const CTX_FLAGS: usize = 512;
-const CTX_RAX: usize = 600;
-const CTX_RDX: usize = 616;
-const CTX_CR0: usize = 4984;
-const CTX_CR4: usize = 4984 + 4 * 8;
-const VGCF_I387_VALID: u64 = 1;
 
 /// The capture's vCPU context. Written by the asm entry and the capture routine (in
 /// stop_machine), read by the ioctl after it; never concurrently.
@@ -227,32 +132,32 @@ core::arch::global_asm!(
     "mov [rip + {gfn}], rdi",
     "lea rax, [rip + {ctx}]",
     "fxsave64 [rax]",
-    "mov [rax + 520], r15",
-    "mov [rax + 528], r14",
-    "mov [rax + 536], r13",
-    "mov [rax + 544], r12",
-    "mov [rax + 552], rbp",
-    "mov [rax + 560], rbx",
-    "mov [rax + 616], rdi", // rdx: start_info mfn (PV gfn == mfn)
+    "mov [rax + {r15}], r15",
+    "mov [rax + {r14}], r14",
+    "mov [rax + {r13}], r13",
+    "mov [rax + {r12}], r12",
+    "mov [rax + {rbp}], rbp",
+    "mov [rax + {rbx}], rbx",
+    "mov [rax + {rdx}], rdi", // rdx: start_info mfn (PV gfn == mfn)
     "lea rcx, [rip + 1f]",
-    "mov [rax + 648], rcx", // rip
-    "mov [rax + 672], rsp",
+    "mov [rax + {rip}], rcx", // rip
+    "mov [rax + {rsp}], rsp",
     "pushfq",
     "pop rcx",
-    "mov [rax + 664], rcx",
+    "mov [rax + {rflags}], rcx",
     "xor ecx, ecx",
     "mov cx, cs",
-    "mov [rax + 656], rcx",
+    "mov [rax + {cs}], rcx",
     "mov cx, ss",
-    "mov [rax + 680], rcx",
+    "mov [rax + {ss}], rcx",
     "mov cx, es",
-    "mov [rax + 688], rcx",
+    "mov [rax + {es}], rcx",
     "mov cx, ds",
-    "mov [rax + 696], rcx",
+    "mov [rax + {ds}], rcx",
     "mov cx, fs",
-    "mov [rax + 704], rcx",
+    "mov [rax + {fs}], rcx",
     "mov cx, gs",
-    "mov [rax + 712], rcx",
+    "mov [rax + {gs}], rcx",
     "call {rest}",
     "jmp 2f",
     "1:",
@@ -273,6 +178,22 @@ core::arch::global_asm!(
     ctx = sym ckpt_ctx,
     rest = sym ckpt_capture_rest,
     resumed = sym ckpt_capture_resumed,
+    r15 = const vcpu_ctx::R15,
+    r14 = const vcpu_ctx::R14,
+    r13 = const vcpu_ctx::R13,
+    r12 = const vcpu_ctx::R12,
+    rbp = const vcpu_ctx::RBP,
+    rbx = const vcpu_ctx::RBX,
+    rdx = const vcpu_ctx::RDX,
+    rip = const vcpu_ctx::RIP,
+    rsp = const vcpu_ctx::RSP,
+    rflags = const vcpu_ctx::RFLAGS,
+    cs = const vcpu_ctx::CS,
+    ss = const vcpu_ctx::SS,
+    es = const vcpu_ctx::ES,
+    ds = const vcpu_ctx::DS,
+    fs = const vcpu_ctx::FS,
+    gs = const vcpu_ctx::GS,
 );
 
 /// A vmalloc'd array that knows its size. Freed explicitly (state is a static).
@@ -388,7 +309,7 @@ fn p2m(pfn: u64) -> u64 {
 }
 
 fn is_ram(e: u64) -> bool {
-    e != P2M_INVALID && e & P2M_SPECIAL_BITS == 0
+    checkpoint_abi::dev::p2m_is_ram(e)
 }
 
 fn page_ptr(pfn: u64) -> *const u8 {
@@ -952,7 +873,7 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
     }
     let table = page_ptr(pfn) as *const u64;
     for i in 0..512usize {
-        if level == 4 && (256..272).contains(&i) {
+        if level == 4 && checkpoint_abi::xen::l4_slot_is_xen(i) {
             continue; // Xen's own slots
         }
         // SAFETY: the table page is mapped (read-only) in the direct map.
@@ -1006,12 +927,12 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
         let ctx = ptr::addr_of_mut!(ckpt_ctx);
         xen_checkpoint_vcpu_context(ctx);
         let b = ctx as *mut u8;
-        let flags = b.add(CTX_FLAGS) as *mut u64;
-        *flags |= VGCF_I387_VALID;
-        *(b.add(CTX_RAX) as *mut u64) = 0;
-        *(b.add(CTX_CR0) as *mut u64) = ckpt_read_cr0() as u64;
-        *(b.add(CTX_CR4) as *mut u64) = ckpt_read_cr4() as u64;
-        *(b.add(CTX_RDX) as *mut u64) = ckpt_start_info_gfn;
+        let flags = b.add(vcpu_ctx::FLAGS) as *mut u64;
+        *flags |= vcpu_ctx::VGCF_I387_VALID;
+        *(b.add(vcpu_ctx::RAX) as *mut u64) = 0;
+        *(b.add(vcpu_ctx::CR0) as *mut u64) = ckpt_read_cr0() as u64;
+        *(b.add(vcpu_ctx::CR4) as *mut u64) = ckpt_read_cr4() as u64;
+        *(b.add(vcpu_ctx::RDX) as *mut u64) = ckpt_start_info_gfn;
     }
 
     // Page-type map: not-RAM marks first, then the tables.
