@@ -16,38 +16,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PG 4096
-#define IOC(dir, nr, size) (((unsigned long)(dir) << 30) | ((unsigned long)(size) << 16) | (0x43UL << 8) | (nr))
-#define CKPT_IOC_GET_FACTS IOC(2, 1, 128)
-#define CKPT_IOC_TRACK_START IOC(1, 2, 16)
-#define CKPT_IOC_TRACK_STOP IOC(0, 3, 0)
-#define CKPT_IOC_NEXT_ROUND IOC(3, 4, 64)
-#define CKPT_IOC_CAPTURE IOC(3, 5, 128)
-#define CKPT_IOC_READ_TABLE IOC(3, 6, 48)
+#include "checkpoint_abi.h" /* generated from checkpoint-abi (the one ABI definition) */
 
-struct facts {
-	uint32_t abi_version, page_size;
-	uint64_t max_pfn, nr_pages, start_info_pfn, start_info_mfn, shared_info_maddr, store_mfn,
-		console_mfn;
-	uint32_t store_evtchn, console_evtchn, online_cpus, guest_width, pt_levels, state;
-	uint64_t p2m_frames, reserved[4];
-};
-struct track { uint64_t flags, reserved; };
-struct round {
-	uint64_t bitmap, bitmap_bytes, flags, round, dirty, scanned, scan_ns, reserved;
-};
-struct capture {
-	uint64_t flags, max_snapshot_pages, bitmap, bitmap_bytes, vcpu, vcpu_bytes, result,
-		snapshot_pages, pause_ns, suspend_ns, pt_pages, scanned, reserved[4];
-};
-struct table { uint32_t table, reserved; uint64_t start, count, buf, buf_bytes, returned; };
-_Static_assert(sizeof(struct facts) == 128, "facts");
-_Static_assert(sizeof(struct round) == 64, "round");
-_Static_assert(sizeof(struct capture) == 128, "capture");
-_Static_assert(sizeof(struct table) == 48, "table");
+#define PG CKPT_PAGE_SIZE
 
 static int fd;
-static struct facts F;
+static struct ckpt_facts F;
 static uint8_t *image;      /* what a checkpointd would hold: last content read per pfn */
 static uint8_t *have;       /* pfn read at least once */
 
@@ -130,23 +104,23 @@ int main(int argc, char **argv)
 
 	/* Misuse: every case returns an errno. */
 	char buf[PG];
-	struct round r = {0};
-	struct track t = {0};
-	struct table tb = {0};
+	struct ckpt_round r = {0};
+	struct ckpt_track t = {0};
+	struct ckpt_table tb = {0};
 	uint64_t bmbytes = (F.max_pfn + 63) / 64 * 8;
 	uint64_t *bm = calloc(1, bmbytes);
 	image = calloc(npages, PG);
 	have = calloc(npages, 1);
 	if (!bm || !image || !have)
 		FAIL("out of memory");
-	EXPECT_ERR(ioctl(fd, IOC(3, 99, 8), buf), ENOTTY, "unknown ioctl");
+	EXPECT_ERR(ioctl(fd, CKPT_IOC(3, 99, 8), buf), ENOTTY, "unknown ioctl");
 	r.bitmap = (uintptr_t)bm; r.bitmap_bytes = bmbytes;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_NEXT_ROUND, &r), EINVAL, "round without session");
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_STOP), EINVAL, "stop without session");
 	EXPECT_ERR(pread(fd, buf, PG, 100), EINVAL, "unaligned pread");
 	EXPECT_ERR(pread(fd, buf, 100, 0), EINVAL, "short pread");
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_GET_FACTS, (void *)16), EFAULT, "bad pointer");
-	tb.table = 3; tb.count = 1; tb.buf = (uintptr_t)buf; tb.buf_bytes = 1;
+	tb.table = CKPT_TABLE_PAGE_TYPES; tb.count = 1; tb.buf = (uintptr_t)buf; tb.buf_bytes = 1;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), ENODATA, "types before capture");
 	tb.table = 77;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), EINVAL, "unknown table");
@@ -157,7 +131,7 @@ int main(int argc, char **argv)
 
 	/* Live p2m: the start_info pfn maps to its mfn. */
 	uint64_t e = 0;
-	tb = (struct table){ .table = 1, .start = F.start_info_pfn, .count = 1, .buf = (uintptr_t)&e, .buf_bytes = 8 };
+	tb = (struct ckpt_table){ .table = CKPT_TABLE_P2M, .start = F.start_info_pfn, .count = 1, .buf = (uintptr_t)&e, .buf_bytes = 8 };
 	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != 1 || e != F.start_info_mfn)
 		FAIL("p2m of start_info: %llx vs %llx", (unsigned long long)e, (unsigned long long)F.start_info_mfn);
 
@@ -224,9 +198,9 @@ int main(int argc, char **argv)
 		memset(pat + (size_t)i * PG, 'P', PG);
 
 	/* The capture. */
-	static uint8_t vcpu[5168];
+	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
 	uint64_t *snapset = calloc(1, bmbytes);
-	struct capture c = { .max_snapshot_pages = last_dirty * 4 + 4096, .bitmap = (uintptr_t)snapset,
+	struct ckpt_capture c = { .max_snapshot_pages = last_dirty * 4 + 4096, .bitmap = (uintptr_t)snapset,
 			     .bitmap_bytes = bmbytes, .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
 	if (c.max_snapshot_pages > F.max_pfn)
 		c.max_snapshot_pages = F.max_pfn;
@@ -266,9 +240,14 @@ int main(int argc, char **argv)
 
 	/* vCPU context sanity (Xen's vcpu_guest_context layout). */
 	uint64_t flags, rip, rsp, rdx, cr3, gdt0, ksp, evcb;
-	memcpy(&flags, vcpu + 512, 8); memcpy(&rdx, vcpu + 616, 8); memcpy(&rip, vcpu + 648, 8);
-	memcpy(&rsp, vcpu + 672, 8); memcpy(&gdt0, vcpu + 4832, 8); memcpy(&ksp, vcpu + 4976, 8);
-	memcpy(&cr3, vcpu + 4984 + 3 * 8, 8); memcpy(&evcb, vcpu + 5112, 8);
+	memcpy(&flags, vcpu + CKPT_VCPU_FLAGS, 8);
+	memcpy(&rdx, vcpu + CKPT_VCPU_RDX, 8);
+	memcpy(&rip, vcpu + CKPT_VCPU_RIP, 8);
+	memcpy(&rsp, vcpu + CKPT_VCPU_RSP, 8);
+	memcpy(&gdt0, vcpu + CKPT_VCPU_GDT_FRAMES, 8);
+	memcpy(&ksp, vcpu + CKPT_VCPU_KERNEL_SP, 8);
+	memcpy(&cr3, vcpu + CKPT_VCPU_CR3, 8);
+	memcpy(&evcb, vcpu + CKPT_VCPU_EVENT_CALLBACK_EIP, 8);
 	printf("vcpu: flags %#llx rip %#llx rsp %#llx rdx %#llx cr3 %#llx gdt0 %#llx kernel_sp %#llx event_cb %#llx\n",
 	       (unsigned long long)flags, (unsigned long long)rip, (unsigned long long)rsp,
 	       (unsigned long long)rdx, (unsigned long long)cr3, (unsigned long long)gdt0,
@@ -279,15 +258,15 @@ int main(int argc, char **argv)
 
 	/* Captured tables. */
 	uint8_t *types = malloc(F.max_pfn);
-	tb = (struct table){ .table = 3, .count = F.max_pfn, .buf = (uintptr_t)types, .buf_bytes = F.max_pfn };
+	tb = (struct ckpt_table){ .table = CKPT_TABLE_PAGE_TYPES, .count = F.max_pfn, .buf = (uintptr_t)types, .buf_bytes = F.max_pfn };
 	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != F.max_pfn)
 		FAIL("page types: %s", strerror(errno));
 	uint64_t lv[5] = {0}, pinned = 0, notram = 0;
 	for (uint64_t p = 0; p < F.max_pfn; p++) {
-		if (types[p] == 0x0f) { notram++; continue; }
-		if ((types[p] & 0x7f) >= 1 && (types[p] & 0x7f) <= 4)
-			lv[types[p] & 0x7f]++;
-		if (types[p] & 0x80)
+		if (types[p] == CKPT_PT_NOT_RAM) { notram++; continue; }
+		if ((types[p] & CKPT_PT_LEVEL_MASK) >= 1 && (types[p] & CKPT_PT_LEVEL_MASK) <= 4)
+			lv[types[p] & CKPT_PT_LEVEL_MASK]++;
+		if (types[p] & CKPT_PT_PINNED)
 			pinned++;
 	}
 	printf("page types: L1 %llu L2 %llu L3 %llu L4 %llu pinned %llu not-RAM %llu\n",
@@ -296,20 +275,20 @@ int main(int argc, char **argv)
 	if ((cr3 >> 12) == 0 || lv[4] < 2 || lv[1] < 1 || !pinned)
 		FAIL("implausible page-type map");
 	uint64_t *cp2m = malloc(F.max_pfn * 8);
-	tb = (struct table){ .table = 2, .count = F.max_pfn, .buf = (uintptr_t)cp2m, .buf_bytes = F.max_pfn * 8 };
+	tb = (struct ckpt_table){ .table = CKPT_TABLE_P2M_CAPTURED, .count = F.max_pfn, .buf = (uintptr_t)cp2m, .buf_bytes = F.max_pfn * 8 };
 	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb))
 		FAIL("captured p2m: %s", strerror(errno));
 	int found_cr3 = 0;
 	for (uint64_t p = 0; p < F.max_pfn; p++)
 		if (cp2m[p] == (cr3 >> 12)) {
 			found_cr3 = 1;
-			if ((types[p] & 0x7f) != 4)
+			if ((types[p] & CKPT_PT_LEVEL_MASK) != 4)
 				FAIL("cr3's pfn %llu is not typed L4 (%#x)", (unsigned long long)p, types[p]);
 		}
 	if (!found_cr3)
 		FAIL("cr3 mfn not in the captured p2m");
 	uint64_t nfr = F.p2m_frames, *frames = malloc(nfr * 8);
-	tb = (struct table){ .table = 4, .count = nfr, .buf = (uintptr_t)frames, .buf_bytes = nfr * 8 };
+	tb = (struct ckpt_table){ .table = CKPT_TABLE_P2M_FRAMES, .count = nfr, .buf = (uintptr_t)frames, .buf_bytes = nfr * 8 };
 	if (ioctl(fd, CKPT_IOC_READ_TABLE, &tb) || tb.returned != nfr)
 		FAIL("p2m frames: %s", strerror(errno));
 	for (uint64_t i = 0; i < nfr; i++)
