@@ -8,8 +8,13 @@
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlanError {
-    /// The checkpoint needs more frames than the loader has free.
-    TooLarge { need: u64, have: u64 },
+    /// The header's pfn range does not fit the plan's table (`slots` entries).
+    TooManyPfns { pfns: u64, slots: u64 },
+    /// The guest's RAM (pages of a type other than "not RAM") needs more frames than the
+    /// loader can give: `ram` RAM pfns known so far, `frames` = frames placed + free.
+    RamTooLarge { ram: u64, frames: u64 },
+    /// No free frame was left for a page of pfn `pfn` (after `placed` pages).
+    OutOfFrames { pfn: u64, placed: u64 },
     /// A page names a pfn beyond the header's max_pfn.
     PfnOutOfRange { pfn: u64, max_pfn: u64 },
     /// Pages arrived before the header fixed the plan's size.
@@ -19,8 +24,15 @@ pub enum PlanError {
 impl core::fmt::Display for PlanError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            PlanError::TooLarge { need, have } => {
-                write!(f, "stream needs {need} frames, loader has {have} free")
+            PlanError::TooManyPfns { pfns, slots } => {
+                write!(f, "stream has {pfns} pfns, the loader's plan holds {slots}")
+            }
+            PlanError::RamTooLarge { ram, frames } => write!(
+                f,
+                "guest RAM is at least {ram} pages, the loader has {frames} frames for it"
+            ),
+            PlanError::OutOfFrames { pfn, placed } => {
+                write!(f, "no free frame for pfn {pfn} after {placed} pages placed")
             }
             PlanError::PfnOutOfRange { pfn, max_pfn } => {
                 write!(f, "pfn {pfn} beyond max_pfn {max_pfn}")
@@ -107,7 +119,10 @@ impl<'a> FrameBook<'a> {
 
 const UNPLACED: u32 = u32::MAX;
 
-/// Guest pfn -> loader pfn.
+/// Guest pfn -> loader pfn. The table is indexed by guest pfn up to the header's max_pfn (a
+/// real capture's max_pfn is Linux's p2m size, far above its RAM), but frames are only taken
+/// for pages that arrive (and, at the end, for RAM pfns never sent: see `Receiver`). So the
+/// memory a guest needs is its RAM, and the table costs 4 bytes per pfn.
 pub struct Plan<'a> {
     slots: &'a mut [u32],
     max_pfn: Option<u64>,
@@ -123,15 +138,23 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Start a plan for a guest whose pfns run 0..=max_pfn. Fails when the loader has fewer
-    /// free frames than the guest has pfns (every pfn may be sent), or the table cannot hold it.
-    pub fn start(&mut self, max_pfn: u64, book: &FrameBook) -> Result<(), PlanError> {
-        let need = max_pfn + 1;
-        let have = book.free_count().min(self.slots.len() as u64);
-        if need > have {
-            return Err(PlanError::TooLarge { need, have });
+    /// Pfns the table can describe (`max_pfn` must be below this).
+    pub fn capacity(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Start a plan for a guest whose pfns run 0..=max_pfn. Fails only when the table cannot
+    /// describe that many pfns; whether the guest's RAM fits is known later (page types).
+    pub fn start(&mut self, max_pfn: u64) -> Result<(), PlanError> {
+        let pfns = max_pfn.saturating_add(1);
+        // Loader pfns are stored as u32; UNPLACED is u32::MAX.
+        if pfns > self.capacity() {
+            return Err(PlanError::TooManyPfns {
+                pfns,
+                slots: self.capacity(),
+            });
         }
-        self.slots[..need as usize].fill(UNPLACED);
+        self.slots[..pfns as usize].fill(UNPLACED);
         self.max_pfn = Some(max_pfn);
         self.placed = 0;
         Ok(())
@@ -147,13 +170,21 @@ impl<'a> Plan<'a> {
         if *slot != UNPLACED {
             return Ok(*slot as u64);
         }
-        let f = book.alloc().ok_or(PlanError::TooLarge {
-            need: max_pfn + 1,
-            have: self.placed,
-        })?;
+        let f = book
+            .alloc()
+            .filter(|&f| f < UNPLACED as u64)
+            .ok_or(PlanError::OutOfFrames {
+                pfn,
+                placed: self.placed,
+            })?;
         *slot = f as u32;
         self.placed += 1;
         Ok(f)
+    }
+
+    /// Whether `pfn` already has a frame (out-of-range pfns have none).
+    pub fn is_placed(&self, pfn: u64) -> bool {
+        self.lookup(pfn).is_some()
     }
 
     pub fn lookup(&self, pfn: u64) -> Option<u64> {
@@ -163,6 +194,16 @@ impl<'a> Plan<'a> {
         } else {
             Some(self.slots[pfn as usize] as u64)
         }
+    }
+
+    /// Take guest pfn `pfn`'s frame away from the plan and give it back to `book`
+    /// (restore: pfns whose contents are not kept, e.g. the xenstore and console rings).
+    pub fn unplace(&mut self, pfn: u64, book: &mut FrameBook) -> Option<u64> {
+        let f = self.lookup(pfn)?;
+        self.slots[pfn as usize] = UNPLACED;
+        self.placed -= 1;
+        book.release(f);
+        Some(f)
     }
 
     /// Distinct guest pfns placed so far.
@@ -227,7 +268,7 @@ mod tests {
         let mut slots = [0u32; 256];
         let mut p = Plan::new(&mut slots);
         assert_eq!(p.place(0, &mut b), Err(PlanError::NotStarted));
-        p.start(99, &b).unwrap();
+        p.start(99).unwrap();
         let a = p.place(5, &mut b).unwrap();
         let c = p.place(7, &mut b).unwrap();
         assert_ne!(a, c);
@@ -253,15 +294,34 @@ mod tests {
     }
 
     #[test]
-    fn plan_refuses_guest_larger_than_free_memory() {
+    fn plan_is_indexed_by_pfn_but_takes_frames_per_page() {
+        // A guest with a huge pfn range (a real capture's max_pfn is the p2m size) and few
+        // pages fits as long as the pages fit; only the table bounds the range.
         let mut st = [0u64; 4];
-        let b = FrameBook::new(&mut st, 256, 200);
-        let mut slots = [0u32; 256];
+        let mut b = FrameBook::new(&mut st, 256, 200);
+        let mut slots = vec![0u32; 4096];
         let mut p = Plan::new(&mut slots);
         assert_eq!(
-            p.start(56, &b),
-            Err(PlanError::TooLarge { need: 57, have: 56 })
+            p.start(4096),
+            Err(PlanError::TooManyPfns {
+                pfns: 4097,
+                slots: 4096
+            })
         );
-        p.start(55, &b).unwrap();
+        p.start(4095).unwrap();
+        for pfn in 0..56 {
+            p.place(pfn * 73, &mut b).unwrap();
+        }
+        assert_eq!(
+            p.place(4000, &mut b),
+            Err(PlanError::OutOfFrames {
+                pfn: 4000,
+                placed: 56
+            })
+        );
+        let f = p.unplace(73, &mut b).unwrap();
+        assert_eq!(b.free_count(), 1);
+        assert!(!p.is_placed(73));
+        assert_eq!(p.place(4000, &mut b), Ok(f), "the released frame is reused");
     }
 }

@@ -7,6 +7,8 @@
 pub mod cmdline;
 pub mod frames;
 pub mod receive;
+pub mod records;
+pub mod restore;
 pub mod result;
 #[cfg(any(test, feature = "cli"))]
 pub mod synth;

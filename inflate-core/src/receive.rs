@@ -2,10 +2,19 @@
 //! decoder; every page is placed into a loader frame by the plan; at END the pages are hashed
 //! back out of those frames, in pfn order, and compared with the stream's digest. Any failure
 //! abandons the plan (frames go back to the book) and yields a result record naming the check.
+//!
+//! The capture records a restore needs (CAPTURE, PAGE_TYPES, P2M, P2M_FRAMES, vCPU 0) are kept
+//! in `Records`. The plan takes a frame per page received; PAGE_TYPES tells how many pfns are
+//! RAM, and a guest whose RAM cannot fit the loader's frames is refused as soon as that is
+//! known (`too-large`). For a restorable stream (one with P2M_FRAMES), RAM pfns never sent get
+//! a zeroed frame at END, so every RAM pfn has a frame of its own.
 use crate::frames::{FrameBook, Plan, PlanError};
+use crate::records::{is_ram, Records};
 use crate::result::{ResultRecord, Status};
 use checkpoint_stream::digest::{RootBuilder, ZERO_LEAF};
-use checkpoint_stream::{Decoder, Error as StreamError, Header, Phase, Sink, PAGE_SIZE};
+use checkpoint_stream::{
+    Capture, Decoder, Error as StreamError, Header, Phase, Sink, U64s, VcpuKind, PAGE_SIZE,
+};
 
 /// Where placed pages live. The kernel maps a machine frame per call; tests use memory.
 pub trait FrameStore {
@@ -28,10 +37,12 @@ pub enum State {
 struct Placer<'r, 'a, S: FrameStore> {
     book: &'r mut FrameBook<'a>,
     plan: &'r mut Plan<'a>,
+    records: &'r mut Records<'a>,
     store: &'r mut S,
     plan_err: Option<PlanError>,
     digest: Option<[u8; 32]>,
     verified: bool,
+    zero_filled: u64,
 }
 
 impl<S: FrameStore> Sink for Placer<'_, '_, S> {
@@ -41,7 +52,8 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
                 "only 64-bit guests with 4 KiB pages",
             ));
         }
-        self.plan.start(h.max_pfn, self.book).map_err(|e| {
+        self.records.start(h.max_pfn);
+        self.plan.start(h.max_pfn).map_err(|e| {
             self.plan_err = Some(e);
             StreamError::Sink("plan")
         })
@@ -56,6 +68,38 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
         Ok(())
     }
 
+    fn capture(&mut self, c: &Capture) -> Result<(), StreamError> {
+        self.records.set_capture(c);
+        Ok(())
+    }
+
+    fn page_types(&mut self, first_pfn: u64, types: &[u8]) -> Result<(), StreamError> {
+        self.records.add_types(first_pfn, types);
+        // Every RAM pfn needs a frame of its own: refuse as soon as they cannot all fit.
+        let ram = self.records.ram_pages();
+        let frames = self.plan.placed() + self.book.free_count();
+        if ram > frames {
+            self.plan_err = Some(PlanError::RamTooLarge { ram, frames });
+            return Err(StreamError::Sink("plan"));
+        }
+        Ok(())
+    }
+
+    fn p2m(&mut self, first_pfn: u64, mfns: U64s<'_>) -> Result<(), StreamError> {
+        self.records.add_p2m(first_pfn, mfns.iter());
+        Ok(())
+    }
+
+    fn p2m_frames(&mut self, first_index: u64, pfns: U64s<'_>) -> Result<(), StreamError> {
+        self.records.add_p2m_frames(first_index, pfns.iter());
+        Ok(())
+    }
+
+    fn vcpu(&mut self, id: u32, kind: VcpuKind, data: &[u8]) -> Result<(), StreamError> {
+        self.records.add_vcpu(id, kind, data);
+        Ok(())
+    }
+
     fn digest(&mut self, root: &[u8; 32]) -> Result<(), StreamError> {
         self.digest = Some(*root);
         Ok(())
@@ -64,6 +108,20 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
     fn end(&mut self) -> Result<(), StreamError> {
         let want = self.digest.ok_or(StreamError::Missing("DIGEST"))?;
         let max = self.plan.max_pfn().ok_or(StreamError::Missing("HEADER"))?;
+        if self.records.restorable() && self.records.has_types() {
+            // RAM pfns never sent are zero pages, but the restored guest owns them: give each
+            // a zeroed frame now, while a failure can still be reported.
+            for pfn in 0..=max {
+                if is_ram(self.records.page_type(pfn)) && !self.plan.is_placed(pfn) {
+                    let f = self.plan.place(pfn, self.book).map_err(|e| {
+                        self.plan_err = Some(e);
+                        StreamError::Sink("plan")
+                    })?;
+                    self.store.write(f, None);
+                    self.zero_filled += 1;
+                }
+            }
+        }
         let mut b = RootBuilder::new(max);
         for pfn in 0..=max {
             match self.plan.lookup(pfn) {
@@ -74,6 +132,7 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
         if b.finish() != Some(want) {
             return Err(StreamError::DigestMismatch);
         }
+        self.records.seal();
         self.verified = true;
         Ok(())
     }
@@ -82,16 +141,25 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
 pub struct Receiver<'a> {
     pub book: FrameBook<'a>,
     pub plan: Plan<'a>,
+    pub records: Records<'a>,
     decoder: Decoder<'static>,
     state: State,
     bytes: u64,
     started_us: u64,
     digest: Option<[u8; 32]>,
+    zero_filled: u64,
 }
 
 fn classify(e: &StreamError, plan_err: Option<PlanError>) -> Status {
     match (e, plan_err) {
-        (_, Some(PlanError::TooLarge { .. })) => Status::TooLarge,
+        (
+            _,
+            Some(
+                PlanError::TooManyPfns { .. }
+                | PlanError::RamTooLarge { .. }
+                | PlanError::OutOfFrames { .. },
+            ),
+        ) => Status::TooLarge,
         (_, Some(PlanError::PfnOutOfRange { .. })) | (StreamError::PfnOutOfRange { .. }, _) => {
             Status::PfnOutOfRange
         }
@@ -132,10 +200,18 @@ fn message(args: core::fmt::Arguments<'_>) -> Msg {
 }
 
 impl<'a> Receiver<'a> {
+    /// A receiver that verifies streams but keeps no capture records (no restore).
     pub fn new(book: FrameBook<'a>, plan: Plan<'a>) -> Self {
+        Self::with_records(book, plan, Records::none())
+    }
+
+    /// A receiver that also keeps what a restore needs in `records`.
+    pub fn with_records(book: FrameBook<'a>, plan: Plan<'a>, records: Records<'a>) -> Self {
         Receiver {
             book,
             plan,
+            records,
+            zero_filled: 0,
             decoder: Decoder::new(),
             state: State::Idle,
             bytes: 0,
@@ -160,6 +236,12 @@ impl<'a> Receiver<'a> {
         self.bytes = 0;
         self.started_us = now_us;
         self.digest = None;
+        self.zero_filled = 0;
+    }
+
+    /// RAM pfns that were never sent and got a zeroed frame at END.
+    pub fn zero_filled(&self) -> u64 {
+        self.zero_filled
     }
 
     fn fail(
@@ -197,13 +279,16 @@ impl<'a> Receiver<'a> {
         let mut sink = Placer {
             book: &mut self.book,
             plan: &mut self.plan,
+            records: &mut self.records,
             store,
             plan_err: None,
             digest: self.digest,
             verified: false,
+            zero_filled: 0,
         };
         let r = self.decoder.feed(data, &mut sink);
         let (plan_err, verified) = (sink.plan_err, sink.verified);
+        self.zero_filled += sink.zero_filled;
         self.digest = sink.digest;
         match r {
             Err(e) => {
@@ -216,7 +301,15 @@ impl<'a> Receiver<'a> {
             Ok(_) if self.decoder.phase() == Phase::Ended && verified => {
                 self.state = State::Finished(Status::Ok);
                 let placed = self.plan.placed();
-                let m = message(format_args!("{placed} pages placed, digest verified"));
+                let m = if self.records.restorable() {
+                    message(format_args!(
+                        "{placed} pages placed ({} RAM pages never sent, zero-filled), digest \
+                         verified, capture kept",
+                        self.zero_filled
+                    ))
+                } else {
+                    message(format_args!("{placed} pages placed, digest verified"))
+                };
                 Some(ResultRecord::new(
                     Status::Ok,
                     placed,
@@ -330,12 +423,145 @@ mod tests {
     }
 
     #[test]
-    fn too_large_stream_is_refused_at_the_header() {
-        let s = synth::stream(255, 1);
-        let (res, _) = run(&s, 300, 4096); // 200 free frames < 256 pfns
+    fn pfn_range_beyond_the_plan_is_refused_at_the_header() {
+        let s = synth::stream(4096, 1); // 4097 pfns, the test plan holds 4096
+        let (res, _) = run(&s, 300, 4096);
         assert_eq!(res.status, Status::TooLarge, "{}", res.message());
         assert_eq!(res.pages, 0);
-        assert!(res.message().contains("256"), "{}", res.message());
+        assert!(res.message().contains("4097 pfns"), "{}", res.message());
+    }
+
+    #[test]
+    fn ram_beyond_free_frames_is_refused() {
+        // Pages first: the book runs out while placing them.
+        let s = synth::stream(255, 1);
+        let (res, _) = run(&s, 300, 4096); // 200 free frames < 256 pages
+        assert_eq!(res.status, Status::TooLarge, "{}", res.message());
+        assert!(res.message().contains("no free frame"), "{}", res.message());
+        // Types first (no pages yet): refused at the first PAGE_TYPES chunk that shows more
+        // RAM than frames, with nothing placed.
+        let s = synth::ram_claim(3999);
+        let (res, _) = run(&s, 300, 100_000);
+        assert_eq!(res.status, Status::TooLarge, "{}", res.message());
+        assert_eq!(res.pages, 0);
+        assert!(
+            res.message().contains("at least 4000 pages") && res.message().contains("200 frames"),
+            "{}",
+            res.message()
+        );
+    }
+
+    #[test]
+    fn a_sparse_guest_needs_frames_for_its_ram_only() {
+        // 4000 pfns, of which 150 RAM: fits 200 frames although max_pfn does not.
+        let c = sparse(3999, 150);
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let (mut t, mut i, mut f) = (vec![0u8; 4096], vec![0u64; 256], vec![0u64; 8]);
+        let mut r = Receiver::with_records(
+            FrameBook::new(&mut bits, 300, 100),
+            Plan::new(&mut slots),
+            Records::new(&mut t, &mut i, &mut f),
+        );
+        let mut st = FakeStore(Default::default());
+        r.begin(0);
+        let res = r.feed(&only_ram(&c), &mut st, 1).unwrap();
+        assert_eq!(res.status, Status::Ok, "{}", res.message());
+        assert_eq!(r.zero_filled(), 0);
+        assert_eq!(res.pages, 150);
+        assert!(r.records.restorable());
+        assert_eq!(r.records.ram_pages(), 150);
+        assert_eq!(r.records.mapped_frames(), 150);
+        assert_eq!(r.records.pfn_of_source_mfn(0x9_0000 + 7 * 25), Some(7 * 25));
+        assert_eq!(r.records.p2m_frames(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(r.records.vcpu0_basic().is_some());
+    }
+
+    #[test]
+    fn ram_never_sent_gets_zeroed_frames() {
+        let c = sparse(3999, 150);
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let (mut t, mut i, mut f) = (vec![0u8; 4096], vec![0u64; 256], vec![0u64; 8]);
+        let mut r = Receiver::with_records(
+            FrameBook::new(&mut bits, 300, 100),
+            Plan::new(&mut slots),
+            Records::new(&mut t, &mut i, &mut f),
+        );
+        let mut st = FakeStore(Default::default());
+        r.begin(0);
+        // Leave out the zero pages (they are implied): they still need frames.
+        let s = only_ram_with_data(&c);
+        let res = r.feed(&s, &mut st, 1).unwrap();
+        assert_eq!(res.status, Status::Ok, "{}", res.message());
+        let zeros = (0..4000u64)
+            .filter(|&p| p % 25 == 0 && p / 25 < 150 && p % 4 == 3)
+            .count() as u64;
+        assert!(zeros > 0);
+        assert_eq!(r.zero_filled(), zeros);
+        assert_eq!(r.plan.placed(), 150);
+        for p in (0..4000u64).filter(|p| p % 25 == 0 && p / 25 < 150) {
+            let f = r.plan.lookup(p).expect("every RAM pfn has a frame");
+            if p % 4 == 3 {
+                assert!(st.0[&f].iter().all(|&b| b == 0));
+            }
+        }
+        assert!(res.message().contains("zero-filled"), "{}", res.message());
+    }
+
+    /// A synthetic guest of `max_pfn + 1` pfns where only every 25th is RAM (`ram` of them),
+    /// with a p2m, a p2m frame list and a vCPU: the shape of a real capture.
+    fn sparse(max_pfn: u64, ram: u64) -> checkpoint_stream::model::FullCheckpoint {
+        use checkpoint_stream::{page_type, INVALID_MFN};
+        let mut c = synth::checkpoint(max_pfn, 5);
+        let is_ram = |p: u64| p % 25 == 0 && p / 25 < ram;
+        c.pages.retain(|&p, _| is_ram(p));
+        for p in 0..=max_pfn {
+            if !is_ram(p) {
+                c.page_types[p as usize] = page_type::UNPOPULATED;
+                c.p2m[p as usize] = INVALID_MFN;
+            } else {
+                c.p2m[p as usize] = 0x9_0000 + p;
+            }
+        }
+        c.digest = c.compute_digest();
+        checkpoint_stream::model::FullCheckpoint {
+            checkpoint: c,
+            p2m_frames: (1..=max_pfn / 512 + 1).collect(),
+        }
+    }
+
+    /// Encode `c` as checkpointd does: RAM pfns only (`Checkpoint::write_to` sends every pfn).
+    fn encode(c: &checkpoint_stream::model::FullCheckpoint, zeros: bool) -> Vec<u8> {
+        use checkpoint_stream::{page_type, Encoder};
+        let k = &c.checkpoint;
+        let mut e = Encoder::new(Vec::new()).unwrap();
+        e.header(k.max_pfn, b"sparse").unwrap();
+        e.round(0, false).unwrap();
+        let pages: Vec<_> = (0..=k.max_pfn)
+            .filter(|&p| k.page_types[p as usize] != page_type::UNPOPULATED)
+            .map(|p| (p, k.page(p)))
+            .filter(|(_, d)| zeros || d.is_some())
+            .collect();
+        for b in pages.chunks(512) {
+            e.page_batch(b).unwrap();
+        }
+        e.capture(k.capture.start_info_pfn, 1, 0).unwrap();
+        e.page_types(0, &k.page_types).unwrap();
+        e.p2m(0, &k.p2m).unwrap();
+        e.p2m_frames(&c.p2m_frames).unwrap();
+        e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &k.vcpus[0].data)
+            .unwrap();
+        e.digest(&k.compute_digest()).unwrap();
+        e.end().unwrap()
+    }
+
+    fn only_ram(c: &checkpoint_stream::model::FullCheckpoint) -> Vec<u8> {
+        encode(c, true)
+    }
+
+    fn only_ram_with_data(c: &checkpoint_stream::model::FullCheckpoint) -> Vec<u8> {
+        encode(c, false)
     }
 
     /// A frame store that silently corrupts one placed page: the digest over the frames must

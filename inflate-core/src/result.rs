@@ -6,6 +6,34 @@ pub const MAGIC: [u8; 4] = *b"ILRR";
 pub const VERSION: u16 = 1;
 pub const MSG_MAX: usize = RECORD_LEN - 32;
 
+/// The source's decision after a `ready` record (8 bytes on the same connection).
+pub const COMMIT: [u8; 8] = *b"COMMIT\0\0";
+pub const ABORT: [u8; 8] = *b"ABORT\0\0\0";
+
+/// What the source sent after `ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Commit,
+    /// `ABORT`, or any other 8 bytes: the loader discards the guest.
+    Abort,
+}
+
+impl Decision {
+    pub fn decode(b: &[u8; 8]) -> Decision {
+        if *b == COMMIT {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        }
+    }
+    pub fn bytes(self) -> [u8; 8] {
+        match self {
+            Decision::Commit => COMMIT,
+            Decision::Abort => ABORT,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Status {
@@ -25,6 +53,11 @@ pub enum Status {
     PfnOutOfRange = 6,
     /// The loader failed for a reason of its own.
     Internal = 7,
+    /// A real capture: digest verified over the placed frames and every restore check before
+    /// the point of no return passed. The loader now waits for `COMMIT` or `ABORT`.
+    Ready = 8,
+    /// A verified capture that cannot become a guest in this domain; the message says why.
+    Unrestorable = 9,
 }
 
 impl Status {
@@ -39,9 +72,18 @@ impl Status {
             5 => Busy,
             6 => PfnOutOfRange,
             7 => Internal,
+            8 => Ready,
+            9 => Unrestorable,
             _ => return None,
         })
     }
+    /// The status whose `name` is `s`.
+    pub fn from_name(s: &str) -> Option<Status> {
+        (0..=9)
+            .filter_map(Status::from_u16)
+            .find(|st| st.name() == s)
+    }
+
     pub fn name(self) -> &'static str {
         use Status::*;
         match self {
@@ -53,6 +95,8 @@ impl Status {
             Busy => "busy",
             PfnOutOfRange => "pfn-out-of-range",
             Internal => "internal",
+            Ready => "ready",
+            Unrestorable => "unrestorable",
         }
     }
 }
@@ -182,6 +226,28 @@ mod tests {
             ResultRecord::decode(&r.encode()).unwrap().message(),
             r.message()
         );
+    }
+
+    #[test]
+    fn restore_statuses_and_decisions() {
+        for (st, v, n) in [
+            (Status::Ready, 8, "ready"),
+            (Status::Unrestorable, 9, "unrestorable"),
+        ] {
+            let b = ResultRecord::new(st, 5, 6, 7, "m").encode();
+            assert_eq!(u16::from_le_bytes([b[6], b[7]]), v);
+            assert_eq!(ResultRecord::decode(&b).unwrap().status, st);
+            assert_eq!(st.name(), n);
+            assert_eq!(Status::from_name(n), Some(st));
+        }
+        assert_eq!(Status::from_u16(10), None);
+        assert_eq!(Status::from_name("too-large"), Some(Status::TooLarge));
+        assert_eq!(&COMMIT, b"COMMIT\0\0");
+        assert_eq!(&ABORT, b"ABORT\0\0\0");
+        assert_eq!(Decision::decode(&COMMIT), Decision::Commit);
+        assert_eq!(Decision::decode(&ABORT), Decision::Abort);
+        assert_eq!(Decision::decode(b"COMMIT\0\x01"), Decision::Abort);
+        assert_eq!(Decision::Commit.bytes(), COMMIT);
     }
 
     #[test]

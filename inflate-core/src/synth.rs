@@ -59,3 +59,17 @@ pub fn stream(max_pfn: u64, seed: u64) -> Vec<u8> {
         .write_to(Vec::new())
         .expect("writing to memory")
 }
+
+/// The start of a stream whose guest claims `max_pfn + 1` pages of RAM: HEADER, an empty
+/// round, CAPTURE and PAGE_TYPES typing every pfn as an ordinary page, and nothing more. A
+/// loader with fewer frames must refuse it (`too-large`) as soon as the types arrive, without
+/// waiting for pages.
+pub fn ram_claim(max_pfn: u64) -> Vec<u8> {
+    let mut e = checkpoint_stream::Encoder::new(Vec::new()).expect("writing to memory");
+    e.header(max_pfn, b"synthetic RAM claim")
+        .and_then(|_| e.round(0, false))
+        .and_then(|_| e.capture(0, 1, 0))
+        .and_then(|_| e.page_types(0, &vec![page_type::NORMAL; (max_pfn + 1) as usize]))
+        .expect("writing to memory");
+    e.into_inner()
+}

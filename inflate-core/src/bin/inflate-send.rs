@@ -1,9 +1,11 @@
 //! inflate-send: the lab's client for inflate-loader. Sends a checkpoint stream (a file, or a
 //! synthetic one) over TCP, optionally damaged on purpose, reads the loader's result record and
-//! prints it with the throughput. Exit status 0 when the result is the one expected.
+//! prints it with the throughput. Exit status 0 when the result is the one expected. After a
+//! `ready` result it can send the source's decision (`--commit` / `--abort`), which is how the
+//! lab drives a restore before `checkpointd migrate` does.
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use inflate_core::result::{ResultRecord, RECORD_LEN};
+use inflate_core::result::{Decision, ResultRecord, Status, RECORD_LEN};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
@@ -24,10 +26,16 @@ struct Args {
     /// Write the stream to this file instead of sending it.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
-    /// Send only the preamble and a HEADER claiming max_pfn = N (tests the size check without
-    /// building a huge stream).
+    /// Send only the start of a stream whose guest claims N+1 pages of RAM (HEADER with
+    /// max_pfn = N, CAPTURE, PAGE_TYPES): tests the size check without a huge stream.
     #[arg(long, value_name = "MAX_PFN")]
     header_only: Option<u64>,
+    /// On a `ready` result, send COMMIT: the loader then restores the guest in place.
+    #[arg(long, conflicts_with = "abort")]
+    commit: bool,
+    /// On a `ready` result, send ABORT: the loader discards the guest and keeps serving.
+    #[arg(long)]
+    abort: bool,
     /// Flip one bit at this byte offset before sending.
     #[arg(long)]
     corrupt_at: Option<usize>,
@@ -37,7 +45,8 @@ struct Args {
     /// While sending, open a second connection and expect it to be refused with "busy".
     #[arg(long)]
     second: bool,
-    /// Expected result status name (ok, truncated, corrupt, too-large, digest-mismatch, busy).
+    /// Expected result status name (ok, truncated, corrupt, too-large, digest-mismatch, busy,
+    /// pfn-out-of-range, internal, ready, unrestorable).
     #[arg(long, default_value = "ok")]
     expect: String,
     /// Give up after this many seconds.
@@ -65,13 +74,12 @@ fn print(label: &str, r: &ResultRecord) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if Status::from_name(&a.expect).is_none() {
+        bail!("--expect {}: not a result status name", a.expect);
+    }
     let mut data = match &a.file {
         Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
-        None if a.header_only.is_some() => {
-            let mut e = checkpoint_stream::Encoder::new(Vec::new())?;
-            e.header(a.header_only.unwrap(), b"synthetic header only")?;
-            e.into_inner()
-        }
+        None if a.header_only.is_some() => inflate_core::synth::ram_claim(a.header_only.unwrap()),
         None => {
             if a.pages == 0 {
                 bail!("--pages must be at least 1");
@@ -149,6 +157,33 @@ fn main() -> Result<()> {
         sent as f64 / secs / 1e6
     );
     ok &= r.status.name() == a.expect;
+    if r.status == Status::Ready && (a.commit || a.abort) {
+        let d = if a.commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        let t1 = Instant::now();
+        s.write_all(&d.bytes()).context("sending the decision")?;
+        // The loader sends nothing more: wait until it closes the connection.
+        let mut rest = Vec::new();
+        let closed = s.read_to_end(&mut rest);
+        println!(
+            "sent {}; loader {} after {:.2} s{}",
+            if a.commit { "COMMIT" } else { "ABORT" },
+            match closed {
+                Ok(_) => "closed the connection",
+                Err(_) => "did not close the connection",
+            },
+            t1.elapsed().as_secs_f64(),
+            if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} unexpected bytes after the record)", rest.len())
+            }
+        );
+        ok &= closed.is_ok() && rest.is_empty();
+    }
     if !ok {
         bail!("unexpected result (wanted {})", a.expect);
     }
