@@ -30,7 +30,16 @@ lab_build() {
     echo "$dir"
 }
 
-lab_hosts() { cat "$LAB_RUN/hosts" 2>/dev/null || echo 0; }
+# lab_hosts: hosts of the running lab; 0 when none is recorded or every recorded QEMU is gone
+# (the hosts file of a run that was killed before it could take its lab down).
+lab_hosts() {
+    local n i
+    n=$(cat "$LAB_RUN/hosts" 2>/dev/null) || { echo 0; return; }
+    for i in $(seq "$n"); do
+        qemu_alive "$i" && { echo "$n"; return; }
+    done
+    echo 0
+}
 host_dir() { echo "$LAB_RUN/host$1"; }
 check_host() {
     [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$(lab_hosts)" ] \
@@ -40,6 +49,40 @@ qemu_alive() {
     local pid; pid=$(cat "$(host_dir "$1")/qemu.pid" 2>/dev/null) || return 1
     kill -0 "$pid" 2>/dev/null && grep -q qemu "/proc/$pid/cmdline" 2>/dev/null
 }
+# proc_start PID: the process's start time (clock ticks since boot), empty if it is gone.
+# With the pid it names one process even after the pid is reused.
+proc_start() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# lab_qemu_pids: every QEMU of this lab (name lab-$LAB_NAME-hostN, sockets under $LAB_RUN),
+# whether or not a pid file records it. Never matches another lab's QEMU.
+lab_qemu_pids() {
+    perl -e '
+        my ($name, $run) = @ARGV;
+        opendir(my $d, "/proc") or exit 0;
+        for my $p (grep { /^\d+$/ } readdir $d) {
+            open(my $f, "<", "/proc/$p/cmdline") or next;
+            my $c = do { local $/; <$f> };
+            next unless defined $c;
+            my @a = split /\0/, $c;
+            my $named = grep { $a[$_] eq "-name" && ($a[$_ + 1] // "") =~ /^lab-\Q$name\E-host\d+$/ } 0 .. $#a;
+            print "$p\n" if $named && grep { index($_, "$run/host") >= 0 } @a;
+        }' "$LAB_NAME" "$LAB_RUN"
+}
+
+# kill_pids PID...: TERM, up to 5 s to exit, then KILL.
+kill_pids() {
+    local pid alive
+    [ $# -gt 0 ] || return 0
+    kill "$@" 2>/dev/null || true
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+    kill -9 "$@" 2>/dev/null || true
+}
+
 free_port() { perl -MSocket -e 'socket(S,PF_INET,SOCK_STREAM,0);bind(S,sockaddr_in(0,inet_aton("127.0.0.1")));print((sockaddr_in(getsockname(S)))[0])'; }
 
 # lab_exec_raw HOST TIMEOUT STDIN_FILE CMD: one request on a control channel of HOST.
@@ -138,13 +181,61 @@ lab_wait_host() {
     done
 }
 
+# Who owns a lab: QEMU runs in its own session (a Ctrl-C or a killed stage must not take the
+# emulated hosts down half-way through a write), so a detached reaper (scripts/lab _reaper)
+# watches the owner process and takes the lab down when it is gone, however it ended (exit,
+# signal, SIGKILL, lost trap). The owner is LAB_OWNER_PID, else the shell calling lab_up;
+# `scripts/lab up` without LAB_OWNER_PID owns the lab only while it boots (a developer's lab
+# then stays up until `scripts/lab down`). scripts/test makes each stage the owner of its labs.
+
+# lab_reap_leftovers: take down what an earlier run of this LAB_NAME left (refuses while that
+# run's owner is alive).
+lab_reap_leftovers() {
+    local owner start pids
+    owner="" start=""
+    [ ! -f "$LAB_RUN/owner" ] || read -r owner start <"$LAB_RUN/owner" || true
+    if [ -n "$owner" ] && [ "$owner" != "${LAB_OWNER_PID:-$$}" ] && [ -n "$start" ] \
+        && [ "$(proc_start "$owner")" = "$start" ]; then
+        die "lab '$LAB_NAME' is in use by pid $owner ($(tr '\0' ' ' <"/proc/$owner/cmdline" 2>/dev/null | cut -c1-80)); use another LAB_NAME"
+    fi
+    pids=$(lab_qemu_pids | xargs)
+    if [ -n "$pids" ] || [ -e "$LAB_RUN/hosts" ]; then
+        log "lab '$LAB_NAME': reaping hosts left over from an earlier run (QEMU pids: ${pids:-none})"
+        lab_down
+    fi
+}
+
+# lab_reaper OWNER START GENERATION: runs detached; takes the lab down when the owner process
+# is gone, exits when the lab it watches is down or replaced.
+lab_reaper() {
+    local owner=$1 start=$2 gen=$3
+    export LAB_REAPER=1
+    while [ "$(cat "$LAB_RUN/generation" 2>/dev/null)" = "$gen" ]; do
+        if [ "$(proc_start "$owner")" != "$start" ]; then
+            log "owner pid $owner of lab '$LAB_NAME' is gone: taking the lab down"
+            lab_down
+            return 0
+        fi
+        sleep 1
+    done
+}
+
 lab_up() {
-    local n=${1:-2} img i
+    local n=${1:-2} img i owner start gen
     [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 8 ] || die "up: N must be 1..8"
-    [ "$(lab_hosts)" = 0 ] || die "lab '$LAB_NAME' is already up with $(lab_hosts) hosts ('scripts/lab down' first)"
+    lab_reap_leftovers
     need_pkgs qemu-system-x86 socat
     img=$(lab_build)
     mkdir -p "$LAB_RUN"
+    owner=${LAB_OWNER_PID:-$$}
+    start=$(proc_start "$owner")
+    [ -n "$start" ] || die "lab owner pid $owner does not exist"
+    gen="$(date +%s%N)-$$"
+    echo "$gen" >"$LAB_RUN/generation"
+    echo "$owner $start" >"$LAB_RUN/owner"
+    setsid bash "$REPO_ROOT/scripts/lab" _reaper "$owner" "$start" "$gen" \
+        </dev/null >>"$LAB_RUN/reaper.log" 2>&1 &
+    echo $! >"$LAB_RUN/reaper.pid"
     echo "$img" >"$LAB_RUN/image"
     echo "$n" >"$LAB_RUN/hosts"
     local t0; t0=$(date +%s.%N)
@@ -168,34 +259,38 @@ lab_up() {
         done
     fi
     log "booting $n host(s) (lab '$LAB_NAME', run dir $LAB_RUN)"
-    # A host that fails to boot must not leave the others running (they burn a core each).
-    trap 'rc=$?; [ "$rc" = 0 ] || { log "boot failed: taking lab $LAB_NAME down"; lab_down; }; exit "$rc"' EXIT
     for i in $(seq "$n"); do
-        lab_wait_host "$i" || return 1
+        # A host that fails to boot must not leave the others running (they burn a core each).
+        # lab_wait_host dies on failure: run it in a subshell so we can clean up first.
+        if ! (lab_wait_host "$i"); then
+            log "boot failed: taking lab $LAB_NAME down"
+            lab_down
+            die "lab '$LAB_NAME' did not come up"
+        fi
         log "host $i ready: dom0 $LAB_SUBNET.$i ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after start)"
     done
-    trap - EXIT
+    if [ "${LAB_KEEP_AFTER_BOOT:-0}" = 1 ]; then
+        # Nobody owns it any more: a new generation stops the reaper.
+        echo "$gen-kept" >"$LAB_RUN/generation"
+        rm -f "$LAB_RUN/owner"
+    fi
 }
 
 lab_down() {
-    local n i pid d
-    n=$(lab_hosts)
-    for i in $(seq "$n"); do
-        d=$(host_dir "$i")
-        if qemu_alive "$i"; then
-            pid=$(cat "$d/qemu.pid")
-            kill "$pid" 2>/dev/null
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    done
+    local n pid pids
+    n=$(cat "$LAB_RUN/hosts" 2>/dev/null || echo 0)
+    # Every QEMU of this lab, recorded or not (a run killed between start and pid file).
+    pids=$(lab_qemu_pids | xargs)
+    # shellcheck disable=SC2086
+    kill_pids $pids
     if [ -f "$LAB_RUN/hub.pid" ]; then
         pid=$(cat "$LAB_RUN/hub.pid")
         grep -q lab-hub "/proc/$pid/cmdline" 2>/dev/null && kill "$pid" 2>/dev/null
         rm -f "$LAB_RUN/hub.pid"
     fi
-    rm -f "$LAB_RUN/hosts"
-    [ "$n" = 0 ] || log "lab '$LAB_NAME' down ($n host(s)); logs kept in $LAB_RUN"
+    # The reaper sees the generation go and exits.
+    rm -f "$LAB_RUN/hosts" "$LAB_RUN/generation" "$LAB_RUN/owner"
+    [ "$n" = 0 ] && [ -z "$pids" ] || log "lab '$LAB_NAME' down ($n host(s)); logs kept in $LAB_RUN"
 }
 
 lab_status() {

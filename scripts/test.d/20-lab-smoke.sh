@@ -6,6 +6,8 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_SMOKE_NAME:-smoke}
+# This script owns its lab: it goes down when the script ends, however it ends.
+export LAB_OWNER_PID=${LAB_OWNER_PID:-$$}
 lab="$REPO_ROOT/scripts/lab"
 t0=$(date +%s)
 step() { log "smoke: $1 ($(( $(date +%s) - t0 )) s)"; }

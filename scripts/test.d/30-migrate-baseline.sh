@@ -5,6 +5,8 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_MIGRATE_NAME:-ci-migrate}
+# This script owns its lab: it goes down when the script ends, however it ends.
+export LAB_OWNER_PID=${LAB_OWNER_PID:-$$}
 lab="$REPO_ROOT/scripts/lab"
 fail() { echo "migrate-baseline stage FAILED: $*" >&2; exit 1; }
 "$lab" down >/dev/null 2>&1 || true

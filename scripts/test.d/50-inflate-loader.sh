@@ -15,6 +15,8 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_INFLATE_NAME:-ci-inflate}
+# This script owns its lab (it goes down when the script ends) unless INFLATE_KEEP=1.
+if [ "${INFLATE_KEEP:-0}" = 1 ]; then unset LAB_OWNER_PID; else export LAB_OWNER_PID=${LAB_OWNER_PID:-$$}; fi
 lab="$REPO_ROOT/scripts/lab"
 pages=${INFLATE_PAGES:-4096}
 name=inflate port=7000 ip=10.0.0.60 mem=64
