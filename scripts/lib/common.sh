@@ -43,3 +43,20 @@ recipe_hash() {
         fi
     done | sha256sum | cut -c1-16
 }
+
+# cargo_crate_inputs DIR [CARGO-TREE-ARGS...]: the inputs of a cargo build run in DIR, for cache
+# keys: Cargo.toml, src/ and build.rs of every local (path) crate cargo resolves for the
+# arguments, then the lock file and the workspace manifest of DIR, one path a line. Derived
+# from cargo itself, so a new path dependency is covered without editing the key.
+cargo_crate_inputs() {
+    local dir=$1 c; shift
+    local crates
+    crates=$(cd "$dir" && cargo tree --locked -e normal,build --prefix none "$@" \
+        | sed -n 's#.*(\(/[^)]*\)).*#\1#p' | LC_ALL=C sort -u) || die "cargo tree failed in $dir"
+    [ -n "$crates" ] || die "cargo tree found no local crates in $dir ($*)"
+    for c in $crates; do
+        echo "$c/Cargo.toml"; echo "$c/src"
+        [ ! -e "$c/build.rs" ] || echo "$c/build.rs"
+    done
+    (cd "$dir" && ls -d "$PWD/Cargo.lock" "$PWD/Cargo.toml" 2>/dev/null; [ ! -d .cargo ] || echo "$PWD/.cargo")
+}

@@ -2,12 +2,14 @@
 # shellcheck shell=bash
 
 # lab_image RECIPE: build (or reuse) the guest image of test-vms/RECIPE; prints its directory.
-# The name is the hash of the recipe and of the lab image whose kernel and modules it uses.
+# The name is the hash of the recipe, of the lab image whose kernel and modules it uses and of
+# the C toolchain that links its static programs.
 lab_image() {
     local recipe=$1 rdir="$REPO_ROOT/test-vms/$1" img hash out
     [ -x "$rdir/build.sh" ] || die "no guest recipe test-vms/$recipe (needs build.sh)"
     img=$(lab_build)
-    hash=$( { recipe_hash "$rdir"; basename "$img"; } | sha256sum | cut -c1-16)
+    need_pkgs gcc libc6-dev
+    hash=$( { recipe_hash "$rdir"; basename "$img"; dpkg-query -W gcc libc6-dev; } | sha256sum | cut -c1-16)
     out="$CACHE_ROOT/images/$recipe-$hash"
     if [ ! -e "$out/vmlinuz" ]; then
         mkdir -p "$CACHE_ROOT/images"

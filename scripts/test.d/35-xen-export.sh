@@ -9,15 +9,15 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_EXPORT_NAME:-ci-export}
+# This script owns its lab: it goes down when the script ends, however it ends.
+export LAB_OWNER_PID=${LAB_OWNER_PID:-$$}
 lab="$REPO_ROOT/scripts/lab"
 fail() { echo "xen-export stage FAILED: $*" >&2; exit 1; }
 ex() { "$lab" exec 1 "$@"; }
 
-cargo build --release --locked -j2 -p checkpointd >&2
 # Stripped: a tenth of the size to push over the emulated control channel.
-bin=$CACHE_ROOT/checkpointd-stripped
-need_pkgs binutils
-strip -o "$bin" "$REPO_ROOT/target/release/checkpointd"
+eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
+bin=$CHECKPOINTD_STRIPPED
 "$lab" build >/dev/null
 "$lab" down >/dev/null 2>&1 || true
 trap '"$lab" down >/dev/null 2>&1 || true' EXIT

@@ -20,8 +20,8 @@ export LAB_NAME=${CKPT_LAB_NAME:-ckpt}
 
 name=ckpts ip=$LAB_SUBNET.121 port=5555 pages=${CKPT_PATTERN_PAGES:-64} dst=${CKPT_DEST_HOST:-2}
 img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")
-cpd="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release/checkpointd"
-[ -x "$cpd" ] || die "static checkpointd not built ($cpd)"
+eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
+cpd=$CHECKPOINTD_STRIPPED
 
 started=0
 if [ "$(lab_hosts)" = 0 ]; then lab_up "$dst"; started=1; fi
