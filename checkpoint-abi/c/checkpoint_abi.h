@@ -20,6 +20,7 @@
 #define CKPT_IOC_NEXT_ROUND 0xC0404304U
 #define CKPT_IOC_CAPTURE 0xC0804305U
 #define CKPT_IOC_READ_TABLE 0xC0304306U
+#define CKPT_IOC_OUTPUT_HOLD 0xC0204307U
 
 #define CKPT_TABLE_P2M 1
 #define CKPT_TABLE_P2M_CAPTURED 2
@@ -183,6 +184,26 @@ _Static_assert(offsetof(struct ckpt_capture, suspend_ns) == 72, "ckpt_capture.su
 _Static_assert(offsetof(struct ckpt_capture, pt_pages) == 80, "ckpt_capture.pt_pages");
 _Static_assert(offsetof(struct ckpt_capture, scanned) == 88, "ckpt_capture.scanned");
 _Static_assert(offsetof(struct ckpt_capture, reserved) == 96, "ckpt_capture.reserved");
+
+struct ckpt_hold { /* 32 bytes */
+	uint32_t flags; /* 0 */
+	uint32_t reserved; /* 4 */
+	uint8_t saddr[4]; /* 8 */
+	uint8_t daddr[4]; /* 12 */
+	uint8_t sport[2]; /* 16 */
+	uint8_t dport[2]; /* 18 */
+	uint32_t reserved2; /* 20 */
+	uint64_t dropped; /* 24 */
+};
+_Static_assert(sizeof(struct ckpt_hold) == 32, "ckpt_hold size");
+_Static_assert(offsetof(struct ckpt_hold, flags) == 0, "ckpt_hold.flags");
+_Static_assert(offsetof(struct ckpt_hold, reserved) == 4, "ckpt_hold.reserved");
+_Static_assert(offsetof(struct ckpt_hold, saddr) == 8, "ckpt_hold.saddr");
+_Static_assert(offsetof(struct ckpt_hold, daddr) == 12, "ckpt_hold.daddr");
+_Static_assert(offsetof(struct ckpt_hold, sport) == 16, "ckpt_hold.sport");
+_Static_assert(offsetof(struct ckpt_hold, dport) == 18, "ckpt_hold.dport");
+_Static_assert(offsetof(struct ckpt_hold, reserved2) == 20, "ckpt_hold.reserved2");
+_Static_assert(offsetof(struct ckpt_hold, dropped) == 24, "ckpt_hold.dropped");
 
 struct ckpt_table { /* 48 bytes */
 	uint32_t table; /* 0 */

@@ -73,6 +73,8 @@ pub mod dev {
     pub const IOC_CAPTURE: u32 = ioc(IOC_READ | IOC_WRITE, 5, Capture::SIZE);
     /// `_IOWR('C', 6, struct ckpt_table)`.
     pub const IOC_READ_TABLE: u32 = ioc(IOC_READ | IOC_WRITE, 6, Table::SIZE);
+    /// `_IOWR('C', 7, struct ckpt_hold)`.
+    pub const IOC_OUTPUT_HOLD: u32 = ioc(IOC_READ | IOC_WRITE, 7, Hold::SIZE);
 
     /// Every ioctl: (C name, value), for the header generator.
     pub const IOCTLS: &[(&str, u32)] = &[
@@ -82,7 +84,11 @@ pub mod dev {
         ("CKPT_IOC_NEXT_ROUND", IOC_NEXT_ROUND),
         ("CKPT_IOC_CAPTURE", IOC_CAPTURE),
         ("CKPT_IOC_READ_TABLE", IOC_READ_TABLE),
+        ("CKPT_IOC_OUTPUT_HOLD", IOC_OUTPUT_HOLD),
     ];
+
+    /// `ckpt_hold.flags`: arm the output hold (0 releases it).
+    pub const HOLD_ARM: u32 = 1;
 
     /// `ckpt_table.table`: the live p2m (u64 per pfn).
     pub const TABLE_P2M: u32 = 1;
@@ -181,6 +187,21 @@ pub mod dev {
             pt_pages: u64 = "uint64_t",
             scanned: u64 = "uint64_t",
             reserved: [u64; 4] = "uint64_t[4]",
+        }
+    }
+
+    abi_struct! {
+        /// `CKPT_IOC_OUTPUT_HOLD` input/output: the one IPv4 TCP connection that may still
+        /// send while the hold is armed; addresses and ports in network byte order.
+        Hold = "ckpt_hold", size 32 {
+            flags: u32 = "uint32_t",
+            reserved: u32 = "uint32_t",
+            saddr: [u8; 4] = "uint8_t[4]",
+            daddr: [u8; 4] = "uint8_t[4]",
+            sport: [u8; 2] = "uint8_t[2]",
+            dport: [u8; 2] = "uint8_t[2]",
+            reserved2: u32 = "uint32_t",
+            dropped: u64 = "uint64_t",
         }
     }
 

@@ -22,6 +22,7 @@ mod tests {
         assert_eq!(dev::IOC_NEXT_ROUND, 0xC040_4304);
         assert_eq!(dev::IOC_CAPTURE, 0xC080_4305);
         assert_eq!(dev::IOC_READ_TABLE, 0xC030_4306);
+        assert_eq!(dev::IOC_OUTPUT_HOLD, 0xC020_4307);
     }
 
     /// Offsets from docs/checkpoint-abi.md's vCPU context table.

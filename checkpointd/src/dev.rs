@@ -1,16 +1,16 @@
-//! The `/dev/checkpoint` ioctl layer (docs/checkpoint-abi.md). All unsafe code of checkpointd
-//! is here: three ioctls with `#[repr(C)]` argument structs.
+//! The `/dev/checkpoint` ioctl layer (docs/checkpoint-abi.md). The device's unsafe code is
+//! here: ioctls with `#[repr(C)]` argument structs.
 
-use crate::source::{CaptureOutcome, PageSource};
+use crate::source::{CaptureOutcome, HoldTuple, PageSource};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use checkpoint_abi::dev::{
-    Capture, Round, Table, Track, ABI_VERSION, CAPTURE_RESUMED, IOC_CAPTURE, IOC_GET_FACTS,
-    IOC_NEXT_ROUND, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP, PAGE_SIZE, TABLE_P2M_CAPTURED,
-    TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+    p2m_is_ram, Capture, Hold, Round, Table, Track, ABI_VERSION, CAPTURE_RESUMED, HOLD_ARM,
+    IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START,
+    IOC_TRACK_STOP, PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
 };
 pub use checkpoint_abi::dev::{Facts, DEVICE};
 
@@ -62,6 +62,12 @@ impl Device {
 
     pub fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    /// Pfns that are RAM now (the live p2m's own entries).
+    pub fn live_ram_pages(&self) -> io::Result<u64> {
+        let p2m: Vec<u64> = self.table(TABLE_P2M, self.facts.max_pfn)?;
+        Ok(p2m.iter().filter(|&&e| p2m_is_ram(e)).count() as u64)
     }
 
     fn table<T: Default + Clone>(&self, table: u32, count: u64) -> io::Result<Vec<T>> {
@@ -145,5 +151,21 @@ impl PageSource for Device {
     fn stop_tracking(&mut self) -> io::Result<()> {
         let mut none = ();
         ioctl(&self.file, IOC_TRACK_STOP, &mut none)
+    }
+    fn hold_output(&mut self, t: &HoldTuple) -> io::Result<()> {
+        let mut h = Hold {
+            flags: HOLD_ARM,
+            saddr: t.local.ip().octets(),
+            daddr: t.remote.ip().octets(),
+            sport: t.local.port().to_be_bytes(),
+            dport: t.remote.port().to_be_bytes(),
+            ..Default::default()
+        };
+        ioctl(&self.file, IOC_OUTPUT_HOLD, &mut h)
+    }
+    fn release_output(&mut self) -> io::Result<u64> {
+        let mut h = Hold::default();
+        ioctl(&self.file, IOC_OUTPUT_HOLD, &mut h)?;
+        Ok(h.dropped)
     }
 }

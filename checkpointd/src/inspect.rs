@@ -61,7 +61,7 @@ pub fn summarise(c: &FullCheckpoint) -> Summary {
         valid: true,
         kernel: k.kernel.clone(),
         max_pfn: k.max_pfn,
-        guest_mib: (k.max_pfn + 1) * 4096 >> 20,
+        guest_mib: ((k.max_pfn + 1) * 4096) >> 20,
         nonzero_pages: k.pages.len(),
         stream_bytes: k.stream_bytes,
         rounds: k.rounds.iter().map(round).collect(),

@@ -1,10 +1,14 @@
 //! checkpointd: take a checkpoint of the running Xen PV guest it runs in (through the
 //! `/dev/checkpoint` module), inspect checkpoint files, and export them as xl save images.
 
+mod arrival;
 mod dev;
 mod inspect;
+mod loader_config;
+mod migrate;
 mod save;
 mod source;
+mod sys;
 mod xen;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +17,7 @@ use clap::{Parser, Subcommand};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(version, about = "Self-checkpointing for Xen PV guests (laundromat)")]
@@ -40,6 +44,77 @@ enum Cmd {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Move this running guest to an inflate-loader domain on another Xen host (docs/migrate.md).
+    ///
+    /// Pre-copy rounds stream the guest's memory to the loader at HOST[:PORT] (default port
+    /// 7000) while it runs; once the rest fits the downtime target the guest is captured,
+    /// its IP output held (only this connection may send), the last pages drained. The
+    /// loader verifies everything and answers `ready`; then COMMIT, the loader becomes the
+    /// guest, the copy there announces itself (gratuitous ARP + arrival frames), this copy
+    /// acks and powers off. Any refusal, loss of the link, Ctrl-C or timeout before that
+    /// puts this guest back exactly as it was.
+    ///
+    /// Exit codes: 0 moved (source, then power-off) or arrived (the copy at the destination);
+    /// 1 not started (nothing stopped); 2 usage; 3 arrived without the source's ack;
+    /// 10 loader refused; 11 link lost or loader silent; 12 COMMIT sent but no arrival (both
+    /// copies may run); 13 interrupted (Ctrl-C/SIGTERM); 14 --timeout before the capture;
+    /// 15 pre-copy or capture failed in this guest. From 10 on the guest runs on here.
+    #[command(verbatim_doc_comment)]
+    Migrate {
+        /// The loader: HOST or HOST:PORT (IPv4).
+        dest: String,
+        /// Switch over once the estimated drain takes at most this long (ms).
+        #[arg(long, default_value_t = 300)]
+        downtime_ms: u64,
+        /// Cap the stream at this many MiB/s (default: no cap).
+        #[arg(long, value_name = "MIB_PER_S")]
+        bandwidth: Option<f64>,
+        /// Give up if the capture has not happened after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Seconds to wait for the loader's verdict after the stream's end.
+        #[arg(long, default_value_t = 120)]
+        result_timeout: u64,
+        /// Seconds to wait for the arrival frame after COMMIT.
+        #[arg(long, default_value_t = 60)]
+        arrival_timeout: u64,
+        /// A send that makes no progress for this many seconds means the link is gone.
+        #[arg(long, default_value_t = 30)]
+        link_timeout: u64,
+        /// Most pre-copy rounds.
+        #[arg(long, default_value_t = 8)]
+        max_rounds: u32,
+        /// Capture once a round's dirty set is at most this many pages.
+        #[arg(long, default_value_t = 256)]
+        small_dirty: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print the xl config of an inflate-loader domain sized for this guest.
+    LoaderConfig {
+        /// The loader's own (temporary) IPv4 address on the guest's network.
+        #[arg(long)]
+        ip: String,
+        #[arg(long, default_value = "255.255.255.0")]
+        netmask: String,
+        #[arg(long, default_value_t = migrate::DEFAULT_PORT)]
+        port: u16,
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Path of the inflate-loader kernel on the destination host.
+        #[arg(long, default_value = "/usr/lib/laundromat/inflate-loader")]
+        kernel: String,
+        /// Domain name (default: this guest's xl name + "-dest").
+        #[arg(long)]
+        name: Option<String>,
+        /// Bridge (default: the one this guest's vif backend uses).
+        #[arg(long)]
+        bridge: Option<String>,
     },
     /// Validate a checkpoint file completely and summarise it.
     Inspect {
@@ -96,6 +171,76 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Migrate {
+            dest,
+            downtime_ms,
+            bandwidth,
+            timeout,
+            result_timeout,
+            arrival_timeout,
+            link_timeout,
+            max_rounds,
+            small_dirty,
+            json,
+            quiet,
+        } => {
+            let secs = Duration::from_secs;
+            let opts = migrate::Options {
+                dest,
+                downtime_ms,
+                bandwidth: bandwidth.map(|m| (m * 1048576.0) as u64),
+                timeout: secs(timeout),
+                connect_timeout: secs(10),
+                link_timeout: secs(link_timeout),
+                result_timeout: secs(result_timeout),
+                arrival_timeout: secs(arrival_timeout),
+                max_rounds,
+                small_dirty,
+                progress: !quiet,
+            };
+            std::process::exit(cmd_migrate(opts, json) as i32)
+        }
+        Cmd::LoaderConfig {
+            ip,
+            netmask,
+            port,
+            gateway,
+            kernel,
+            name,
+            bridge,
+        } => {
+            let dev = dev::Device::open().with_context(|| format!("opening {}", dev::DEVICE))?;
+            let mut xs = loader_config::Xenstore::open()?;
+            let (mac, vif_bridge) = loader_config::guest_vif(&mut xs)?;
+            let name = match name {
+                Some(n) => n,
+                None => format!("{}-dest", xs.read("name")?),
+            };
+            // The loader's own sizing rule (inflate-core), fed with what this guest has.
+            let ram = dev.live_ram_pages().context("reading the p2m")?;
+            let sz = inflate_core::restore::sizing::loader_domain(
+                ram,
+                dev.facts().max_pfn.saturating_sub(1),
+                loader_config::possible_cpus(),
+                &inflate_core::restore::sizing::LoaderFootprint::CURRENT,
+            )
+            .map_err(|e| anyhow::anyhow!("this guest does not fit a loader domain: {e}"))?;
+            let spec = loader_config::LoaderSpec {
+                name,
+                kernel,
+                memory_mib: sz.memory_mib,
+                maxmem_mib: sz.maxmem_mib,
+                vcpus: sz.vcpus,
+                mac,
+                bridge: bridge.unwrap_or(vif_bridge),
+                ip,
+                netmask,
+                port,
+                gateway,
+            };
+            print!("{}", loader_config::render(&spec));
+            Ok(())
+        }
         Cmd::Save {
             file,
             max_rounds,
@@ -338,8 +483,119 @@ fn facts_line(f: &dev::Facts) -> String {
     format!(
         "guest: {} pfns ({} MiB), start_info pfn {:#x}, {} online cpu(s)",
         f.max_pfn,
-        f.max_pfn * 4096 >> 20,
+        (f.max_pfn * 4096) >> 20,
         f.start_info_pfn,
         f.online_cpus
     )
+}
+
+/// The raw link of `checkpointd migrate`: a packet socket on the migration's interface.
+struct EthLink {
+    ifname: String,
+    sock: sys::PacketSocket,
+}
+
+impl migrate::Link for EthLink {
+    fn mac(&self) -> std::io::Result<arrival::Mac> {
+        let p = format!("/sys/class/net/{}/address", self.ifname);
+        let s = std::fs::read_to_string(&p)?;
+        arrival::parse_mac(&s).ok_or_else(|| std::io::Error::other(format!("bad MAC in {p}")))
+    }
+    fn send(&mut self, f: &[u8]) -> std::io::Result<()> {
+        self.sock.send(f)
+    }
+    fn recv(&mut self, t: Duration) -> std::io::Result<Option<Vec<u8>>> {
+        let mut b = vec![0u8; 2048];
+        Ok(self.sock.recv(&mut b, t)?.map(|n| {
+            b.truncate(n);
+            b
+        }))
+    }
+}
+
+fn cmd_migrate(opts: migrate::Options, json: bool) -> u8 {
+    let t0 = Instant::now();
+    sys::catch_interrupts();
+    let not_started = |why: String| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"outcome": "not-started", "exit_code": 1, "reason": why})
+            );
+        } else {
+            eprintln!("checkpointd migrate: not started, the guest runs on here: {why}");
+        }
+        migrate::Outcome::NotStarted.exit_code()
+    };
+    let setup = || -> Result<_> {
+        let dest = migrate::resolve(&opts.dest).map_err(anyhow::Error::msg)?;
+        let dev = dev::Device::open().with_context(|| format!("opening {}", dev::DEVICE))?;
+        if dev.facts().online_cpus != 1 {
+            bail!(
+                "{} vCPUs are online; the capture needs exactly 1 (offline the others)",
+                dev.facts().online_cpus
+            );
+        }
+        let conn = std::net::TcpStream::connect_timeout(&dest.into(), opts.connect_timeout)
+            .with_context(|| format!("connecting to the loader at {dest}"))?;
+        let std::net::SocketAddr::V4(local) = conn.local_addr()? else {
+            bail!("not an IPv4 connection")
+        };
+        let ifname = sys::iface_with_addr(*local.ip())?;
+        let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))?
+            .trim()
+            .parse()
+            .context("interface index")?;
+        let mac_s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+        let mac = arrival::parse_mac(&mac_s).context("interface MAC")?;
+        let mut id = [0u8; 16];
+        std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut id)?;
+        Ok((dev, conn, ifname, ifindex, mac, id))
+    };
+    let (mut dev, conn, ifname, ifindex, mac, id) = match setup() {
+        Ok(v) => v,
+        Err(e) => return not_started(format!("{e:#}")),
+    };
+    if !json && opts.progress {
+        eprintln!(
+            "{}; migration {} to {} over {ifname}",
+            facts_line(dev.facts()),
+            arrival::fmt_id(&id),
+            opts.dest
+        );
+    }
+    let mut open_link = || -> std::io::Result<Box<dyn migrate::Link>> {
+        Ok(Box::new(EthLink {
+            ifname: ifname.clone(),
+            sock: sys::PacketSocket::open(ifindex, arrival::ETHERTYPE)?,
+        }))
+    };
+    let w = migrate::World {
+        conn,
+        link: &mut open_link,
+        cancel: &sys::INTERRUPTED,
+        id,
+        guest_mac: mac,
+    };
+    let rep = migrate::migrate(&mut dev, w, &opts, t0);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+    } else {
+        print!("{}", migrate::human(&rep));
+    }
+    if rep.outcome == migrate::Outcome::Moved {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        // Let the console carry the report out before the domain goes away.
+        std::thread::sleep(Duration::from_millis(500));
+        let e = sys::power_off();
+        // Exiting would release the output hold: two copies would talk. Stay silent.
+        eprintln!(
+            "checkpointd migrate: power-off refused ({e}); holding this copy's output forever"
+        );
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    rep.exit_code
 }

@@ -1,12 +1,14 @@
-//! `checkpointd save`: pre-copy rounds, the capture, the drain, written as a checkpoint
-//! stream (docs/stream.md). Host-testable: it only talks to a [`PageSource`].
+//! `checkpointd save` and the stream half of `checkpointd migrate`: pre-copy rounds, the
+//! capture, the drain, written as a checkpoint stream (docs/stream.md). Host-testable: it
+//! only talks to a [`PageSource`] and a writer.
 
-use crate::source::{CaptureOutcome, PageSource};
+use crate::source::{CaptureOutcome, HoldTuple, PageSource};
 use checkpoint_stream::digest::{leaf_hash, root_of_leaves, ZERO_LEAF};
 use checkpoint_stream::{Encoder, PageRef, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Size of the vCPU context the device returns (Xen's vcpu_guest_context, x86_64).
@@ -28,6 +30,17 @@ pub struct Policy {
     pub min_snapshot: u64,
     /// Capture attempts that may fail for lack of snapshot space before giving up.
     pub capture_attempts: u32,
+    /// Capture as soon as the dirty set could be sent in this many milliseconds at the
+    /// rate the last round reached (QEMU's downtime-limit).
+    pub downtime_ms: Option<u64>,
+    /// Give up (before the capture) once this instant has passed.
+    pub deadline: Option<Instant>,
+    /// Give up (before the capture) as soon as this flag is set (Ctrl-C).
+    pub cancel: Option<&'static AtomicBool>,
+    /// Arm the output hold for this connection just before each capture attempt (and
+    /// release it when the attempt fails), so nothing but the stream leaves the guest
+    /// after the capture point. The caller releases it once the migration is decided.
+    pub hold: Option<HoldTuple>,
 }
 
 impl Default for Policy {
@@ -38,6 +51,10 @@ impl Default for Policy {
             snapshot_factor: 4,
             min_snapshot: 1024,
             capture_attempts: 4,
+            downtime_ms: None,
+            deadline: None,
+            cancel: None,
+            hold: None,
         }
     }
 }
@@ -47,15 +64,39 @@ impl Default for Policy {
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     SmallDirtySet,
+    DowntimeTarget,
     NotShrinking,
     MaxRounds,
 }
 
+/// Bytes a page costs in a PAGE_BATCH record (its data plus its pfn), for drain estimates.
+const PAGE_WIRE_BYTES: u64 = PAGE_SIZE as u64 + 8;
+
+/// How long sending `pages` takes at `bytes_per_ms`.
+pub fn drain_estimate_ms(pages: u64, bytes_per_ms: f64) -> u64 {
+    if bytes_per_ms <= 0.0 {
+        return u64::MAX;
+    }
+    ((pages * PAGE_WIRE_BYTES) as f64 / bytes_per_ms).ceil() as u64
+}
+
 impl Policy {
-    /// Decide after `rounds_done` rounds, with the new dirty count and the previous one.
-    pub fn stop(&self, rounds_done: u32, dirty: u64, prev_dirty: u64) -> Option<StopReason> {
+    /// Decide after `rounds_done` rounds, with the new dirty count, the previous one and
+    /// the send rate the last round reached (bytes per millisecond).
+    pub fn stop(
+        &self,
+        rounds_done: u32,
+        dirty: u64,
+        prev_dirty: u64,
+        bytes_per_ms: f64,
+    ) -> Option<StopReason> {
         if dirty <= self.small_dirty {
             Some(StopReason::SmallDirtySet)
+        } else if self
+            .downtime_ms
+            .is_some_and(|t| drain_estimate_ms(dirty, bytes_per_ms) <= t)
+        {
+            Some(StopReason::DowntimeTarget)
         } else if rounds_done >= 2 && dirty >= prev_dirty {
             // Round 0 sends everything; from round 1 on a set that does not shrink will not.
             Some(StopReason::NotShrinking)
@@ -66,6 +107,17 @@ impl Policy {
         }
     }
 
+    /// Whether the caller asked to give up.
+    fn interrupted(&self) -> Result<(), SaveError> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(SaveError::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(SaveError::TimedOut);
+        }
+        Ok(())
+    }
+
     fn snapshot_size(&self, dirty: u64, pfns: u64) -> u64 {
         (dirty.saturating_mul(self.snapshot_factor))
             .max(self.min_snapshot)
@@ -74,7 +126,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RoundSummary {
     pub index: u32,
     pub drain: bool,
@@ -88,6 +140,8 @@ pub struct RoundSummary {
 pub struct SaveSummary {
     pub rounds: Vec<RoundSummary>,
     pub stop_reason: StopReason,
+    /// Drain time estimated when pre-copy stopped (ms), from the last round's rate.
+    pub drain_estimate_ms: u64,
     pub capture_attempts: u32,
     pub snapshot_pages: u64,
     pub capture_pause_ns: u64,
@@ -118,6 +172,10 @@ pub enum SaveError {
     ShortRead { pfn: u64 },
     #[error("capture failed {0} times for lack of snapshot space; the guest dirties memory faster than rounds converge")]
     NoConvergence(u32),
+    #[error("interrupted before the capture")]
+    Cancelled,
+    #[error("timed out before the capture")]
+    TimedOut,
     #[error(
         "the device's captured tables do not match the guest size ({what}: {got}, expected {want})"
     )]
@@ -148,6 +206,7 @@ impl<W: Write> Writer<W> {
         drain: bool,
         set: &[u64],
         count: u64,
+        policy: &Policy,
     ) -> Result<RoundSummary, SaveError> {
         let t0 = Instant::now();
         let start_bytes = self.enc.bytes();
@@ -215,6 +274,10 @@ impl<W: Write> Writer<W> {
             pending.extend(pfn..end);
             if pending.len() >= BATCH {
                 self.flush(&mut pending, &mut summary)?;
+                // Pre-copy may be abandoned at any batch; the drain must finish.
+                if !drain {
+                    policy.interrupted()?;
+                }
             }
             pb.inc(n as u64);
             pfn = end;
@@ -262,8 +325,24 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Take a checkpoint of `src` and write it to `out`.
+/// Take a checkpoint of `src` and write it to `out`, then end the tracking session.
 pub fn save<S: PageSource, W: Write>(
+    src: &mut S,
+    out: W,
+    policy: &Policy,
+    show_progress: bool,
+) -> Result<SaveOutcome, SaveError> {
+    let o = stream(src, out, policy, show_progress)?;
+    if matches!(o, SaveOutcome::Saved(_)) {
+        src.stop_tracking()
+            .map_err(dev("stopping dirty tracking"))?;
+    }
+    Ok(o)
+}
+
+/// Take a checkpoint of `src` and write it to `out`, ending with END; the tracking
+/// session (and the capture it holds) stays open for the caller.
+pub fn stream<S: PageSource, W: Write>(
     src: &mut S,
     out: W,
     policy: &Policy,
@@ -295,24 +374,35 @@ pub fn save<S: PageSource, W: Write>(
     // is still valid), with a buffer sized from what it needed.
     let mut needed = 0u64;
     let mut index = 0u32;
+    let mut drain_estimate;
     let (stop_reason, captured) = loop {
-        rounds.push(w.round(src, index, false, &dirty_set, dirty)?);
+        let r = w.round(src, index, false, &dirty_set, dirty, policy)?;
+        let rate = r.bytes as f64 / r.millis.max(1) as f64;
+        rounds.push(r);
         index += 1;
         prev = prev.min(dirty);
         let last = dirty;
+        policy.interrupted()?;
         dirty = src.next_round(&mut dirty_set).map_err(dev("next round"))?;
-        let Some(reason) = policy.stop(index, dirty, last.min(prev)) else {
+        let Some(reason) = policy.stop(index, dirty, last.min(prev), rate) else {
             continue;
         };
+        policy.interrupted()?;
+        drain_estimate = drain_estimate_ms(dirty, rate);
         attempts += 1;
         // After a too-small buffer, at least twice what the failed capture needed.
         let cap = policy
             .snapshot_size(dirty, pfns)
             .max(needed.saturating_mul(2).min(pfns));
-        match src
-            .capture(cap, &mut snap_set, &mut vcpu)
-            .map_err(dev("capture"))?
-        {
+        if let Some(t) = &policy.hold {
+            src.hold_output(t).map_err(dev("arming the output hold"))?;
+        }
+        let outcome = src.capture(cap, &mut snap_set, &mut vcpu);
+        if policy.hold.is_some() && !matches!(outcome, Ok(CaptureOutcome::Captured { .. })) {
+            // Not captured (or this is the revived copy, whose hold the module dropped).
+            let _ = src.release_output();
+        }
+        match outcome.map_err(dev("capture"))? {
             CaptureOutcome::Restored => return Ok(SaveOutcome::Restored),
             CaptureOutcome::Captured {
                 snapshot_pages,
@@ -332,7 +422,7 @@ pub fn save<S: PageSource, W: Write>(
     w.enc
         .capture(src.start_info_pfn(), 1, pause_ns)
         .map_err(SaveError::Write)?;
-    rounds.push(w.round(src, index, true, &snap_set, snapshot_pages)?);
+    rounds.push(w.round(src, index, true, &snap_set, snapshot_pages, policy)?);
 
     let types = src
         .captured_page_types()
@@ -377,11 +467,10 @@ pub fn save<S: PageSource, W: Write>(
     let total_bytes = w.enc.bytes() + 16;
     let mut out = w.enc.end().map_err(SaveError::Write)?;
     out.flush().map_err(SaveError::Write)?;
-    src.stop_tracking()
-        .map_err(dev("stopping dirty tracking"))?;
     Ok(SaveOutcome::Saved(SaveSummary {
         rounds,
         stop_reason,
+        drain_estimate_ms: drain_estimate,
         capture_attempts: attempts,
         snapshot_pages,
         capture_pause_ns: pause_ns,
@@ -392,21 +481,8 @@ pub fn save<S: PageSource, W: Write>(
     }))
 }
 
-impl Default for RoundSummary {
-    fn default() -> Self {
-        RoundSummary {
-            index: 0,
-            drain: false,
-            pages: 0,
-            zero_pages: 0,
-            bytes: 0,
-            millis: 0,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use checkpoint_stream::model::FullCheckpoint;
     use checkpoint_stream::page_type;
@@ -415,14 +491,19 @@ mod tests {
 
     /// A fake guest for unit tests: memory that a "workload" keeps writing, with the
     /// content-scan tracker semantics of docs/checkpoint-abi.md.
-    struct FakeGuest {
+    pub(crate) struct FakeGuest {
         mem: Vec<[u8; PAGE_SIZE]>,
         reference: Vec<Option<u64>>,
         /// Pages written per workload step, and a counter making writes unique.
         writes_per_step: usize,
         tick: u64,
         snapshot: Option<Vec<Option<[u8; PAGE_SIZE]>>>,
-        at_capture: Option<Vec<[u8; PAGE_SIZE]>>,
+        pub(crate) at_capture: Option<Vec<[u8; PAGE_SIZE]>>,
+        /// The capture reports "resumed" (this process runs in the revived copy).
+        pub(crate) resume_at_capture: bool,
+        /// The output hold as the module would have it.
+        pub(crate) held: Option<HoldTuple>,
+        pub(crate) holds_armed: u32,
         rounds_seen: u32,
         no_space_first: u32,
     }
@@ -434,7 +515,7 @@ mod tests {
     }
 
     impl FakeGuest {
-        fn new(pages: usize, writes_per_step: usize) -> Self {
+        pub(crate) fn new(pages: usize, writes_per_step: usize) -> Self {
             let mut mem = vec![[0u8; PAGE_SIZE]; pages];
             for (i, p) in mem.iter_mut().enumerate() {
                 if i % 3 != 0 {
@@ -450,6 +531,9 @@ mod tests {
                 at_capture: None,
                 rounds_seen: 0,
                 no_space_first: 0,
+                resume_at_capture: false,
+                held: None,
+                holds_armed: 0,
             }
         }
         /// The workload: write to a few pages, concentrated in the low quarter (a hot set).
@@ -517,6 +601,9 @@ mod tests {
         ) -> io::Result<CaptureOutcome> {
             // The guest ran on between the last round and this call.
             self.step();
+            if self.resume_at_capture {
+                return Ok(CaptureOutcome::Restored);
+            }
             let differing: Vec<usize> = (0..self.mem.len())
                 .filter(|&p| self.reference[p] != Some(h(&self.mem[p])))
                 .collect();
@@ -559,7 +646,17 @@ mod tests {
             Ok(vec![5; (self.mem.len() - 1) / 512 + 1])
         }
         fn stop_tracking(&mut self) -> io::Result<()> {
+            self.held = None;
             Ok(())
+        }
+        fn hold_output(&mut self, t: &HoldTuple) -> io::Result<()> {
+            self.held = Some(*t);
+            self.holds_armed += 1;
+            Ok(())
+        }
+        fn release_output(&mut self) -> io::Result<u64> {
+            self.held = None;
+            Ok(7)
         }
     }
 
@@ -699,13 +796,62 @@ mod tests {
     }
 
     #[test]
+    fn cancel_and_deadline_stop_pre_copy_before_the_capture() {
+        static CANCEL: AtomicBool = AtomicBool::new(true);
+        let mut g = FakeGuest::new(3000, 10);
+        let p = Policy {
+            cancel: Some(&CANCEL),
+            ..Policy::default()
+        };
+        let e = stream(&mut g, Vec::new(), &p, false).unwrap_err();
+        assert!(matches!(e, SaveError::Cancelled), "{e}");
+        assert!(g.at_capture.is_none(), "no capture after a cancel");
+        let mut g = FakeGuest::new(3000, 10);
+        let p = Policy {
+            deadline: Some(Instant::now()),
+            ..Policy::default()
+        };
+        let e = stream(&mut g, Vec::new(), &p, false).unwrap_err();
+        assert!(matches!(e, SaveError::TimedOut), "{e}");
+        assert!(g.at_capture.is_none());
+    }
+
+    #[test]
+    fn a_downtime_target_switches_over_early() {
+        // A busy guest whose dirty set stays far above small_dirty: only the target stops it.
+        let mut g = FakeGuest::new(4000, 300);
+        let p = Policy {
+            small_dirty: 0,
+            downtime_ms: Some(u64::MAX - 1),
+            ..Policy::default()
+        };
+        let (s, _) = run(&mut g, &p);
+        assert_eq!(s.stop_reason, StopReason::DowntimeTarget);
+        assert_eq!(s.rounds.len(), 2, "round 0 and the drain");
+    }
+
+    #[test]
     fn policy_decisions() {
         let p = Policy::default();
-        assert_eq!(p.stop(1, 100, u64::MAX), Some(StopReason::SmallDirtySet));
-        assert_eq!(p.stop(1, 5000, u64::MAX), None);
-        assert_eq!(p.stop(2, 5000, 4000), Some(StopReason::NotShrinking));
-        assert_eq!(p.stop(3, 3000, 4000), None);
-        assert_eq!(p.stop(8, 3000, 4000), Some(StopReason::MaxRounds));
+        assert_eq!(
+            p.stop(1, 100, u64::MAX, 1.0),
+            Some(StopReason::SmallDirtySet)
+        );
+        assert_eq!(p.stop(1, 5000, u64::MAX, 1.0), None);
+        assert_eq!(p.stop(2, 5000, 4000, 1.0), Some(StopReason::NotShrinking));
+        assert_eq!(p.stop(3, 3000, 4000, 1.0), None);
+        assert_eq!(p.stop(8, 3000, 4000, 1.0), Some(StopReason::MaxRounds));
+        // 3000 pages at 4104 bytes/ms take 3000 ms: a 3 s target switches over, 2.9 s not.
+        let d = |ms| Policy {
+            downtime_ms: Some(ms),
+            ..p
+        };
+        assert_eq!(
+            d(3000).stop(3, 3000, 4000, 4104.0),
+            Some(StopReason::DowntimeTarget)
+        );
+        assert_eq!(d(2900).stop(3, 3000, 4000, 4104.0), None);
+        assert_eq!(drain_estimate_ms(10, 0.0), u64::MAX);
         assert_eq!(p.snapshot_size(10, 100_000), 1024);
         assert_eq!(p.snapshot_size(10_000, 20_000), 20_000);
     }

@@ -18,6 +18,14 @@ pub enum CaptureOutcome {
     Restored,
 }
 
+/// The one connection a guest under an output hold may still use (docs/checkpoint-abi.md
+/// "Output hold"): IPv4 TCP, addresses and ports as the guest sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTuple {
+    pub local: std::net::SocketAddrV4,
+    pub remote: std::net::SocketAddrV4,
+}
+
 pub trait PageSource {
     /// Number of pfns (pfns are 0..count).
     fn pfn_count(&self) -> u64;
@@ -43,4 +51,8 @@ pub trait PageSource {
     fn captured_page_types(&mut self) -> io::Result<Vec<u8>>;
     fn captured_p2m_frames(&mut self) -> io::Result<Vec<u64>>;
     fn stop_tracking(&mut self) -> io::Result<()>;
+    /// From now on the guest sends nothing but `t`'s connection (needs the session).
+    fn hold_output(&mut self, t: &HoldTuple) -> io::Result<()>;
+    /// Lift the hold; returns the packets it dropped.
+    fn release_output(&mut self) -> io::Result<u64>;
 }
