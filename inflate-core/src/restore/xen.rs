@@ -1,82 +1,57 @@
 //! Every Xen layout constant the restore uses, in one place (x86_64 PV, Xen's public headers:
-//! xen.h, arch-x86/xen.h, arch-x86/xen-x86_64.h). When the project's shared ABI crate has these,
-//! this module re-exports it instead.
+//! xen.h, arch-x86/xen.h, arch-x86/xen-x86_64.h). The vcpu_guest_context layout and Xen's L4
+//! slots come from the project's ABI crate (checkpoint-abi); start_info, page-table bits and
+//! hypercall values are defined here.
 
-/// Offsets in `struct vcpu_guest_context` (x86_64), 5168 bytes.
+/// Offsets in `struct vcpu_guest_context` (x86_64), 5168 bytes: the project's ABI crate.
 pub mod vcpu {
-    pub const SIZE: usize = 5168;
+    pub use checkpoint_abi::vcpu_ctx::{
+        CR1, CR3, CTRLREG, DEBUGREG, EVENT_CALLBACK_EIP, FAILSAFE_CALLBACK_EIP, FLAGS, FPU_CTXT,
+        FS_BASE, GDT_ENTS, GDT_FRAMES, GDT_FRAME_ENTRIES as GDT_FRAME_SLOTS, GS_BASE_KERNEL,
+        GS_BASE_USER, KERNEL_SP, KERNEL_SS, LDT_BASE, LDT_ENTS, RDX, SIZE, SYSCALL_CALLBACK_EIP,
+        TRAP_CTXT, TRAP_ENTRIES, USER_REGS, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_I387_VALID,
+        VGCF_IN_KERNEL, VGCF_ONLINE, VGCF_SYSCALL_DISABLES_EVENTS, VM_ASSIST,
+    };
     /// FXSAVE image, 512 bytes.
-    pub const FPU_CTXT: usize = 0;
     pub const FPU_LEN: usize = 512;
-    pub const FLAGS: usize = 512;
-    /// `struct cpu_user_regs`, 200 bytes.
-    pub const USER_REGS: usize = 520;
-    pub const TRAP_CTXT: usize = 720;
-    pub const TRAP_ENTRIES: usize = 256;
     /// Bytes of one `struct trap_info`: vector u8, flags u8, cs u16, pad u32, address u64.
-    pub const TRAP_INFO_LEN: usize = 16;
-    pub const LDT_BASE: usize = 4816;
-    pub const LDT_ENTS: usize = 4824;
-    pub const GDT_FRAMES: usize = 4832;
-    pub const GDT_FRAME_SLOTS: usize = 16;
-    pub const GDT_ENTS: usize = 4960;
-    pub const KERNEL_SS: usize = 4968;
-    pub const KERNEL_SP: usize = 4976;
-    pub const CTRLREG: usize = 4984;
-    pub const DEBUGREG: usize = 5048;
-    pub const EVENT_CALLBACK_EIP: usize = 5112;
-    pub const FAILSAFE_CALLBACK_EIP: usize = 5120;
-    pub const SYSCALL_CALLBACK_EIP: usize = 5128;
-    pub const VM_ASSIST: usize = 5136;
-    pub const FS_BASE: usize = 5144;
-    pub const GS_BASE_KERNEL: usize = 5152;
-    pub const GS_BASE_USER: usize = 5160;
-
-    pub const CR1: usize = CTRLREG + 8;
-    pub const CR3: usize = CTRLREG + 3 * 8;
-    pub const RDX: usize = USER_REGS + super::regs::RDX;
-
-    /// `flags` bits (VGCF_*).
-    pub const VGCF_I387_VALID: u64 = 1 << 0;
-    pub const VGCF_IN_KERNEL: u64 = 1 << 2;
-    pub const VGCF_FAILSAFE_DISABLES_EVENTS: u64 = 1 << 3;
-    pub const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
-    pub const VGCF_ONLINE: u64 = 1 << 5;
-
+    pub const TRAP_INFO_LEN: usize = core::mem::size_of::<checkpoint_abi::vcpu_ctx::TrapInfo>();
     /// Xen's FIRST_RESERVED_GDT_ENTRY on x86_64: the guest may own 14 pages of GDT.
     pub const MAX_GDT_ENTS: u64 = 14 * 512;
 }
 
-/// Offsets inside `struct cpu_user_regs` (x86_64).
+/// Offsets inside `struct cpu_user_regs` (x86_64), from the ABI crate's struct.
 pub mod regs {
-    pub const R15: usize = 0;
-    pub const R14: usize = 8;
-    pub const R13: usize = 16;
-    pub const R12: usize = 24;
-    pub const RBP: usize = 32;
-    pub const RBX: usize = 40;
-    pub const R11: usize = 48;
-    pub const R10: usize = 56;
-    pub const R9: usize = 64;
-    pub const R8: usize = 72;
-    pub const RAX: usize = 80;
-    pub const RCX: usize = 88;
-    pub const RDX: usize = 96;
-    pub const RSI: usize = 104;
-    pub const RDI: usize = 112;
-    pub const ERROR_CODE: usize = 120; // u32
-    pub const ENTRY_VECTOR: usize = 124; // u32
-    pub const RIP: usize = 128;
-    pub const CS: usize = 136; // u16
-    pub const SAVED_UPCALL_MASK: usize = 140; // u8
-    pub const RFLAGS: usize = 144;
-    pub const RSP: usize = 152;
-    pub const SS: usize = 160; // u16
-    pub const ES: usize = 168;
-    pub const DS: usize = 176;
-    pub const FS: usize = 184;
-    pub const GS: usize = 192;
-    pub const SIZE: usize = 200;
+    use checkpoint_abi::vcpu_ctx::CpuUserRegs as R;
+    use core::mem::offset_of;
+    pub const R15: usize = offset_of!(R, r15);
+    pub const R14: usize = offset_of!(R, r14);
+    pub const R13: usize = offset_of!(R, r13);
+    pub const R12: usize = offset_of!(R, r12);
+    pub const RBP: usize = offset_of!(R, rbp);
+    pub const RBX: usize = offset_of!(R, rbx);
+    pub const R11: usize = offset_of!(R, r11);
+    pub const R10: usize = offset_of!(R, r10);
+    pub const R9: usize = offset_of!(R, r9);
+    pub const R8: usize = offset_of!(R, r8);
+    pub const RAX: usize = offset_of!(R, rax);
+    pub const RCX: usize = offset_of!(R, rcx);
+    pub const RDX: usize = offset_of!(R, rdx);
+    pub const RSI: usize = offset_of!(R, rsi);
+    pub const RDI: usize = offset_of!(R, rdi);
+    pub const ERROR_CODE: usize = offset_of!(R, error_code); // u32
+    pub const ENTRY_VECTOR: usize = offset_of!(R, entry_vector); // u32
+    pub const RIP: usize = offset_of!(R, rip);
+    pub const CS: usize = offset_of!(R, cs); // u16
+    pub const SAVED_UPCALL_MASK: usize = offset_of!(R, saved_upcall_mask); // u8
+    pub const RFLAGS: usize = offset_of!(R, rflags);
+    pub const RSP: usize = offset_of!(R, rsp);
+    pub const SS: usize = offset_of!(R, ss); // u16 (then padding to 8 bytes, as es..gs)
+    pub const ES: usize = offset_of!(R, es);
+    pub const DS: usize = offset_of!(R, ds);
+    pub const FS: usize = offset_of!(R, fs);
+    pub const GS: usize = offset_of!(R, gs);
+    pub const SIZE: usize = core::mem::size_of::<R>();
 }
 
 /// Offsets in `struct start_info` (x86_64).
@@ -110,8 +85,7 @@ pub mod pte {
     pub const ENTRIES: usize = 512;
     /// L4 slots HYPERVISOR_VIRT_START..END of 64-bit PV: Xen's own mappings, refilled by Xen
     /// when it validates the L4.
-    pub const XEN_L4_FIRST: usize = 256;
-    pub const XEN_L4_LAST: usize = 271;
+    pub use checkpoint_abi::xen::{L4_XEN_FIRST as XEN_L4_FIRST, L4_XEN_LAST as XEN_L4_LAST};
 
     /// Index of `va` in the table of `level` (1..=4).
     pub const fn index(va: u64, level: u8) -> usize {
