@@ -314,3 +314,31 @@ fn reader_rejects_damaged_images() {
     d[0] = b'Y';
     assert!(matches!(parse(&d), Err(image::ImageError::BadMagic)));
 }
+
+#[test]
+fn restore_localisation_inverts_this_normalisation() {
+    // The loader's restore (inflate_core::restore::pagetable) applied to what the exporter
+    // wrote, with pfn -> the original mfn, gives back every table of the guest as captured
+    // (Xen's L4 slots excepted: both sides clear them).
+    let c = guest();
+    let k = &c.checkpoint;
+    let img = parse(&export_bytes(&c).unwrap()).unwrap();
+    let mut tables = 0;
+    for pfn in 0..=MAX_PFN {
+        let t = k.page_types[pfn as usize] & !page_type::PINNED;
+        if !(page_type::L1..=page_type::L4).contains(&t) {
+            continue;
+        }
+        tables += 1;
+        let mut page = *img.pages[&pfn];
+        inflate_core::restore::pagetable::rewrite(&mut page, t, |p| Some(k.p2m[p as usize]))
+            .unwrap();
+        let mut want = **k.pages.get(&pfn).unwrap();
+        if t == page_type::L4 {
+            use checkpoint_abi::xen::{L4_XEN_FIRST, L4_XEN_LAST};
+            want[L4_XEN_FIRST * 8..(L4_XEN_LAST + 1) * 8].fill(0);
+        }
+        assert!(page == want, "pfn {pfn}: localise(normalise(t)) != t");
+    }
+    assert_eq!(tables, 5);
+}
