@@ -136,8 +136,8 @@ pub fn loader_domain(
     if vcpus == 0 || vcpus > 128 {
         return Err(SizingError::Vcpus(vcpus));
     }
-    let image_pages = (fp.image_kib * 1024).div_ceil(PAGE_SIZE as u64);
-    let slack_pages = (fp.slack_kib * 1024).div_ceil(PAGE_SIZE as u64);
+    let image_pages = fp.image_kib.div_ceil(4);
+    let slack_pages = fp.slack_kib.div_ceil(4);
     // B grows with M (the p2m list): iterate to the fixed point (two or three rounds).
     let mut total = ram_pages + slack_pages;
     let boot = loop {
@@ -152,7 +152,7 @@ pub fn loader_domain(
     if total > fp.book_pages {
         return Err(SizingError::TooMuchRam {
             ram: ram_pages,
-            slots: fp.book_pages - boot - slack_pages,
+            slots: fp.book_pages.saturating_sub(boot + slack_pages),
         });
     }
     let mib = total.div_ceil(PAGES_PER_MIB);
@@ -169,8 +169,16 @@ pub fn loader_domain(
 /// Bytes from the lowest to the highest address of an ELF64 image's PT_LOAD segments (memory
 /// size, .bss included), or None if `elf` is not a little-endian ELF64 with loadable segments.
 pub fn elf_memory_span(elf: &[u8]) -> Option<u64> {
-    let u16at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u64at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let u16at = |o: usize| {
+        Some(u16::from_le_bytes(
+            elf.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
+    };
+    let u64at = |o: usize| {
+        Some(u64::from_le_bytes(
+            elf.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
     if elf.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
@@ -180,7 +188,10 @@ pub fn elf_memory_span(elf: &[u8]) -> Option<u64> {
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for i in 0..phnum {
         let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32::from_le_bytes(elf.get(ph..ph + 4)?.try_into().ok()?) != 1 {
+        if phentsize < 0x38 || ph.checked_add(0x38)? > elf.len() {
+            return None;
+        }
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().ok()?) != 1 {
             continue; // not PT_LOAD
         }
         let vaddr = u64at(ph + 0x10)?;

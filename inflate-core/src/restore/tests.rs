@@ -221,7 +221,7 @@ impl MachineFrames for FakeDomain {
     }
     fn loader_pfn(&self, mfn: u64) -> Option<u64> {
         let d = mfn.checked_sub(0x40_0000)?;
-        (d % 5 == 0 && d / 5 < NR_PAGES).then_some(d / 5)
+        (d % 5 == 0 && d / 5 < 1 << 20).then_some(d / 5)
     }
 }
 
@@ -236,8 +236,15 @@ impl FrameAccess for FakeDomain {
 
 impl FrameStore for FakeDomain {
     fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) {
-        self.mem
-            .insert(pfn, Box::new(*data.unwrap_or(&[0; PAGE_SIZE])));
+        // Zero frames are not stored (a real capture zero-fills tens of thousands).
+        match data {
+            Some(d) => {
+                self.mem.insert(pfn, Box::new(*d));
+            }
+            None => {
+                self.mem.remove(&pfn);
+            }
+        }
     }
     fn leaf(&mut self, pfn: u64) -> [u8; 32] {
         checkpoint_stream::digest::leaf_hash(self.mem.get(&pfn).map(|b| &**b))
@@ -743,4 +750,135 @@ fn refusal_messages_fit_the_result_record() {
         let m = std::format!("{e}");
         assert!(m.len() <= crate::result::MSG_MAX, "{} bytes: {m}", m.len());
     }
+}
+
+/// Hostile captures: random damage to the structures `prepare` reads (page tables, start_info,
+/// vCPU context, types, p2m, p2m frame list), each inside what the stream decoder accepts.
+/// `prepare` must answer every one with Ok or a RestoreError, never a panic, and an accepted
+/// one must still satisfy the restore's invariants.
+#[test]
+fn damaged_captures_are_refused_or_consistent_never_a_panic() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let base = Guest::new();
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..150 {
+        let mut g = base.clone();
+        for _ in 0..1 + rnd() % 3 {
+            let r = rnd();
+            match r % 8 {
+                0 | 1 => {
+                    let pfn = [L4, L3, L2, L1, USER_L4][(r >> 8) as usize % 5];
+                    let v = match (r >> 16) % 3 {
+                        0 => rnd(),
+                        1 => pte(rnd() % (MAX_PFN + 5), rnd() & 0x8000_0000_0000_0fff),
+                        _ => 0,
+                    };
+                    set(g.page(pfn), (rnd() % 512) as usize, v);
+                }
+                2 => {
+                    let v = if r & 256 != 0 {
+                        rnd() % (MAX_PFN + 5)
+                    } else {
+                        rnd()
+                    };
+                    set(g.page(SI), [7, 9, 0][(r >> 12) as usize % 3], v);
+                }
+                3 => {
+                    let mut c = g.ctx();
+                    let v = if r & 256 != 0 {
+                        src_mfn(rnd() % (MAX_PFN + 5))
+                    } else {
+                        rnd()
+                    };
+                    match (r >> 12) % 6 {
+                        0 => c.ctrlreg[3] = v << 12,
+                        1 => c.ctrlreg[1] = v << 12,
+                        2 => c.gdt_frames[(rnd() % 16) as usize] = v,
+                        3 => c.gdt_ents = rnd() % 9000,
+                        4 => c.user_regs.rip = VA_BASE + rnd() % (1 << 23),
+                        _ => c.user_regs.rdx = v,
+                    }
+                    g.set_ctx(&c);
+                }
+                4 | 5 => {
+                    let t = [0u8, 1, 2, 3, 4, 0x81, 0x84, 0x0f][(r >> 8) as usize % 8];
+                    g.types[(rnd() % (MAX_PFN + 1)) as usize] = t;
+                }
+                6 => {
+                    let pfn = (rnd() % (MAX_PFN + 1)) as usize;
+                    g.p2m[pfn] = match r % 3 {
+                        0 => INVALID_MFN,
+                        1 => src_mfn(rnd() % (MAX_PFN + 1)),
+                        _ => rnd() >> (r % 40),
+                    };
+                }
+                _ => {
+                    let i = (rnd() % 3) as usize;
+                    g.p2m_frames[i] = rnd() % (MAX_PFN + 1);
+                }
+            }
+        }
+        // Keep what the stream decoder itself guarantees: RAM pages hold their contents.
+        let (out, r, mut d) = run_any(&g);
+        match out {
+            None => refused += 1, // the receiver refused it (e.g. RAM over the frames)
+            Some(Err(e)) => {
+                assert!(std::format!("{e}").len() <= crate::result::MSG_MAX);
+                refused += 1;
+            }
+            Some(Ok(p)) => {
+                ok += 1;
+                assert!(d.loader_pfn(p.pad.mfn).is_some());
+                let mut b = [0u8; PAGE_SIZE];
+                d.with_frame(d.loader_pfn(p.pad.mfn).unwrap(), &mut |f| {
+                    b.copy_from_slice(f)
+                });
+                let o = (p.pad.va & 0xfff) as usize;
+                assert_eq!(b[o..o + 2], pad::SYSCALL);
+                assert_eq!(
+                    p.m2p_updates(&r.records, &r.plan, &d).count() as u64,
+                    p.ram_pages
+                );
+            }
+        }
+    }
+    eprintln!("damaged captures: {ok} accepted, {refused} refused");
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+}
+
+/// Like `run`, but the receiver may refuse (None).
+fn run_any(
+    g: &Guest,
+) -> (
+    Option<Result<Prepared, RestoreError>>,
+    Receiver<'static>,
+    FakeDomain,
+) {
+    let st: &'static mut Storage = Box::leak(Box::new(Storage::new()));
+    let mut r = Receiver::with_records(
+        FrameBook::new(&mut st.bits, NR_PAGES, FIRST_FREE),
+        Plan::new(&mut st.slots),
+        Records::new(&mut st.types, &mut st.index, &mut st.frames),
+    );
+    let mut d = FakeDomain::default();
+    r.begin(0);
+    let res = r.feed(&g.stream(), &mut d, 1).expect("a result");
+    if res.status != Status::Ok {
+        return (None, r, d);
+    }
+    let out = prepare(
+        &r.records,
+        &mut r.plan,
+        &mut r.book,
+        &FakeDomain::default(),
+        &mut d,
+        &own(),
+    );
+    (Some(out), r, d)
 }
