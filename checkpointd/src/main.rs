@@ -116,6 +116,26 @@ enum Cmd {
         #[arg(long)]
         bridge: Option<String>,
     },
+    /// Run one side of the arrival exchange on an interface (for tests of the raw frames
+    /// between two network namespaces; `migrate` runs the same code).
+    #[command(hide = true)]
+    ArrivalExchange {
+        /// `announce` (the arrived copy) or `await` (the source after COMMIT).
+        role: String,
+        #[arg(long)]
+        iface: String,
+        /// Migration id, 32 hex digits.
+        #[arg(long)]
+        id: String,
+        /// The guest's IPv4 address (for the gratuitous ARPs of `announce`).
+        #[arg(long, default_value = "0.0.0.0")]
+        ip: std::net::Ipv4Addr,
+        /// The guest's MAC (for `await`: acks go out from its helper MAC).
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Validate a checkpoint file completely and summarise it.
     Inspect {
         file: PathBuf,
@@ -199,6 +219,43 @@ fn main() -> Result<()> {
                 progress: !quiet,
             };
             std::process::exit(cmd_migrate(opts, json) as i32)
+        }
+        Cmd::ArrivalExchange {
+            role,
+            iface,
+            id,
+            ip,
+            mac,
+            timeout,
+        } => {
+            let mut idb = [0u8; 16];
+            if id.len() != 32 {
+                bail!("--id must be 32 hex digits");
+            }
+            for (i, b) in idb.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).context("--id must be hex")?;
+            }
+            let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+                .with_context(|| format!("no interface {iface}"))?
+                .trim()
+                .parse()?;
+            let mut link = EthLink {
+                ifname: iface.clone(),
+                sock: sys::PacketSocket::open(ifindex, arrival::ETHERTYPE)?,
+            };
+            let ok = match role.as_str() {
+                "announce" => migrate::announce(&mut link, &idb, ip)?,
+                "await" => {
+                    let mac = match mac {
+                        Some(m) => arrival::parse_mac(&m).context("--mac")?,
+                        None => migrate::Link::mac(&link)?,
+                    };
+                    migrate::await_arrival(&mut link, &idb, mac, Duration::from_secs(timeout))?
+                }
+                _ => bail!("role must be announce or await"),
+            };
+            println!("{role}: {}", if ok { "acknowledged" } else { "timed out" });
+            std::process::exit(if ok { 0 } else { 3 })
         }
         Cmd::LoaderConfig {
             ip,
