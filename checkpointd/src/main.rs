@@ -9,7 +9,7 @@ mod migrate;
 mod save;
 mod source;
 mod sys;
-mod xen;
+use checkpointd::xen;
 
 use anyhow::{bail, Context, Result};
 use checkpoint_stream::model::FullCheckpoint;

@@ -1,13 +1,19 @@
 //! A reader for xl save images (xl header, libxl v2 stream, libxc v3 stream of an x86 PV
 //! guest). It checks the structure our exporter writes against what `xl save` writes, and it
 //! can turn an `xl save` image into a checkpoint (`xen-import`) for round-trip tests.
+//!
+//! Images are files from elsewhere, so nothing in one decides how much we allocate: every
+//! allocation is bounded by bytes the image really holds (a pfn costs at least its 8-byte
+//! PAGE_DATA entry, a page its 4096 bytes), arithmetic on image values is checked, and
+//! inconsistent counts are refused. An image that imports becomes a checkpoint that the
+//! stream's own decoder accepts (the `xl_image` fuzz target checks exactly that).
 
 use super::{
     pfinfo, rec, vcpu, LIBXC_ID, LIBXC_MARKER, LIBXL_IDENT, LIBXL_REC_END, LIBXL_REC_LIBXC_CONTEXT,
     XL_BYTEORDER, XL_MAGIC,
 };
 use checkpoint_stream::digest::root_of_pages;
-use checkpoint_stream::model::{Checkpoint, FullCheckpoint, VcpuState};
+use checkpoint_stream::model::{Checkpoint, FullCheckpoint, VcpuState, MODEL_MAX_PFN};
 use checkpoint_stream::{page_type, Capture, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -65,7 +71,17 @@ pub struct XlImage {
     pub shared_info: Option<Vec<u8>>,
     pub tsc_info: Option<(u32, u32, u64, u32)>,
     pub page_data_records: u64,
+    #[serde(skip)]
+    p2m_frames_seen: bool,
 }
+
+/// Bits 0..51 of a PAGE_DATA entry: the pfn; 52..59 reserved; 60..63 the type.
+const PFN_MASK: u64 = (1 << 52) - 1;
+const PFN_RESERVED: u64 = 0xff << 52;
+/// Most bytes of vCPU state the checkpoint stream carries in one record.
+const MAX_VCPU_STATE: usize = 16376;
+/// Most vCPUs a checkpoint describes.
+const MAX_VCPUS: u32 = 128;
 
 struct Cur<'a> {
     b: &'a [u8],
@@ -231,6 +247,10 @@ fn parse_libxc(c: &mut Cur<'_>, img: &mut XlImage) -> Result<(), ImageError> {
                 if body.len() < 8 || (body.len() - 8) % 8 != 0 {
                     return Err(bad("X86_PV_P2M_FRAMES", at, "length"));
                 }
+                if img.p2m_frames_seen {
+                    return Err(bad("X86_PV_P2M_FRAMES", at, "second record"));
+                }
+                img.p2m_frames_seen = true;
                 img.p2m_start = u32::from_le_bytes(body[..4].try_into().unwrap());
                 img.p2m_end = u32::from_le_bytes(body[4..8].try_into().unwrap());
                 img.p2m_frames = body[8..]
@@ -244,14 +264,35 @@ fn parse_libxc(c: &mut Cur<'_>, img: &mut XlImage) -> Result<(), ImageError> {
                     return Err(bad("PAGE_DATA", at, "length"));
                 }
                 let count = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
-                let mut data = 8 + 8 * count;
-                if body.len() < data {
-                    return Err(bad("PAGE_DATA", at, "shorter than its pfn list"));
+                // The pfn list alone must fit in the record: this bounds the loop by the file.
+                let mut data = count
+                    .checked_mul(8)
+                    .and_then(|n| n.checked_add(8))
+                    .filter(|&n| n <= body.len())
+                    .ok_or_else(|| bad("PAGE_DATA", at, "shorter than its pfn list"))?;
+                if count == 0 {
+                    return Err(bad("PAGE_DATA", at, "no pfns"));
                 }
                 for i in 0..count {
                     let e = le64(body, 8 + 8 * i);
-                    let pfn = e & ((1 << 52) - 1);
+                    let pfn = e & PFN_MASK;
                     let t = e >> 60;
+                    if e & PFN_RESERVED != 0 {
+                        return Err(bad(
+                            "PAGE_DATA",
+                            at,
+                            format!("entry {e:#x}: reserved bits set"),
+                        ));
+                    }
+                    if !matches!(t, 0..=4 | 9..=12 | pfinfo::BROKEN | pfinfo::XALLOC | pfinfo::XTAB)
+                    {
+                        return Err(bad(
+                            "PAGE_DATA",
+                            at,
+                            format!("pfn {pfn:#x}: page type {t:#x}"),
+                        ));
+                    }
+                    // A pfn sent again replaces what came before (libxc streams may resend).
                     img.types.insert(pfn, t);
                     if matches!(t, pfinfo::XTAB | pfinfo::XALLOC | pfinfo::BROKEN) {
                         img.pages.remove(&pfn);
@@ -275,7 +316,21 @@ fn parse_libxc(c: &mut Cur<'_>, img: &mut XlImage) -> Result<(), ImageError> {
                     return Err(bad(rec::name(ty), at, "length"));
                 }
                 let id = u32::from_le_bytes(body[..4].try_into().unwrap());
+                if img.vcpus.iter().any(|(i, t, _)| *i == id && *t == ty) {
+                    return Err(bad(
+                        rec::name(ty),
+                        at,
+                        format!("second record for vCPU {id}"),
+                    ));
+                }
                 img.vcpus.push((id, ty, body[8..].to_vec()));
+            }
+            rec::SHARED_INFO if body.len() != PAGE_SIZE => {
+                return Err(bad(
+                    "SHARED_INFO",
+                    at,
+                    format!("{} bytes, not one page", body.len()),
+                ));
             }
             rec::SHARED_INFO => img.shared_info = Some(body.to_vec()),
             rec::X86_TSC_INFO if body.len() == 24 => {
@@ -331,17 +386,51 @@ impl XlImage {
         if self.guest_width != 8 || self.pt_levels != 4 {
             return Err(ImageError::Unsupported("only 64-bit PV guests".into()));
         }
+        if !self.p2m_frames_seen {
+            return Err(bad("image", 0, "no X86_PV_P2M_FRAMES record"));
+        }
         let max_pfn = self.p2m_end as u64;
+        if self.p2m_start != 0 || max_pfn > MODEL_MAX_PFN {
+            return Err(bad(
+                "X86_PV_P2M_FRAMES",
+                0,
+                format!("p2m range {:#x}..={max_pfn:#x}", self.p2m_start),
+            ));
+        }
+        // xl save lists every pfn 0..=p2m end (unpopulated ones as XTAB): the per-pfn arrays
+        // below are then bounded by the image's own PAGE_DATA entries.
+        let listed = self.types.len() as u64;
+        let last = self.types.keys().next_back().copied();
+        if listed != max_pfn + 1 || last != Some(max_pfn) {
+            return Err(bad(
+                "PAGE_DATA",
+                0,
+                format!(
+                    "the image lists {listed} pfns (highest {last:#x?}), the p2m end {max_pfn:#x} needs every pfn 0..={max_pfn:#x}"
+                ),
+            ));
+        }
+        let frames_needed = max_pfn / 512 + 1;
+        if self.p2m_frames.len() as u64 != frames_needed {
+            return Err(bad(
+                "X86_PV_P2M_FRAMES",
+                0,
+                format!(
+                    "{} frames for pfns 0..={max_pfn:#x}, which need {frames_needed}",
+                    self.p2m_frames.len()
+                ),
+            ));
+        }
+        if let Some(f) = self.p2m_frames.iter().find(|&&f| f > max_pfn) {
+            return Err(bad(
+                "X86_PV_P2M_FRAMES",
+                0,
+                format!("frame pfn {f:#x} beyond the p2m end"),
+            ));
+        }
         let mut types = vec![page_type::UNPOPULATED; max_pfn as usize + 1];
         let mut p2m = vec![INVALID_MFN; max_pfn as usize + 1];
         for (&pfn, &t) in &self.types {
-            if pfn > max_pfn {
-                return Err(bad(
-                    "PAGE_DATA",
-                    0,
-                    format!("pfn {pfn:#x} beyond the p2m end {max_pfn:#x}"),
-                ));
-            }
             let b = match t {
                 pfinfo::XTAB | pfinfo::BROKEN => page_type::UNPOPULATED,
                 pfinfo::XALLOC | pfinfo::NOTAB => page_type::NORMAL,
@@ -351,6 +440,7 @@ impl XlImage {
             };
             types[pfn as usize] = b;
             if b != page_type::UNPOPULATED {
+                // A bijection on pfns <= MODEL_MAX_PFN: no two pfns share an mfn.
                 p2m[pfn as usize] = if opts.scramble_mfns {
                     scramble(pfn)
                 } else {
@@ -358,8 +448,31 @@ impl XlImage {
                 };
             }
         }
+        // A frame number the vCPU state names must be a populated pfn of this image.
+        let frame = |what: &'static str, pfn: u64| -> Result<u64, ImageError> {
+            if pfn > max_pfn || types[pfn as usize] == page_type::UNPOPULATED {
+                return Err(bad(
+                    "X86_PV_VCPU_BASIC",
+                    0,
+                    format!("{what} {pfn:#x} is not a populated pfn of the image"),
+                ));
+            }
+            Ok(pfn)
+        };
+        let nr_vcpus = self
+            .vcpus
+            .iter()
+            .filter(|(_, ty, d)| *ty == rec::X86_PV_VCPU_BASIC && !d.is_empty())
+            .count() as u32;
+        if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
+            return Err(bad(
+                "image",
+                0,
+                format!("{nr_vcpus} vCPUs with basic state"),
+            ));
+        }
         let mut vcpus = Vec::new();
-        let mut start_info_pfn = 0;
+        let mut start_info_pfn = None;
         for (id, ty, data) in &self.vcpus {
             let kind = match *ty {
                 rec::X86_PV_VCPU_BASIC => VcpuKind::Basic,
@@ -370,13 +483,21 @@ impl XlImage {
             if data.is_empty() {
                 continue; // errata: zero-length blobs are tolerated and ignored
             }
+            // Basic states must be vCPUs 0..n-1 (each once: parse refuses repeats).
+            if *id >= nr_vcpus || data.len() > MAX_VCPU_STATE {
+                return Err(bad(
+                    rec::name(*ty),
+                    0,
+                    format!("vCPU {id} ({} bytes) of {nr_vcpus}", data.len()),
+                ));
+            }
             let mut data = data.clone();
             if kind == VcpuKind::Basic {
                 if data.len() != vcpu::SIZE {
                     return Err(bad("X86_PV_VCPU_BASIC", 0, format!("{} bytes", data.len())));
                 }
                 if *id == 0 {
-                    start_info_pfn = le64(&data, vcpu::RDX);
+                    start_info_pfn = Some(frame("start_info (rdx)", le64(&data, vcpu::RDX))?);
                 }
                 // In the image cr1 carries "1 | pfn << 12"; a checkpoint holds "mfn << 12".
                 let cr1 = le64(&data, vcpu::CR1) & !1;
@@ -388,16 +509,20 @@ impl XlImage {
                     let gdt = le64(&data, vcpu::GDT_ENTS).div_ceil(512).min(16) as usize;
                     for i in 0..gdt {
                         let o = vcpu::GDT_FRAMES + 8 * i;
-                        let v = scramble(le64(&data, o));
+                        let v = scramble(frame("GDT frame", le64(&data, o))?);
                         put(&mut data, o, v);
                     }
-                    let v = scramble(le64(&data, vcpu::CR3) >> 12) << 12;
+                    let v = scramble(frame("cr3", le64(&data, vcpu::CR3) >> 12)?) << 12;
                     put(&mut data, vcpu::CR3, v);
                     if cr1 != 0 {
-                        put(&mut data, vcpu::CR1, scramble(cr1 >> 12) << 12);
+                        put(
+                            &mut data,
+                            vcpu::CR1,
+                            scramble(frame("cr1", cr1 >> 12)?) << 12,
+                        );
                     }
                     if *id == 0 {
-                        let v = scramble(start_info_pfn);
+                        let v = scramble(le64(&data, vcpu::RDX));
                         put(&mut data, vcpu::RDX, v);
                     }
                 }
@@ -408,7 +533,8 @@ impl XlImage {
                 data,
             });
         }
-        let nr_vcpus = vcpus.iter().filter(|v| v.kind == VcpuKind::Basic).count() as u32;
+        let start_info_pfn =
+            start_info_pfn.ok_or_else(|| bad("image", 0, "no basic state for vCPU 0"))?;
         let mut pages: HashMap<u64, Box<[u8; PAGE_SIZE]>> = self
             .pages
             .iter()
@@ -435,10 +561,11 @@ impl XlImage {
         let digest = root_of_pages(max_pfn, |p| pages.get(&p).map(|b| &**b));
         let shared_info = match &self.shared_info {
             _ if opts.drop_shared_info => None,
-            Some(s) if s.len() == PAGE_SIZE => {
-                Some(Box::new(<[u8; PAGE_SIZE]>::try_from(s.as_slice()).unwrap()))
-            }
-            _ => None,
+            Some(s) => Some(Box::new(
+                <[u8; PAGE_SIZE]>::try_from(s.as_slice())
+                    .map_err(|_| bad("SHARED_INFO", 0, "not one page"))?,
+            )),
+            None => None,
         };
         Ok(FullCheckpoint {
             checkpoint: Checkpoint {

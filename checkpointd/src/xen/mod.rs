@@ -118,6 +118,8 @@ pub enum ExportError {
     GdtEnts(u64),
     #[error("p2m frame list entry {index} is pfn {pfn:#x} of type {ty:#x}; restore needs ordinary pages")]
     P2mFrameType { index: usize, pfn: u64, ty: u8 },
+    #[error("pfns {0:#x} and {1:#x} both map to mfn {2:#x}: the p2m must be one-to-one")]
+    DuplicateMfn(u64, u64, u64),
     #[error("writing the image: {0}")]
     Write(#[from] io::Error),
 }
@@ -282,6 +284,21 @@ pub fn default_config(name: &str, c: &FullCheckpoint) -> String {
     format!("name = \"{name}\"\ntype = \"pv\"\nmemory = {mib}\nmaxmem = {mib}\nvcpus = 1\non_crash = \"preserve\"\n")
 }
 
+/// mfn -> pfn for every populated pfn. Two pfns with one mfn would make page tables that name
+/// that mfn ambiguous: refused, not collapsed.
+pub fn reverse_p2m(p2m: &[u64]) -> Result<HashMap<u64, u64>, ExportError> {
+    let mut m2p = HashMap::with_capacity(p2m.len());
+    for (pfn, &mfn) in p2m.iter().enumerate() {
+        if mfn == INVALID_MFN {
+            continue;
+        }
+        if let Some(other) = m2p.insert(mfn, pfn as u64) {
+            return Err(ExportError::DuplicateMfn(other, pfn as u64, mfn));
+        }
+    }
+    Ok(m2p)
+}
+
 /// Write the xl save image.
 pub fn export<W: Write>(
     c: &FullCheckpoint,
@@ -303,13 +320,7 @@ pub fn export<W: Write>(
             want: vcpu::SIZE,
         });
     }
-    let m2p: HashMap<u64, u64> = k
-        .p2m
-        .iter()
-        .enumerate()
-        .filter(|(_, &m)| m != INVALID_MFN)
-        .map(|(p, &m)| (m, p as u64))
-        .collect();
+    let m2p = reverse_p2m(&k.p2m)?;
     for (index, &pfn) in c.p2m_frames.iter().enumerate() {
         let ty = k.page_types[pfn as usize];
         if ty != page_type::NORMAL {

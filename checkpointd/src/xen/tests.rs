@@ -342,3 +342,124 @@ fn restore_localisation_inverts_this_normalisation() {
     }
     assert_eq!(tables, 5);
 }
+
+/// Offset of the first libxc record of type `ty` in an exported image (the image's own
+/// reader finds it), and its body length.
+fn record_at(data: &[u8], ty: u32) -> (usize, usize) {
+    let img = parse(data).unwrap();
+    let r = img
+        .records
+        .iter()
+        .find(|r| r.stream == "libxc" && r.ty == ty)
+        .unwrap();
+    (r.offset, r.length as usize)
+}
+
+fn put32(d: &mut [u8], o: usize, v: u32) {
+    d[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn import(data: &[u8]) -> Result<FullCheckpoint, image::ImageError> {
+    parse(data)?.to_checkpoint()
+}
+
+#[test]
+fn importer_sizes_nothing_from_the_p2m_end_alone() {
+    // A p2m end of 2^24 - 1 (64 GiB of pfns) in an image that lists 1101 pfns: refused
+    // before any per-pfn array is allocated.
+    let mut d = export_bytes(&guest()).unwrap();
+    let (at, _) = record_at(&d, rec::X86_PV_P2M_FRAMES);
+    put32(&mut d, at + 8 + 4, (1 << 24) - 1);
+    let e = import(&d).unwrap_err().to_string();
+    assert!(e.contains("lists 1101 pfns"), "{e}");
+    // Above what the checkpoint model holds at all.
+    put32(&mut d, at + 8 + 4, u32::MAX);
+    let e = import(&d).unwrap_err().to_string();
+    assert!(e.contains("p2m range"), "{e}");
+}
+
+#[test]
+fn importer_refuses_inconsistent_counts() {
+    let data = export_bytes(&guest()).unwrap();
+    // PAGE_DATA claiming more pfns than its record holds (count * 8 near 2^35).
+    let mut d = data.clone();
+    let (at, _) = record_at(&d, rec::PAGE_DATA);
+    put32(&mut d, at + 8, u32::MAX);
+    assert!(parse(&d)
+        .unwrap_err()
+        .to_string()
+        .contains("shorter than its pfn list"));
+    // A p2m frame list of the wrong length for the p2m end.
+    let mut d = data.clone();
+    let (at, _) = record_at(&d, rec::X86_PV_P2M_FRAMES);
+    put32(&mut d, at + 8 + 4, 400); // pfns 0..=400 need one frame, the record has three
+    assert!(import(&d).is_err());
+    // Reserved bits in a PAGE_DATA entry.
+    let mut d = data.clone();
+    let (at, _) = record_at(&d, rec::PAGE_DATA);
+    d[at + 16 + 6] |= 0x10;
+    assert!(parse(&d).unwrap_err().to_string().contains("reserved bits"));
+    // A second basic state for vCPU 0 (the record repeated in place of SHARED_INFO).
+    let mut d = data.clone();
+    let (si, _) = record_at(&d, rec::SHARED_INFO);
+    let (vc, vlen) = record_at(&d, rec::X86_PV_VCPU_BASIC);
+    let vrec = d[vc..vc + 8 + vlen].to_vec();
+    d.splice(si..si + 8 + PAGE_SIZE, vrec);
+    assert!(parse(&d).unwrap_err().to_string().contains("second record"));
+}
+
+#[test]
+fn importer_refuses_vcpu_frames_outside_the_image() {
+    let mut c = guest();
+    // An identity p2m so the image's vCPU frames are plain pfns after export.
+    let ctx = &mut c.checkpoint.vcpus[0].data;
+    put64(ctx, vcpu::CR3, mfn(10) << 12);
+    let mut d = export_bytes(&c).unwrap();
+    let (at, _) = record_at(&d, rec::X86_PV_VCPU_BASIC);
+    let ctx = at + 8 + 8;
+    put64(&mut d[ctx..], vcpu::CR3, u64::MAX & !0xfff);
+    let opts = image::ImportOptions {
+        scramble_mfns: true,
+        drop_shared_info: false,
+    };
+    let e = parse(&d)
+        .unwrap()
+        .to_checkpoint_with(opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cr3"), "{e}");
+    put64(&mut d[ctx..], vcpu::CR3, 10 << 12);
+    put64(&mut d[ctx..], vcpu::RDX, 5); // start_info on the unpopulated pfn
+    let e = parse(&d).unwrap().to_checkpoint().unwrap_err().to_string();
+    assert!(e.contains("start_info"), "{e}");
+}
+
+#[test]
+fn export_refuses_duplicate_mfns() {
+    let mut c = guest();
+    c.checkpoint.p2m[30] = c.checkpoint.p2m[20];
+    assert!(matches!(
+        export_bytes(&c),
+        Err(ExportError::DuplicateMfn(20, 30, _))
+    ));
+}
+
+#[test]
+fn imports_are_streams_the_decoder_accepts() {
+    let data = export_bytes(&guest()).unwrap();
+    for scramble_mfns in [false, true] {
+        for drop_shared_info in [false, true] {
+            let opts = image::ImportOptions {
+                scramble_mfns,
+                drop_shared_info,
+            };
+            let c = parse(&data).unwrap().to_checkpoint_with(opts).unwrap();
+            let bytes = c.write_to(Vec::new()).unwrap();
+            let back = FullCheckpoint::from_bytes(&bytes).expect("the decoder refused an import");
+            let (a, b) = (&back.checkpoint, &c.checkpoint);
+            assert!(a.pages == b.pages && a.page_types == b.page_types && a.p2m == b.p2m);
+            assert!(a.vcpus == b.vcpus && a.shared_info == b.shared_info && a.digest == b.digest);
+            assert_eq!(back.p2m_frames, c.p2m_frames);
+        }
+    }
+}
