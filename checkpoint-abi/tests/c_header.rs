@@ -120,7 +120,12 @@ fn header() -> String {
         dev::Capture::SIZE,
         dev::Capture::FIELDS,
     );
-    c_struct(&mut h, dev::Hold::C_NAME, dev::Hold::SIZE, dev::Hold::FIELDS);
+    c_struct(
+        &mut h,
+        dev::Hold::C_NAME,
+        dev::Hold::SIZE,
+        dev::Hold::FIELDS,
+    );
     c_struct(
         &mut h,
         dev::Table::C_NAME,
