@@ -352,14 +352,17 @@ pub fn migrate<S: PageSource>(src: &mut S, w: World<'_>, opts: &Options, t0: Ins
         hold: Some(HoldTuple { local, remote }),
         ..Policy::default()
     };
-    let mut out = io::BufWriter::with_capacity(256 << 10, Throttle::new(&conn, opts.bandwidth));
+    // Unbuffered: nothing of the stream may sit in this process's memory at the capture
+    // point, or the copy that resumes at the destination would hold it too.
+    let mut out = Throttle::new(&conn, opts.bandwidth);
     let outcome = save::stream(src, &mut out, &policy, opts.progress);
-    drop(out);
     rep.stream_ms = t0.elapsed().as_millis() as u64;
     let summary = match outcome {
         Ok(SaveOutcome::Saved(s)) => s,
         Ok(SaveOutcome::Restored) => {
-            // We are the copy that resumed at the destination.
+            // We are the copy that resumes at the destination. Its connection led to the
+            // loader, which is now this very domain: drop it without a FIN or retransmits.
+            crate::sys::abandon(&conn);
             drop(conn);
             let r = link().and_then(|mut l| announce(l.as_mut(), &id, *local.ip()));
             return match r {

@@ -42,6 +42,24 @@ pub fn power_off() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Make a socket's close a reset (SO_LINGER 0): no FIN, nothing left to retransmit.
+pub fn abandon(s: &impl AsRawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
+
 /// The name of the interface that holds IPv4 address `ip`.
 pub fn iface_with_addr(ip: Ipv4Addr) -> io::Result<String> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
