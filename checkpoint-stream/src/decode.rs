@@ -488,7 +488,7 @@ impl<'t> Decoder<'t> {
             PageTypes if !(17..=16 + MAX_TYPES_CHUNK).contains(&l) => {
                 return Err(bad_len("PAGE_TYPES is 16 bytes plus 1..=4096 type bytes"))
             }
-            P2m | P2mFrames if l < 24 || l > 16 + 8 * MAX_P2M_CHUNK || (l - 16) % 8 != 0 => {
+            P2m | P2mFrames if !(24..=16 + 8 * MAX_P2M_CHUNK).contains(&l) || (l - 16) % 8 != 0 => {
                 return Err(bad_len(
                     "P2M and P2M_FRAMES are 16 bytes plus 1..=512 u64 entries",
                 ))
@@ -496,7 +496,7 @@ impl<'t> Decoder<'t> {
             Vcpu if !(9..=MAX_SMALL_BODY).contains(&l) => {
                 return Err(bad_len("VCPU is 8 bytes plus 1..=16376 bytes of state"))
             }
-            PageBatch if l < 16 || l > 8 + MAX_BATCH * (8 + PAGE_SIZE) || l % 8 != 0 => {
+            PageBatch if !(16..=8 + MAX_BATCH * (8 + PAGE_SIZE)).contains(&l) || l % 8 != 0 => {
                 return Err(bad_len("PAGE_BATCH is 8 + 8*count + 4096*data pages"))
             }
             _ => {}

@@ -417,7 +417,7 @@ fn importer_refuses_vcpu_frames_outside_the_image() {
     let mut d = export_bytes(&c).unwrap();
     let (at, _) = record_at(&d, rec::X86_PV_VCPU_BASIC);
     let ctx = at + 8 + 8;
-    put64(&mut d[ctx..], vcpu::CR3, u64::MAX & !0xfff);
+    put64(&mut d[ctx..], vcpu::CR3, !0xfff);
     let opts = image::ImportOptions {
         scramble_mfns: true,
         drop_shared_info: false,
