@@ -9,8 +9,7 @@ use std::os::unix::fs::FileExt;
 
 use checkpoint_abi::dev::{
     p2m_is_ram, Capture, Hold, Round, Table, Track, ABI_VERSION, CAPTURE_RESUMED, HOLD_ARM,
-    IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START,
-    IOC_TRACK_STOP, PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+    PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
 };
 pub use checkpoint_abi::dev::{Facts, DEVICE};
 
@@ -20,26 +19,33 @@ pub struct Device {
     kernel: String,
 }
 
-/// One ioctl whose argument is `arg`. The caller guarantees `arg` is the struct the command
-/// number encodes (checkpoint-abi derives each number from its struct's size) and that any buffers it points to are live and as
-/// large as it says.
-fn ioctl<T>(file: &File, cmd: u32, arg: &mut T) -> io::Result<()> {
-    // SAFETY: `arg` is a valid, exclusively borrowed #[repr(C)] struct whose size matches the
-    // command's encoded size; the kernel writes at most that many bytes into it. Pointers
-    // inside it are set by our callers from live slices of the stated length.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), cmd as _, arg as *mut T) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+/// The device's ioctls, one typed function each: nix's `*_bad` forms take the command
+/// number as given, so the numbers stay checkpoint-abi's, and each function accepts only the
+/// struct its command encodes (docs/dependencies.md).
+mod ioc {
+    use checkpoint_abi::dev::{
+        Capture, Facts, Hold, Round, Table, Track, IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND,
+        IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP,
+    };
+    nix::ioctl_read_bad!(get_facts, IOC_GET_FACTS, Facts);
+    nix::ioctl_write_ptr_bad!(track_start, IOC_TRACK_START, Track);
+    nix::ioctl_none_bad!(track_stop, IOC_TRACK_STOP);
+    nix::ioctl_readwrite_bad!(next_round, IOC_NEXT_ROUND, Round);
+    nix::ioctl_readwrite_bad!(capture, IOC_CAPTURE, Capture);
+    nix::ioctl_readwrite_bad!(read_table, IOC_READ_TABLE, Table);
+    nix::ioctl_readwrite_bad!(output_hold, IOC_OUTPUT_HOLD, Hold);
+}
+
+fn done(r: nix::Result<i32>) -> io::Result<()> {
+    r.map(drop).map_err(io::Error::from)
 }
 
 impl Device {
     pub fn open() -> io::Result<Device> {
         let file = OpenOptions::new().read(true).write(true).open(DEVICE)?;
         let mut facts = Facts::default();
-        ioctl(&file, IOC_GET_FACTS, &mut facts)?;
+        // SAFETY: a Facts for the command that encodes it; the kernel writes its 128 bytes.
+        done(unsafe { ioc::get_facts(file.as_raw_fd(), &mut facts) })?;
         if facts.abi_version != ABI_VERSION
             || facts.page_size as usize != PAGE_SIZE
             || facts.guest_width != 8
@@ -80,7 +86,8 @@ impl Device {
             buf_bytes: (v.len() * std::mem::size_of::<T>()) as u64,
             ..Default::default()
         };
-        ioctl(&self.file, IOC_READ_TABLE, &mut t)?;
+        // SAFETY: t.buf points at v, live for this call and t.buf_bytes long.
+        done(unsafe { ioc::read_table(self.file.as_raw_fd(), &mut t) })?;
         v.truncate(t.returned.min(count) as usize);
         Ok(v)
     }
@@ -97,7 +104,8 @@ impl PageSource for Device {
         self.kernel.clone()
     }
     fn start_tracking(&mut self) -> io::Result<()> {
-        ioctl(&self.file, IOC_TRACK_START, &mut Track::default())
+        // SAFETY: the kernel reads the 16-byte Track.
+        done(unsafe { ioc::track_start(self.file.as_raw_fd(), &Track::default()) })
     }
     fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64> {
         let mut r = Round {
@@ -105,7 +113,8 @@ impl PageSource for Device {
             bitmap_bytes: (bitmap.len() * 8) as u64,
             ..Default::default()
         };
-        ioctl(&self.file, IOC_NEXT_ROUND, &mut r)?;
+        // SAFETY: r.bitmap points at `bitmap`, live for this call and r.bitmap_bytes long.
+        done(unsafe { ioc::next_round(self.file.as_raw_fd(), &mut r) })?;
         Ok(r.dirty)
     }
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -126,16 +135,20 @@ impl PageSource for Device {
             vcpu_bytes: vcpu.len() as u64,
             ..Default::default()
         };
-        match ioctl(&self.file, IOC_CAPTURE, &mut c) {
+        // SAFETY: c's bitmap and vcpu point at `snapshot` and `vcpu`, live for this call and as
+        // long as c says.
+        match done(unsafe { ioc::capture(self.file.as_raw_fd(), &mut c) }) {
             Ok(()) if c.result == CAPTURE_RESUMED => Ok(CaptureOutcome::Restored),
             Ok(()) => Ok(CaptureOutcome::Captured {
                 snapshot_pages: c.snapshot_pages,
                 pause_ns: c.pause_ns,
                 suspend_ns: c.suspend_ns,
             }),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Ok(CaptureOutcome::NoSpace {
-                needed: c.snapshot_pages,
-            }),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => {
+                Ok(CaptureOutcome::NoSpace {
+                    needed: c.snapshot_pages,
+                })
+            }
             Err(e) => Err(e),
         }
     }
@@ -149,8 +162,8 @@ impl PageSource for Device {
         self.table(TABLE_P2M_FRAMES, self.facts.p2m_frames)
     }
     fn stop_tracking(&mut self) -> io::Result<()> {
-        let mut none = ();
-        ioctl(&self.file, IOC_TRACK_STOP, &mut none)
+        // SAFETY: a command without argument.
+        done(unsafe { ioc::track_stop(self.file.as_raw_fd()) })
     }
     fn hold_output(&mut self, t: &HoldTuple) -> io::Result<()> {
         let mut h = Hold {
@@ -161,11 +174,13 @@ impl PageSource for Device {
             dport: t.remote.port().to_be_bytes(),
             ..Default::default()
         };
-        ioctl(&self.file, IOC_OUTPUT_HOLD, &mut h)
+        // SAFETY: a plain Hold, no pointers in it.
+        done(unsafe { ioc::output_hold(self.file.as_raw_fd(), &mut h) })
     }
     fn release_output(&mut self) -> io::Result<u64> {
         let mut h = Hold::default();
-        ioctl(&self.file, IOC_OUTPUT_HOLD, &mut h)?;
+        // SAFETY: as above.
+        done(unsafe { ioc::output_hold(self.file.as_raw_fd(), &mut h) })?;
         Ok(h.dropped)
     }
 }
