@@ -505,3 +505,13 @@ fn worked_example_in_docs_matches_the_encoder() {
     assert_eq!(c.max_pfn, 1);
     assert!(c.pages.is_empty());
 }
+
+/// docs/stream.md gives the decoder's size; this prints it
+/// (`cargo test -p checkpoint-stream --test decode decoder_size -- --nocapture`) and keeps it
+/// from growing unnoticed.
+#[test]
+fn decoder_size() {
+    let n = core::mem::size_of::<checkpoint_stream::Decoder>();
+    println!("size_of::<Decoder>() = {n} bytes");
+    assert!(n <= 24 * 1024, "{n} bytes");
+}

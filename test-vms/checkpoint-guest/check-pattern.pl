@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# check-pattern.pl CHECKPOINT PFN...: the P/Q check of issue 4 on a checkpoint stream
+# check-pattern.pl CHECKPOINT PFN...: the P/Q check (stage 41) on a checkpoint stream
 # (docs/stream.md). PFN number i (in the order pattern-writer listed them) must hold, in the
 # last copy of that pfn in the stream, pattern P of page i: 8-byte tag ('P' << 56 | i), then
 # 4088 bytes 'P'. A Q page or a missing pfn is a failure. Framing is walked, CRCs are not

@@ -1,4 +1,4 @@
-// pattern-writer: the workload side of the P/Q checkpoint test (issue 4, item 6).
+// pattern-writer: the workload side of the P/Q checkpoint test (stage 41).
 // Fills PAGES locked pages with pattern P ('P' + page index in the first 8 bytes), writes
 // their pfns (from /proc/self/pagemap, needs root) one per line to PFNFILE, then waits until
 // the file GO exists (created once the checkpoint's capture is done), checks that every
