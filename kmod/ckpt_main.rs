@@ -71,6 +71,11 @@ pub static mut ckpt_ctx: VcpuCtx = VcpuCtx([0; VCPU_CTX_BYTES]);
 /// start_info gfn handed to the capture hook (stored by the asm entry).
 #[no_mangle]
 pub static mut ckpt_start_info_gfn: u64 = 0;
+/// r9 at the resume label: the machine frame of the L4 that inflate-loader ran on when it
+/// jumped into this guest (0 under `xl restore`). The loader's final hypercall switched away
+/// from it but it stays pinned; unpinning it here lets Xen free the loader's leftover frames.
+#[no_mangle]
+pub static mut ckpt_loader_l4: u64 = 0;
 
 extern "C" {
     fn ckpt_shim_register() -> c_int;
@@ -92,6 +97,7 @@ extern "C" {
     fn ckpt_clock_ns() -> u64;
     fn ckpt_read_cr0() -> c_ulong;
     fn ckpt_read_cr4() -> c_ulong;
+    fn ckpt_unpin_table(mfn: c_ulong) -> c_int;
     fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
     static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
@@ -160,7 +166,12 @@ core::arch::global_asm!(
     "mov [rax + {gs}], rcx",
     "call {rest}",
     "jmp 2f",
+    // The pad: inflate-loader enters a restored guest by jumping here with eax = mmuext_op
+    // and rdi = {NEW_BASEPTR, guest L4}; Xen switches page tables and returns to rcx = 1:
+    // with rax = 0. It must stay the 2 bytes right before 1: (the loader finds it at rip - 2).
+    "syscall",
     "1:",
+    "mov [rip + {l4}], r9",
     "call {resumed}",
     "xor eax, eax",
     "2:",
@@ -194,6 +205,7 @@ core::arch::global_asm!(
     ds = const vcpu_ctx::DS,
     fs = const vcpu_ctx::FS,
     gs = const vcpu_ctx::GS,
+    l4 = sym ckpt_loader_l4,
 );
 
 /// A vmalloc'd array that knows its size. Freed explicitly (state is a static).
@@ -772,6 +784,14 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     // SAFETY: plain read of a field the capture routine wrote before we got here.
     if unsafe { ptr::read_volatile(ptr::addr_of!(s.resumed)) } {
         // We are a guest revived from this checkpoint: drop the session the source had.
+        // SAFETY: written once by the resume path before we got here, read once.
+        let l4 = unsafe { ptr::replace(ptr::addr_of_mut!(ckpt_loader_l4), 0) };
+        if l4 != 0 {
+            // Revived in place by inflate-loader: its page tables are still pinned.
+            // SAFETY: a plain hypercall on a frame of this domain; Xen checks it.
+            let rc = unsafe { ckpt_unpin_table(l4 as c_ulong) };
+            pr_info!("revived by inflate-loader: unpinned its L4 (mfn {:#x}): rc {}\n", l4, rc);
+        }
         bm.free();
         stop_session(s);
         c.result = 0;

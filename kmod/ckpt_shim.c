@@ -145,6 +145,15 @@ int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd)
 	return 0;
 }
 
+/* Drop the pin on a table this guest does not use (inflate-loader's L4 after a restore in
+ * place), so Xen frees the tables and every frame they still reference. */
+int ckpt_unpin_table(unsigned long mfn)
+{
+	struct mmuext_op op = { .cmd = MMUEXT_UNPIN_TABLE, .arg1.mfn = mfn };
+
+	return HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
+}
+
 /* The guest's view of CR0/CR4 (Xen keeps it per vCPU; a restore must get it back, or
  * e.g. CR4.FSGSBASE is off and the first rdfsbase faults). */
 unsigned long ckpt_read_cr0(void) { return read_cr0(); }
