@@ -10,7 +10,15 @@ pub struct NetConfig {
     /// `handover-check`: after the hand-over, connect a fresh netfront to the same backend and
     /// disconnect it again, proving the backend was left ready for the next frontend.
     pub handover_check: bool,
+    /// `commit-timeout=S`: how long the loader waits for COMMIT/ABORT after `ready` (1..=3600,
+    /// default 30).
+    pub commit_timeout_s: u32,
+    /// `restore-dry-run`: after phase A, apply the M2P updates, pins, GDT and user L4 for real,
+    /// print Xen's answers and undo them, before reporting `ready`.
+    pub restore_dry_run: bool,
 }
+
+pub const DEFAULT_COMMIT_TIMEOUT_S: u32 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmdlineError {
@@ -18,6 +26,7 @@ pub enum CmdlineError {
     BadAddress(&'static str),
     BadNetmask,
     BadPort,
+    BadTimeout,
 }
 
 impl core::fmt::Display for CmdlineError {
@@ -27,6 +36,7 @@ impl core::fmt::Display for CmdlineError {
             CmdlineError::BadAddress(k) => write!(f, "{k}= is not a dotted IPv4 address"),
             CmdlineError::BadNetmask => write!(f, "netmask= is not a contiguous IPv4 netmask"),
             CmdlineError::BadPort => write!(f, "port= is not a number in 1..=65535"),
+            CmdlineError::BadTimeout => write!(f, "commit-timeout= is not a number in 1..=3600"),
         }
     }
 }
@@ -61,6 +71,10 @@ pub fn netmask_prefix(m: [u8; 4]) -> Option<u8> {
 
 pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
     let (mut ip, mut mask, mut port, mut gw) = (None, None, None, None);
+    let mut commit_timeout_s = DEFAULT_COMMIT_TIMEOUT_S;
+    let restore_dry_run = cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "restore-dry-run");
     let handover_check = cmdline
         .split_ascii_whitespace()
         .any(|w| w == "handover-check");
@@ -82,6 +96,13 @@ pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
                 port = Some(p);
             }
             "gw" => gw = Some(parse_ipv4(v).ok_or(CmdlineError::BadAddress("gw"))?),
+            "commit-timeout" => {
+                commit_timeout_s = v
+                    .parse()
+                    .ok()
+                    .filter(|t| (1..=3600).contains(t))
+                    .ok_or(CmdlineError::BadTimeout)?;
+            }
             _ => {}
         }
     }
@@ -91,6 +112,8 @@ pub fn parse(cmdline: &str) -> Result<NetConfig, CmdlineError> {
         port: port.ok_or(CmdlineError::Missing("port"))?,
         gateway: gw,
         handover_check,
+        commit_timeout_s,
+        restore_dry_run,
     })
 }
 
@@ -109,9 +132,19 @@ mod tests {
                 prefix_len: 24,
                 port: 7000,
                 gateway: Some([10, 0, 0, 1]),
-                handover_check: false
+                handover_check: false,
+                commit_timeout_s: DEFAULT_COMMIT_TIMEOUT_S,
+                restore_dry_run: false,
             }
         );
+        let c = parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout=5 restore-dry-run").unwrap();
+        assert_eq!((c.commit_timeout_s, c.restore_dry_run), (5, true));
+        for bad in ["0", "3601", "x", ""] {
+            assert_eq!(
+                parse(&format!("ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout={bad}")),
+                Err(CmdlineError::BadTimeout)
+            );
+        }
         assert!(
             parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 handover-check")
                 .unwrap()

@@ -107,3 +107,169 @@ pub fn grant_table_op<T>(cmd: u64, arg: &mut T, count: u32) -> i64 {
         )
     }
 }
+
+// ---- Restore in place: the self-service hypercalls of a 64-bit PV domU (public/xen.h,
+// public/callback.h, public/memory.h, public/vcpu.h). Every wrapper returns Xen's rc unchanged
+// so the caller can print it: Debian's release Xen does not say why it refuses.
+
+pub const SET_TRAP_TABLE: usize = 0;
+pub const MMU_UPDATE: usize = 1;
+pub const SET_GDT: usize = 2;
+pub const STACK_SWITCH: usize = 3;
+pub const FPU_TASKSWITCH: usize = 5;
+pub const MEMORY_OP: usize = 12;
+pub const VM_ASSIST: usize = 21;
+pub const SET_SEGMENT_BASE: usize = 25;
+pub const MMUEXT_OP: usize = 26;
+pub const CALLBACK_OP: usize = 30;
+
+pub const DOMID_SELF: u64 = 0x7FF0;
+
+/// `struct mmu_update`: `ptr` is a machine address whose low 2 bits select the command.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct MmuUpdate {
+    pub ptr: u64,
+    pub val: u64,
+}
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+pub const MMU_MACHPHYS_UPDATE: u64 = 1;
+
+/// `HYPERVISOR_mmu_update(req, count, success_count, DOMID_SELF)`; returns rc and how many
+/// requests Xen applied.
+pub fn mmu_update(reqs: &[MmuUpdate]) -> (i64, u32) {
+    let mut done: u32 = 0;
+    // SAFETY: reqs and done outlive the call; Xen reads reqs.len() entries.
+    let rc = unsafe {
+        raw(
+            MMU_UPDATE,
+            reqs.as_ptr() as u64,
+            reqs.len() as u64,
+            &mut done as *mut u32 as u64,
+            DOMID_SELF,
+            0,
+        )
+    };
+    (rc, done)
+}
+
+/// `struct mmuext_op` (x86_64): cmd, arg1 (mfn or linear address), arg2 (nr_ents...).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct MmuextOp {
+    pub cmd: u32,
+    pub _pad: u32,
+    pub arg1: u64,
+    pub arg2: u64,
+}
+pub const MMUEXT_PIN_L1_TABLE: u32 = 0;
+pub const MMUEXT_UNPIN_TABLE: u32 = 4;
+pub const MMUEXT_NEW_BASEPTR: u32 = 5;
+pub const MMUEXT_SET_LDT: u32 = 13;
+pub const MMUEXT_NEW_USER_BASEPTR: u32 = 15;
+const _: () = assert!(core::mem::size_of::<MmuextOp>() == 24);
+
+/// PIN_L1..L4 are 0..3: the command for a table of `level`.
+pub const fn mmuext_pin_cmd(level: u8) -> u32 {
+    MMUEXT_PIN_L1_TABLE + level as u32 - 1
+}
+
+pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> i64 {
+    let op = MmuextOp { cmd, _pad: 0, arg1, arg2 };
+    // SAFETY: op outlives the call; count 1, no done pointer.
+    unsafe { raw(MMUEXT_OP, &op as *const MmuextOp as u64, 1, 0, DOMID_SELF, 0) }
+}
+
+/// `HYPERVISOR_set_gdt(frame_list, entries)`.
+pub fn set_gdt(frames: &[u64], entries: u64) -> i64 {
+    // SAFETY: frames outlives the call; Xen reads ceil(entries/512) <= frames.len() of them.
+    unsafe { raw(SET_GDT, frames.as_ptr() as u64, entries, 0, 0, 0) }
+}
+
+pub fn stack_switch(ss: u64, sp: u64) -> i64 {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(STACK_SWITCH, ss, sp, 0, 0, 0) }
+}
+
+pub fn fpu_taskswitch(set: u64) -> i64 {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(FPU_TASKSWITCH, set, 0, 0, 0, 0) }
+}
+
+pub const VMASST_CMD_ENABLE: u64 = 0;
+pub fn vm_assist(cmd: u64, ty: u64) -> i64 {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(VM_ASSIST, cmd, ty, 0, 0, 0) }
+}
+
+pub const SEGBASE_FS: u64 = 0;
+pub const SEGBASE_GS_USER: u64 = 1;
+pub const SEGBASE_GS_KERNEL: u64 = 2;
+pub const SEGBASE_GS_USER_SEL: u64 = 3;
+pub fn set_segment_base(which: u64, base: u64) -> i64 {
+    // SAFETY: no pointer arguments.
+    unsafe { raw(SET_SEGMENT_BASE, which, base, 0, 0, 0) }
+}
+
+/// `struct callback_register` (x86_64).
+#[repr(C)]
+struct CallbackRegister {
+    ty: u16,
+    flags: u16,
+    _pad: u32,
+    address: u64,
+}
+pub const CALLBACKOP_REGISTER: u64 = 0;
+pub const CALLBACKTYPE_EVENT: u16 = 0;
+pub const CALLBACKTYPE_FAILSAFE: u16 = 1;
+pub const CALLBACKTYPE_SYSCALL: u16 = 2;
+pub const CALLBACKF_MASK_EVENTS: u16 = 1;
+pub fn callback_register(ty: u16, flags: u16, address: u64) -> i64 {
+    let arg = CallbackRegister { ty, flags, _pad: 0, address };
+    // SAFETY: arg outlives the call.
+    unsafe { raw(CALLBACK_OP, CALLBACKOP_REGISTER, &arg as *const _ as u64, 0, 0, 0) }
+}
+
+/// `struct xen_memory_reservation`.
+#[repr(C)]
+struct MemoryReservation {
+    extent_start: u64,
+    nr_extents: u64,
+    extent_order: u32,
+    mem_flags: u32,
+    domid: u16,
+}
+pub const XENMEM_DECREASE_RESERVATION: u64 = 1;
+/// Give frames back (for PV the extents are mfns). Returns how many Xen released, or -errno.
+pub fn decrease_reservation(mfns: &[u64]) -> i64 {
+    let r = MemoryReservation {
+        extent_start: mfns.as_ptr() as u64,
+        nr_extents: mfns.len() as u64,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF as u16,
+    };
+    // SAFETY: r and the extent array outlive the call; Xen only reads the extents for a
+    // decrease.
+    unsafe { raw(MEMORY_OP, XENMEM_DECREASE_RESERVATION, &r as *const _ as u64, 0, 0, 0) }
+}
+
+/// `struct trap_info` (x86_64), the element of set_trap_table's list.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct TrapInfo {
+    pub vector: u8,
+    pub flags: u8,
+    pub cs: u16,
+    pub _pad: u32,
+    pub address: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrapInfo>() == 16);
+
+/// `HYPERVISOR_set_trap_table`: Xen reads entries until one with address 0; the caller's
+/// slice must end with such a terminator.
+pub fn set_trap_table(list: &[TrapInfo]) -> i64 {
+    assert!(list.last().is_some_and(|t| t.address == 0), "trap table without terminator");
+    // SAFETY: list outlives the call and is terminated.
+    unsafe { raw(SET_TRAP_TABLE, list.as_ptr() as u64, 0, 0, 0, 0) }
+}

@@ -10,22 +10,56 @@ mod entry;
 mod events;
 mod gnttab;
 mod hypercall;
+mod jump;
 mod memfuncs;
 mod mm;
 mod net;
 mod netfront;
+mod restore;
 mod startinfo;
 mod xenstore;
 
 use core::cell::RefCell;
 use core::panic::PanicInfo;
 use inflate_core::frames::{FrameBook, Plan};
-use inflate_core::receive::Receiver;
+use inflate_core::receive::{Receiver, Records};
 
 /// Frame book: one bit per pfn, up to 1 GiB of loader memory.
 static mut FRAME_BITS: [u64; 4096] = [0; 4096];
-/// Placement plan: one loader pfn per guest pfn, guests up to 512 MiB.
-static mut PLAN_SLOTS: [u32; 131072] = [0; 131072];
+/// Placement plan: one loader pfn per guest pfn. Indexed up to the guest's max_pfn, which is
+/// Linux's p2m size (262143 for guests up to 1 GiB of pfn space), not its RAM.
+static mut PLAN_SLOTS: [u32; 262144] = [0; 262144];
+/// Kept capture records: the page type of every guest pfn, the source p2m of every RAM pfn
+/// (packed, guests up to 512 MiB of RAM) and the pfns of the guest's p2m pages.
+static mut TYPES: [u8; 262144] = [0; 262144];
+static mut INV: [u64; 131072] = [0; 131072];
+static mut P2M_FRAMES: [u64; 1024] = [0; 1024];
+
+/// Restore in place as the server sees it: phase A and its undo.
+struct InPlace<'s> {
+    si: &'s startinfo::StartInfo,
+    dry_run: bool,
+    armed: Option<restore::Armed>,
+}
+
+impl net::Restorer for InPlace<'_> {
+    fn prepare(&mut self, rx: &mut Receiver<'_>) -> Result<(), restore::Msg> {
+        let armed = restore::phase_a(rx, self.si)?;
+        if self.dry_run && !restore::dry_run(&armed, rx, self.si) {
+            restore::undo(armed, &mut rx.book, self.si);
+            return Err(restore::Msg::new(format_args!(
+                "dry run: Xen refused the guest's tables, GDT or user L4 (console has the return codes)"
+            )));
+        }
+        self.armed = Some(armed);
+        Ok(())
+    }
+    fn undo(&mut self, rx: &mut Receiver<'_>) {
+        if let Some(a) = self.armed.take() {
+            restore::undo(a, &mut rx.book, self.si);
+        }
+    }
+}
 
 fn status(xs: &mut xenstore::Xenstore, s: &str) {
     // Progress for the lab, readable from dom0 at /local/domain/<id>/data/inflate-loader.
@@ -75,8 +109,12 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         Err(e) => fatal(format_args!("netfront: {e}")),
     };
 
-    // SAFETY: kmain runs once; these are the only references ever made to the two statics.
+    // SAFETY: kmain runs once; these are the only references ever made to these statics.
     let (bits, slots) = unsafe { (&mut *(&raw mut FRAME_BITS), &mut *(&raw mut PLAN_SLOTS)) };
+    // SAFETY: as above.
+    let records = unsafe {
+        Records::new(&mut *(&raw mut TYPES), &mut *(&raw mut INV), &mut *(&raw mut P2M_FRAMES))
+    };
     let book = FrameBook::new(bits, si.nr_pages, first_free);
     kprintln!(
         "inflate-loader: {} frames free for guest pages (pfn {}..{})",
@@ -84,10 +122,33 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         first_free,
         si.nr_pages
     );
-    let mut rx = Receiver::new(book, Plan::new(slots));
+    let mut rx = Receiver::with_records(book, Plan::new(slots), records);
     status(&mut xs, "listening");
     let nf = RefCell::new(nf);
-    let rec = net::serve(&nf, &cfg, &mut rx, boot_ns);
+    let mut inplace = InPlace { si, dry_run: cfg.restore_dry_run, armed: None };
+    let rec = match net::serve(&nf, &cfg, &mut rx, boot_ns, &mut inplace) {
+        net::Outcome::Verified(rec) => rec,
+        net::Outcome::Commit(_) => {
+            let armed = inplace.armed.take().expect("commit without phase A");
+            status(&mut xs, "committed");
+            let mut nf = nf.into_inner();
+            // Devices first: the resuming guest's netfront connects to a backend in InitWait.
+            if let Err(e) = nf.disconnect(&mut xs, &mut gt) {
+                // Still before the point of no return: the source gets no arrival and
+                // resumes; we cannot serve without a network, so we power off.
+                kprintln!("inflate-loader: netfront hand-over failed after COMMIT: {e}; powering off");
+                console::flush();
+                hypercall::shutdown(hypercall::SHUTDOWN_POWEROFF);
+            }
+            kprintln!(
+                "inflate-loader: handed over (grants still active {}, xenstore ring idle {}); phase B",
+                gt.active,
+                xs.idle()
+            );
+            status(&mut xs, "restoring");
+            restore::commit(armed, &rx, si)
+        }
+    };
     status(&mut xs, "verified");
 
     // Hand-over: what a guest resuming in this domain needs (docs/inflate-loader.md).

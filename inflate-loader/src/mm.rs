@@ -48,6 +48,31 @@ pub fn mfn_to_pfn(mfn: u64) -> u64 {
     pfn
 }
 
+/// Our own pfn of machine frame `mfn`, or None if the frame is not ours (the M2P entry of a
+/// frame we own points back at a pfn whose p2m entry is that frame). Only for frames this
+/// domain owns or had: the M2P is not mapped for every machine address.
+pub fn own_pfn_of_mfn(mfn: u64) -> Option<u64> {
+    let pfn = mfn_to_pfn(mfn);
+    (pfn < NR_PAGES.load(Ordering::Relaxed) && pfn_to_mfn(pfn) == mfn).then_some(pfn)
+}
+
+pub fn nr_pages() -> u64 {
+    NR_PAGES.load(Ordering::Relaxed)
+}
+
+/// Remove the copy window's mapping: before pinning or set_gdt no writable mapping of a
+/// future page table or GDT frame may remain (Xen refuses the type change).
+pub fn unmap_window() -> i64 {
+    // SAFETY: only the address is taken.
+    let va = unsafe { &raw mut WINDOW_VA[0] } as u64;
+    update_va_mapping(va, 0)
+}
+
+/// The live shared_info page (mapped at boot).
+pub fn shared_info_page() -> *mut u8 {
+    shared_info()
+}
+
 pub fn virt_to_mfn(va: u64) -> u64 {
     pfn_to_mfn(va >> 12)
 }

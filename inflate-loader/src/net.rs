@@ -104,14 +104,37 @@ fn now_us() -> u64 {
 const MAIN_RX_LEN: usize = 256 * 1024;
 static mut MAIN_RX: [u8; MAIN_RX_LEN] = [0; MAIN_RX_LEN];
 
-/// Serve until a checkpoint has been received and verified; returns its result record.
+/// Restore in place, seen from the connection (docs/inflate-loader.md "Commit handshake").
+pub trait Restorer {
+    /// Phase A on a verified stream that carried a capture; Ok = ready for the decision.
+    fn prepare(&mut self, rx: &mut Receiver<'_>) -> Result<(), crate::restore::Msg>;
+    /// Undo phase A (ABORT, EOF, timeout); the receiver then gives every frame back.
+    fn undo(&mut self, rx: &mut Receiver<'_>);
+}
+
+/// How serving ended.
+pub enum Outcome {
+    /// A stream without a capture was verified (status ok): keep the pages, hand over.
+    Verified(ResultRecord),
+    /// A capture passed phase A, the peer sent COMMIT, and the connection is closed.
+    Commit(ResultRecord),
+}
+
+pub const COMMIT: &[u8; 8] = b"COMMIT\0\0";
+
+/// Serve until a checkpoint has been received and verified (and, for a capture, committed).
 pub fn serve(
     nf: &RefCell<Netfront>,
     cfg: &NetConfig,
     rx: &mut Receiver<'_>,
     boot_ns: u64,
-) -> ResultRecord {
-    let mac = nf.borrow().mac;
+    restorer: &mut dyn Restorer,
+) -> Outcome {
+    let mut mac = nf.borrow().mac;
+    // Our own frames use the vif's MAC with the locally-administered bit flipped: the
+    // xenstore MAC is the guest's, which may still be alive on the same segment while its
+    // stream arrives (docs/inflate-loader.md).
+    mac[0] ^= 0x02;
     let port = nf.borrow().port;
     let mut dev = NfDevice(nf);
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
@@ -177,7 +200,7 @@ pub fn serve(
             let serving_elsewhere = roles
                 .iter()
                 .enumerate()
-                .any(|(k, r)| k != i && matches!(r, Role::Serve));
+                .any(|(k, r)| k != i && matches!(r, Role::Serve | Role::Decide { .. }));
             let s = sockets.get_mut::<tcp::Socket>(handles[i]);
             match &mut roles[i] {
                 Role::Listen => {
@@ -223,9 +246,37 @@ pub fn serve(
                     {
                         verdict = rx.eof(now_us());
                     }
-                    if let Some(rec) = verdict {
+                    if let Some(mut rec) = verdict {
                         report(&rec);
-                        if rec.status != Status::Ok {
+                        if rec.status == Status::Ok && rx.records().restorable() {
+                            // A real capture: phase A, then ready (and wait) or unrestorable.
+                            match restorer.prepare(rx) {
+                                Ok(()) => {
+                                    rec = ResultRecord::new(
+                                        Status::Ready,
+                                        rec.pages,
+                                        rec.bytes,
+                                        rec.micros,
+                                        "digest verified, restore checks passed; send COMMIT or ABORT",
+                                    );
+                                    report(&rec);
+                                    let deadline_us = now_us() + cfg.commit_timeout_s as u64 * 1_000_000;
+                                    roles[i] = Role::Decide { rec, sent: false, got: [0; 8], n: 0, deadline_us };
+                                    continue;
+                                }
+                                Err(m) => {
+                                    rec = ResultRecord::new(
+                                        Status::Unrestorable,
+                                        rec.pages,
+                                        rec.bytes,
+                                        rec.micros,
+                                        m.as_str(),
+                                    );
+                                    report(&rec);
+                                    rx.reset(false);
+                                }
+                            }
+                        } else if rec.status != Status::Ok {
                             // Frames already returned; the receiver may serve the next client.
                             rx.reset(false);
                         }
@@ -238,6 +289,62 @@ pub fn serve(
                             rx.plan.placed()
                         );
                     }
+                }
+                Role::Decide { rec, sent, got, n, deadline_us } => {
+                    if !*sent && s.can_send() {
+                        let _ = s.send_slice(&rec.encode());
+                        *sent = true;
+                    }
+                    while *n < 8 && s.can_recv() {
+                        let k = s
+                            .recv(|b| {
+                                let k = b.len().min(8 - *n);
+                                got[*n..*n + k].copy_from_slice(&b[..k]);
+                                (k, k)
+                            })
+                            .unwrap_or(0);
+                        *n += k;
+                    }
+                    let gone = !s.may_recv() && !s.can_recv();
+                    let decided = *n == 8 || gone || now_us() >= *deadline_us;
+                    if !decided {
+                        continue;
+                    }
+                    if *n == 8 && got == COMMIT {
+                        kprintln!("inflate-loader: COMMIT received; closing the connection");
+                        let rec = rec.clone();
+                        s.close();
+                        // Let the FIN go out before the devices are handed over (at most 1 s).
+                        let until = now_us() + 1_000_000;
+                        while now_us() < until {
+                            iface.poll(now(), &mut dev, &mut sockets);
+                            let st = sockets.get_mut::<tcp::Socket>(handles[i]).state();
+                            if matches!(st, tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2) {
+                                break;
+                            }
+                            events::wait(&[port], mm::system_time_ns() + 10_000_000);
+                        }
+                        for h in handles {
+                            sockets.get_mut::<tcp::Socket>(h).abort();
+                        }
+                        iface.poll(now(), &mut dev, &mut sockets);
+                        return Outcome::Commit(rec);
+                    }
+                    let why = if *n == 8 && got == b"ABORT\0\0\0" {
+                        "ABORT received"
+                    } else if *n == 8 {
+                        "an unknown decision received"
+                    } else if gone {
+                        "connection closed before a decision"
+                    } else {
+                        "no decision within commit-timeout"
+                    };
+                    kprintln!("inflate-loader: {why}: discarding the guest, serving again");
+                    restorer.undo(rx);
+                    rx.reset(false);
+                    s.abort();
+                    let _ = s.listen(cfg.port);
+                    roles[i] = Role::Listen;
                 }
                 Role::Finish { rec, sent } => {
                     // Drain anything still arriving after the verdict.
@@ -270,7 +377,7 @@ pub fn serve(
                                 sockets.get_mut::<tcp::Socket>(h).abort();
                             }
                             iface.poll(now(), &mut dev, &mut sockets);
-                            return rec;
+                            return Outcome::Verified(rec);
                         }
                         s.abort();
                         let _ = s.listen(cfg.port);
@@ -300,6 +407,14 @@ enum Role {
     Finish {
         rec: ResultRecord,
         sent: bool,
+    },
+    /// `ready` sent (or being sent); waiting for the 8-byte COMMIT/ABORT decision.
+    Decide {
+        rec: ResultRecord,
+        sent: bool,
+        got: [u8; 8],
+        n: usize,
+        deadline_us: u64,
     },
 }
 
