@@ -175,9 +175,23 @@ pub const fn mmuext_pin_cmd(level: u8) -> u32 {
 }
 
 pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> i64 {
-    let op = MmuextOp { cmd, _pad: 0, arg1, arg2 };
+    let op = MmuextOp {
+        cmd,
+        _pad: 0,
+        arg1,
+        arg2,
+    };
     // SAFETY: op outlives the call; count 1, no done pointer.
-    unsafe { raw(MMUEXT_OP, &op as *const MmuextOp as u64, 1, 0, DOMID_SELF, 0) }
+    unsafe {
+        raw(
+            MMUEXT_OP,
+            &op as *const MmuextOp as u64,
+            1,
+            0,
+            DOMID_SELF,
+            0,
+        )
+    }
 }
 
 /// `HYPERVISOR_set_gdt(frame_list, entries)`.
@@ -225,9 +239,23 @@ pub const CALLBACKTYPE_FAILSAFE: u16 = 1;
 pub const CALLBACKTYPE_SYSCALL: u16 = 2;
 pub const CALLBACKF_MASK_EVENTS: u16 = 1;
 pub fn callback_register(ty: u16, flags: u16, address: u64) -> i64 {
-    let arg = CallbackRegister { ty, flags, _pad: 0, address };
+    let arg = CallbackRegister {
+        ty,
+        flags,
+        _pad: 0,
+        address,
+    };
     // SAFETY: arg outlives the call.
-    unsafe { raw(CALLBACK_OP, CALLBACKOP_REGISTER, &arg as *const _ as u64, 0, 0, 0) }
+    unsafe {
+        raw(
+            CALLBACK_OP,
+            CALLBACKOP_REGISTER,
+            &arg as *const _ as u64,
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// `struct xen_memory_reservation`.
@@ -251,7 +279,16 @@ pub fn decrease_reservation(mfns: &[u64]) -> i64 {
     };
     // SAFETY: r and the extent array outlive the call; Xen only reads the extents for a
     // decrease.
-    unsafe { raw(MEMORY_OP, XENMEM_DECREASE_RESERVATION, &r as *const _ as u64, 0, 0, 0) }
+    unsafe {
+        raw(
+            MEMORY_OP,
+            XENMEM_DECREASE_RESERVATION,
+            &r as *const _ as u64,
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// `struct trap_info` (x86_64), the element of set_trap_table's list.
@@ -269,7 +306,10 @@ const _: () = assert!(core::mem::size_of::<TrapInfo>() == 16);
 /// `HYPERVISOR_set_trap_table`: Xen reads entries until one with address 0; the caller's
 /// slice must end with such a terminator.
 pub fn set_trap_table(list: &[TrapInfo]) -> i64 {
-    assert!(list.last().is_some_and(|t| t.address == 0), "trap table without terminator");
+    assert!(
+        list.last().is_some_and(|t| t.address == 0),
+        "trap table without terminator"
+    );
     // SAFETY: list outlives the call and is terminated.
     unsafe { raw(SET_TRAP_TABLE, list.as_ptr() as u64, 0, 0, 0, 0) }
 }

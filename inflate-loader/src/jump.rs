@@ -48,7 +48,12 @@ static mut TRANSFER: Transfer = Transfer {
     rsp: 0,
     pad_va: 0,
     loader_l4_mfn: 0,
-    op: MmuextOp { cmd: 0, _pad: 0, arg1: 0, arg2: 0 },
+    op: MmuextOp {
+        cmd: 0,
+        _pad: 0,
+        arg1: 0,
+        arg2: 0,
+    },
 };
 
 /// Fill the transfer block. `guest_l4_mfn` becomes the op's argument.
@@ -59,7 +64,12 @@ pub fn set(t: Transfer) {
 
 /// The NEW_BASEPTR op for `guest_l4_mfn`.
 pub const fn new_baseptr(guest_l4_mfn: u64) -> MmuextOp {
-    MmuextOp { cmd: MMUEXT_NEW_BASEPTR, _pad: 0, arg1: guest_l4_mfn, arg2: 0 }
+    MmuextOp {
+        cmd: MMUEXT_NEW_BASEPTR,
+        _pad: 0,
+        arg1: guest_l4_mfn,
+        arg2: 0,
+    }
 }
 
 /// Enter the guest. Never returns: on success the guest runs; if Xen refuses the switch it

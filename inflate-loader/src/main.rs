@@ -22,7 +22,8 @@ mod xenstore;
 use core::cell::RefCell;
 use core::panic::PanicInfo;
 use inflate_core::frames::{FrameBook, Plan};
-use inflate_core::receive::{Receiver, Records};
+use inflate_core::receive::Receiver;
+use inflate_core::records::Records;
 
 /// Frame book: one bit per pfn, up to 1 GiB of loader memory.
 static mut FRAME_BITS: [u64; 4096] = [0; 4096];
@@ -113,7 +114,11 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     let (bits, slots) = unsafe { (&mut *(&raw mut FRAME_BITS), &mut *(&raw mut PLAN_SLOTS)) };
     // SAFETY: as above.
     let records = unsafe {
-        Records::new(&mut *(&raw mut TYPES), &mut *(&raw mut INV), &mut *(&raw mut P2M_FRAMES))
+        Records::new(
+            &mut *(&raw mut TYPES),
+            &mut *(&raw mut INV),
+            &mut *(&raw mut P2M_FRAMES),
+        )
     };
     let book = FrameBook::new(bits, si.nr_pages, first_free);
     kprintln!(
@@ -125,18 +130,29 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     let mut rx = Receiver::with_records(book, Plan::new(slots), records);
     status(&mut xs, "listening");
     let nf = RefCell::new(nf);
-    let mut inplace = InPlace { si, dry_run: cfg.restore_dry_run, armed: None };
+    let mut inplace = InPlace {
+        si,
+        dry_run: cfg.restore_dry_run,
+        armed: None,
+    };
     let rec = match net::serve(&nf, &cfg, &mut rx, boot_ns, &mut inplace) {
         net::Outcome::Verified(rec) => rec,
-        net::Outcome::Commit(_) => {
+        net::Outcome::Commit(rec) => {
             let armed = inplace.armed.take().expect("commit without phase A");
+            kprintln!(
+                "inflate-loader: committed: {} guest pages, {} stream bytes; handing over",
+                rec.pages,
+                rec.bytes
+            );
             status(&mut xs, "committed");
-            let mut nf = nf.into_inner();
+            let nf = nf.into_inner();
             // Devices first: the resuming guest's netfront connects to a backend in InitWait.
             if let Err(e) = nf.disconnect(&mut xs, &mut gt) {
                 // Still before the point of no return: the source gets no arrival and
                 // resumes; we cannot serve without a network, so we power off.
-                kprintln!("inflate-loader: netfront hand-over failed after COMMIT: {e}; powering off");
+                kprintln!(
+                    "inflate-loader: netfront hand-over failed after COMMIT: {e}; powering off"
+                );
                 console::flush();
                 hypercall::shutdown(hypercall::SHUTDOWN_POWEROFF);
             }

@@ -248,7 +248,7 @@ pub fn serve(
                     }
                     if let Some(mut rec) = verdict {
                         report(&rec);
-                        if rec.status == Status::Ok && rx.records().restorable() {
+                        if rec.status == Status::Ok && rx.records.restorable() {
                             // A real capture: phase A, then ready (and wait) or unrestorable.
                             match restorer.prepare(rx) {
                                 Ok(()) => {
@@ -260,8 +260,15 @@ pub fn serve(
                                         "digest verified, restore checks passed; send COMMIT or ABORT",
                                     );
                                     report(&rec);
-                                    let deadline_us = now_us() + cfg.commit_timeout_s as u64 * 1_000_000;
-                                    roles[i] = Role::Decide { rec, sent: false, got: [0; 8], n: 0, deadline_us };
+                                    let deadline_us =
+                                        now_us() + cfg.commit_timeout_s as u64 * 1_000_000;
+                                    roles[i] = Role::Decide {
+                                        rec,
+                                        sent: false,
+                                        got: [0; 8],
+                                        n: 0,
+                                        deadline_us,
+                                    };
                                     continue;
                                 }
                                 Err(m) => {
@@ -290,7 +297,13 @@ pub fn serve(
                         );
                     }
                 }
-                Role::Decide { rec, sent, got, n, deadline_us } => {
+                Role::Decide {
+                    rec,
+                    sent,
+                    got,
+                    n,
+                    deadline_us,
+                } => {
                     if !*sent && s.can_send() {
                         let _ = s.send_slice(&rec.encode());
                         *sent = true;
@@ -319,7 +332,10 @@ pub fn serve(
                         while now_us() < until {
                             iface.poll(now(), &mut dev, &mut sockets);
                             let st = sockets.get_mut::<tcp::Socket>(handles[i]).state();
-                            if matches!(st, tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2) {
+                            if matches!(
+                                st,
+                                tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2
+                            ) {
                                 break;
                             }
                             events::wait(&[port], mm::system_time_ns() + 10_000_000);

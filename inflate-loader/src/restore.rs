@@ -9,22 +9,41 @@ use crate::startinfo::StartInfo;
 use crate::{console, kprintln, mm};
 use inflate_core::frames::FrameBook;
 use inflate_core::receive::Receiver;
-use inflate_core::restore::{self, LoaderFrames, Own, Prepared};
+use inflate_core::restore::{self, FrameAccess, MachineFrames, OwnDomain, Prepared};
 
 /// Loader frames for inflate-core: machine frames through our p2m, contents through the
 /// copy window.
 pub struct Frames;
 
-impl LoaderFrames for Frames {
+impl MachineFrames for Frames {
     fn mfn(&self, loader_pfn: u64) -> u64 {
         mm::pfn_to_mfn(loader_pfn)
     }
-    fn pfn_of_mfn(&self, mfn: u64) -> Option<u64> {
+    fn loader_pfn(&self, mfn: u64) -> Option<u64> {
         mm::own_pfn_of_mfn(mfn)
     }
+}
+
+impl FrameAccess for Frames {
     fn with_frame(&mut self, loader_pfn: u64, f: &mut dyn FnMut(&mut [u8; 4096])) {
         mm::with_frame(mm::pfn_to_mfn(loader_pfn), |p| f(p))
     }
+}
+
+/// One bit per loader pfn: set for the frames the restored guest uses (its RAM and our
+/// store and console rings). Filled at the end of phase A, before any M2P change; B8 gives
+/// back every other frame.
+static mut GUEST_FRAMES: [u64; 4096] = [0; 4096];
+
+fn guest_bits() -> &'static mut [u64; 4096] {
+    // SAFETY: single vCPU, no reentrancy: phase A fills it, phase B reads it, never at once.
+    unsafe { &mut *(&raw mut GUEST_FRAMES) }
+}
+
+fn is_guest_frame(pfn: u64) -> bool {
+    guest_bits()
+        .get((pfn / 64) as usize)
+        .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
 }
 
 const PTE_P: u64 = 0x1;
@@ -84,8 +103,8 @@ macro_rules! msg {
     ($($t:tt)*) => { Msg::new(format_args!($($t)*)) };
 }
 
-fn own(si: &StartInfo) -> Own {
-    Own {
+fn own(si: &StartInfo) -> OwnDomain {
+    OwnDomain {
         store_mfn: si.store_mfn,
         store_evtchn: si.store_evtchn,
         console_mfn: si.console_mfn,
@@ -102,31 +121,67 @@ fn boot_l4_pfn(si: &StartInfo) -> u64 {
 /// this function did is undone; the caller abandons the plan.
 pub fn phase_a(rx: &mut Receiver<'_>, si: &StartInfo) -> Result<Armed, Msg> {
     let t0 = mm::system_time_ns();
-    let (store_lpfn, console_lpfn) = (mm::own_pfn_of_mfn(si.store_mfn), mm::own_pfn_of_mfn(si.console_mfn));
+    let (store_lpfn, console_lpfn) = (
+        mm::own_pfn_of_mfn(si.store_mfn),
+        mm::own_pfn_of_mfn(si.console_mfn),
+    );
     let prepared = {
-        let (records, plan, book) = rx.restore_parts();
-        restore::prepare(records, plan, book, &mut Frames, &own(si))
-            .map_err(|e| msg!("restore check failed: {e}"))?
+        restore::prepare(
+            &rx.records,
+            &mut rx.plan,
+            &mut rx.book,
+            &Frames,
+            &mut Frames,
+            &own(si),
+        )
+        .map_err(|e| msg!("restore check failed: {e}"))?
     };
     kprintln!(
         "restore: phase A: {} RAM pages, max_pfn {}, start_info pfn {}, store pfn {}, console pfn {}, pad at {:#x} (mfn {:#x}), {} ms",
         prepared.ram_pages,
         prepared.max_pfn,
-        prepared.vcpu.user_regs.rdx,
+        prepared.start_info_pfn,
         prepared.store_pfn,
         prepared.console_pfn,
         prepared.pad.va,
         prepared.pad.mfn,
         (mm::system_time_ns() - t0) / 1_000_000
     );
+    let bits = guest_bits();
+    bits.fill(0);
+    let mut n = 0u64;
+    for (mfn, _) in prepared.m2p_updates(&rx.records, &rx.plan, &Frames) {
+        if let Some(p) = mm::own_pfn_of_mfn(mfn).filter(|&p| p < bits.len() as u64 * 64) {
+            bits[(p / 64) as usize] |= 1 << (p % 64);
+            n += 1;
+        }
+    }
+    kprintln!("restore: phase A: {n} loader frames become the guest's ({} page tables, {} PTEs localised, {} pinned)",
+        prepared.page_tables, prepared.ptes, prepared.pinned);
     let (chain, l4_slot) = map_pad(&mut rx.book, si, prepared.pad.va, prepared.pad.mfn)?;
-    Ok(Armed { prepared, chain, l4_slot, store_lpfn, console_lpfn })
+    Ok(Armed {
+        prepared,
+        chain,
+        l4_slot,
+        store_lpfn,
+        console_lpfn,
+    })
 }
 
 /// Map the pad page at its own virtual address in our tables: a fresh L3 -> L2 -> L1 chain
 /// hung off an empty slot of our boot L4 (which is pinned, so only mmu_update may write it).
-fn map_pad(book: &mut FrameBook<'_>, si: &StartInfo, va: u64, pad_mfn: u64) -> Result<([u64; 3], usize), Msg> {
-    let idx = [(va >> 39) as usize & 511, (va >> 30) as usize & 511, (va >> 21) as usize & 511, (va >> 12) as usize & 511];
+fn map_pad(
+    book: &mut FrameBook<'_>,
+    si: &StartInfo,
+    va: u64,
+    pad_mfn: u64,
+) -> Result<([u64; 3], usize), Msg> {
+    let idx = [
+        (va >> 39) as usize & 511,
+        (va >> 30) as usize & 511,
+        (va >> 21) as usize & 511,
+        (va >> 12) as usize & 511,
+    ];
     if XEN_L4_SLOTS.contains(&idx[0]) {
         return Err(msg!("pad address {va:#x} lies in Xen's L4 slots"));
     }
@@ -134,7 +189,10 @@ fn map_pad(book: &mut FrameBook<'_>, si: &StartInfo, va: u64, pad_mfn: u64) -> R
     // page tables inside our initial mapping); one aligned u64 read.
     let e4 = unsafe { core::ptr::read_volatile((si.pt_base as *const u64).add(idx[0])) };
     if e4 & PTE_P != 0 {
-        return Err(msg!("pad address {va:#x} collides with the loader's own mappings (L4 slot {})", idx[0]));
+        return Err(msg!(
+            "pad address {va:#x} collides with the loader's own mappings (L4 slot {})",
+            idx[0]
+        ));
     }
     let mut chain = [0u64; 3];
     for (k, c) in chain.iter_mut().enumerate() {
@@ -150,8 +208,16 @@ fn map_pad(book: &mut FrameBook<'_>, si: &StartInfo, va: u64, pad_mfn: u64) -> R
     }
     let mfn = |p: u64| mm::pfn_to_mfn(p);
     let entries = [
-        (chain[0], idx[1], (mfn(chain[1]) << 12) | PTE_P | PTE_RW | PTE_A),
-        (chain[1], idx[2], (mfn(chain[2]) << 12) | PTE_P | PTE_RW | PTE_A),
+        (
+            chain[0],
+            idx[1],
+            (mfn(chain[1]) << 12) | PTE_P | PTE_RW | PTE_A,
+        ),
+        (
+            chain[1],
+            idx[2],
+            (mfn(chain[2]) << 12) | PTE_P | PTE_RW | PTE_A,
+        ),
         // The pad itself: read-only, executable (no NX bit).
         (chain[2], idx[3], (pad_mfn << 12) | PTE_P | PTE_A),
     ];
@@ -173,7 +239,9 @@ fn map_pad(book: &mut FrameBook<'_>, si: &StartInfo, va: u64, pad_mfn: u64) -> R
         for &p in &chain {
             book.release(p);
         }
-        return Err(msg!("Xen refused the pad's mapping: unmap rc {rc}, mmu_update rc {rc2}"));
+        return Err(msg!(
+            "Xen refused the pad's mapping: unmap rc {rc}, mmu_update rc {rc2}"
+        ));
     }
     Ok((chain, idx[0]))
 }
@@ -182,7 +250,10 @@ fn map_pad(book: &mut FrameBook<'_>, si: &StartInfo, va: u64, pad_mfn: u64) -> R
 /// pad chain and give its frames back. The caller abandons the plan (every guest frame).
 pub fn undo(armed: Armed, book: &mut FrameBook<'_>, si: &StartInfo) {
     let l4 = mm::pfn_to_mfn(boot_l4_pfn(si));
-    let (rc, _) = hc::mmu_update(&[MmuUpdate { ptr: (l4 << 12) + armed.l4_slot as u64 * 8, val: 0 }]);
+    let (rc, _) = hc::mmu_update(&[MmuUpdate {
+        ptr: (l4 << 12) + armed.l4_slot as u64 * 8,
+        val: 0,
+    }]);
     for &p in &armed.chain {
         book.release(p);
     }
@@ -194,7 +265,7 @@ pub fn undo(armed: Armed, book: &mut FrameBook<'_>, si: &StartInfo) {
 fn machphys(updates: impl Iterator<Item = (u64, u64)>) -> (i64, u64) {
     let mut buf = [MmuUpdate::default(); 256];
     let (mut n, mut total, mut first_rc) = (0usize, 0u64, 0i64);
-    let mut flush = |buf: &[MmuUpdate], first_rc: &mut i64, total: &mut u64| {
+    let flush = |buf: &[MmuUpdate], first_rc: &mut i64, total: &mut u64| {
         let (rc, done) = hc::mmu_update(buf);
         *total += done as u64;
         if rc != 0 && *first_rc == 0 {
@@ -202,7 +273,10 @@ fn machphys(updates: impl Iterator<Item = (u64, u64)>) -> (i64, u64) {
         }
     };
     for (mfn, pfn) in updates {
-        buf[n] = MmuUpdate { ptr: (mfn << 12) | hc::MMU_MACHPHYS_UPDATE, val: pfn };
+        buf[n] = MmuUpdate {
+            ptr: (mfn << 12) | hc::MMU_MACHPHYS_UPDATE,
+            val: pfn,
+        };
         n += 1;
         if n == buf.len() {
             flush(&buf[..n], &mut first_rc, &mut total);
@@ -215,14 +289,24 @@ fn machphys(updates: impl Iterator<Item = (u64, u64)>) -> (i64, u64) {
     (first_rc, total)
 }
 
-fn m2p_batch(armed: &Armed, rx: &Receiver<'_>, own: &Own) -> (i64, u64) {
-    machphys(armed.prepared.m2p_updates(&rx.plan, &Frames, own))
+fn m2p_batch(armed: &Armed, rx: &Receiver<'_>) -> (i64, u64) {
+    machphys(armed.prepared.m2p_updates(&rx.records, &rx.plan, &Frames))
 }
 
 /// The dry run's undo of B2: every frame back to the loader pfn it has in our p2m.
-fn m2p_back(rx: &Receiver<'_>, max_pfn: u64, store: Option<u64>, console: Option<u64>) -> (i64, u64) {
-    let placed = (0..=max_pfn).filter_map(|p| rx.plan.lookup(p)).map(|lp| (mm::pfn_to_mfn(lp), lp));
-    let rings = [store, console].into_iter().flatten().map(|lp| (mm::pfn_to_mfn(lp), lp));
+fn m2p_back(
+    rx: &Receiver<'_>,
+    max_pfn: u64,
+    store: Option<u64>,
+    console: Option<u64>,
+) -> (i64, u64) {
+    let placed = (0..=max_pfn)
+        .filter_map(|p| rx.plan.lookup(p))
+        .map(|lp| (mm::pfn_to_mfn(lp), lp));
+    let rings = [store, console]
+        .into_iter()
+        .flatten()
+        .map(|lp| (mm::pfn_to_mfn(lp), lp));
     machphys(placed.chain(rings))
 }
 
@@ -230,8 +314,12 @@ fn m2p_back(rx: &Receiver<'_>, max_pfn: u64, store: Option<u64>, console: Option
 /// that succeeded, and the first failure's (level, mfn).
 fn pins(armed: &Armed, rx: &Receiver<'_>, pin: bool) -> (i64, u64, (u8, u64)) {
     let (mut first, mut ok, mut at) = (0i64, 0u64, (0u8, 0u64));
-    for (level, mfn) in armed.prepared.pins(&rx.plan, &Frames) {
-        let cmd = if pin { hc::mmuext_pin_cmd(level) } else { hc::MMUEXT_UNPIN_TABLE };
+    for (level, mfn) in armed.prepared.pins(&rx.records, &rx.plan, &Frames) {
+        let cmd = if pin {
+            hc::mmuext_pin_cmd(level)
+        } else {
+            hc::MMUEXT_UNPIN_TABLE
+        };
         let rc = hc::mmuext(cmd, mfn, 0);
         if rc == 0 {
             ok += 1;
@@ -254,26 +342,50 @@ fn gdt_frames(p: &Prepared) -> ([u64; 16], usize) {
 /// user base pointer on the real tables, each rc printed, then all of it undone. Proves Xen's
 /// type checks accept the localised tables without crossing the point of no return.
 pub fn dry_run(armed: &Armed, rx: &Receiver<'_>, si: &StartInfo) -> bool {
-    let own = own(si);
-    let (rc1, n1) = m2p_batch(armed, rx, &own);
+    let _ = si;
+    let (rc1, n1) = m2p_batch(armed, rx);
     kprintln!("restore: dry run B2 machphys updates: rc {rc1}, {n1} done");
     let (rc2, n2, at) = pins(armed, rx, true);
-    kprintln!("restore: dry run B3 pins: rc {rc2}, {n2} pinned (first failure L{} mfn {:#x})", at.0, at.1);
+    kprintln!(
+        "restore: dry run B3 pins: rc {rc2}, {n2} pinned (first failure L{} mfn {:#x})",
+        at.0,
+        at.1
+    );
     let (frames, n) = gdt_frames(&armed.prepared);
     let rc3 = hc::set_gdt(&frames[..n], armed.prepared.vcpu.gdt_ents);
     let rc4 = hc::mmuext(hc::MMUEXT_SET_LDT, 0, 0);
-    kprintln!("restore: dry run B4 set_gdt({} frames, {} entries): rc {rc3}; SET_LDT(0): rc {rc4}", n, armed.prepared.vcpu.gdt_ents);
+    kprintln!(
+        "restore: dry run B4 set_gdt({} frames, {} entries): rc {rc3}; SET_LDT(0): rc {rc4}",
+        n,
+        armed.prepared.vcpu.gdt_ents
+    );
     let cr1 = armed.prepared.vcpu.ctrlreg[1] >> 12;
-    let rc5 = if cr1 != 0 { hc::mmuext(hc::MMUEXT_NEW_USER_BASEPTR, cr1, 0) } else { 0 };
+    let rc5 = if cr1 != 0 {
+        hc::mmuext(hc::MMUEXT_NEW_USER_BASEPTR, cr1, 0)
+    } else {
+        0
+    };
     kprintln!("restore: dry run B5 NEW_USER_BASEPTR({cr1:#x}): rc {rc5}");
     // Undo in reverse.
     let u5 = hc::mmuext(hc::MMUEXT_NEW_USER_BASEPTR, 0, 0);
     let u3 = hc::set_gdt(&[], 0);
     let (u2, n2u, _) = pins(armed, rx, false);
-    let (u1, n1u) = m2p_back(rx, armed.prepared.max_pfn, armed.store_lpfn, armed.console_lpfn);
+    let (u1, n1u) = m2p_back(
+        rx,
+        armed.prepared.max_pfn,
+        armed.store_lpfn,
+        armed.console_lpfn,
+    );
     kprintln!("restore: dry run undone: user baseptr rc {u5}, set_gdt(0) rc {u3}, unpin rc {u2} ({n2u}), machphys back rc {u1} ({n1u})");
     let ok = rc1 == 0 && rc2 == 0 && rc3 == 0 && rc4 == 0 && rc5 == 0;
-    kprintln!("restore: dry run {}", if ok { "ok: Xen accepts the guest's tables, GDT and user L4" } else { "FAILED" });
+    kprintln!(
+        "restore: dry run {}",
+        if ok {
+            "ok: Xen accepts the guest's tables, GDT and user L4"
+        } else {
+            "FAILED"
+        }
+    );
     ok
 }
 
@@ -293,7 +405,6 @@ fn check(step: &str, rc: i64) {
 /// Phase B: the point of no return is its first hypercall. Devices are handed over and the
 /// connection is closed before this is called.
 pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
-    let own = own(si);
     let p = &armed.prepared;
     let v = &p.vcpu;
     console::flush();
@@ -301,30 +412,54 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
     let rc = mm::unmap_window();
     check("B1 unmap copy window", rc);
     // B2: M2P for every guest frame.
-    let (rc, n) = m2p_batch(&armed, rx, &own);
+    let (rc, n) = m2p_batch(&armed, rx);
     kprintln!("restore: B2 machphys updates: {n} done");
     check("B2 machphys updates", rc);
     // B3: pins (Xen validates each table recursively).
     let (rc, n, at) = pins(&armed, rx, true);
-    kprintln!("restore: B3 pins: {n} pinned (first failure L{} mfn {:#x})", at.0, at.1);
+    kprintln!(
+        "restore: B3 pins: {n} pinned (first failure L{} mfn {:#x})",
+        at.0,
+        at.1
+    );
     check("B3 pins", rc);
     // B4: GDT and LDT.
     let (frames, nf) = gdt_frames(p);
     check("B4 set_gdt", hc::set_gdt(&frames[..nf], v.gdt_ents));
     check("B4 SET_LDT(0, 0)", hc::mmuext(hc::MMUEXT_SET_LDT, 0, 0));
     // B5: the rest of the vCPU state that has a self-service hypercall.
-    check("B5 stack_switch", hc::stack_switch(v.kernel_ss, v.kernel_sp));
+    check(
+        "B5 stack_switch",
+        hc::stack_switch(v.kernel_ss, v.kernel_sp),
+    );
     const VGCF_FAILSAFE_DISABLES_EVENTS: u64 = 1 << 3;
     const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
-    let mask = |bit: u64| if v.flags & bit != 0 { hc::CALLBACKF_MASK_EVENTS } else { 0 };
-    check("B5 event callback", hc::callback_register(hc::CALLBACKTYPE_EVENT, 0, v.event_callback_eip));
+    let mask = |bit: u64| {
+        if v.flags & bit != 0 {
+            hc::CALLBACKF_MASK_EVENTS
+        } else {
+            0
+        }
+    };
+    check(
+        "B5 event callback",
+        hc::callback_register(hc::CALLBACKTYPE_EVENT, 0, v.event_callback_eip),
+    );
     check(
         "B5 failsafe callback",
-        hc::callback_register(hc::CALLBACKTYPE_FAILSAFE, mask(VGCF_FAILSAFE_DISABLES_EVENTS), v.failsafe_callback_eip),
+        hc::callback_register(
+            hc::CALLBACKTYPE_FAILSAFE,
+            mask(VGCF_FAILSAFE_DISABLES_EVENTS),
+            v.failsafe_callback_eip,
+        ),
     );
     check(
         "B5 syscall callback",
-        hc::callback_register(hc::CALLBACKTYPE_SYSCALL, mask(VGCF_SYSCALL_DISABLES_EVENTS), v.syscall_callback_eip),
+        hc::callback_register(
+            hc::CALLBACKTYPE_SYSCALL,
+            mask(VGCF_SYSCALL_DISABLES_EVENTS),
+            v.syscall_callback_eip,
+        ),
     );
     for ty in 0..64u64 {
         if v.vm_assist & (1 << ty) != 0 {
@@ -332,10 +467,16 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
         }
     }
     // Linux enables runstate_update_flag at boot; Xen may not offer it, so only report.
-    kprintln!("restore: B5 vm_assist(runstate_update_flag): rc {}", hc::vm_assist(hc::VMASST_CMD_ENABLE, 5));
+    kprintln!(
+        "restore: B5 vm_assist(runstate_update_flag): rc {}",
+        hc::vm_assist(hc::VMASST_CMD_ENABLE, 5)
+    );
     let cr1 = v.ctrlreg[1] >> 12;
     if cr1 != 0 {
-        check("B5 NEW_USER_BASEPTR", hc::mmuext(hc::MMUEXT_NEW_USER_BASEPTR, cr1, 0));
+        check(
+            "B5 NEW_USER_BASEPTR",
+            hc::mmuext(hc::MMUEXT_NEW_USER_BASEPTR, cr1, 0),
+        );
     }
     kprintln!("restore: B5 cr4 <- {:#x}", v.ctrlreg[4]);
     console::flush();
@@ -354,14 +495,29 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
     // B6: shared_info as after a toolstack restore: no pending events, every channel masked,
     // this vCPU's upcalls still masked (Linux re-registers vcpu_info and unmasks itself).
     shared_info_fixup(p.max_pfn);
-    kprintln!("restore: B6 shared_info: pending cleared, all channels masked, max_pfn {}", p.max_pfn + 1);
+    kprintln!(
+        "restore: B6 shared_info: pending cleared, all channels masked, max_pfn {}",
+        p.max_pfn + 1
+    );
     // B7: segments: the user gs selector first (loading it clears the base), then the bases.
-    check("B7 gs user selector", hc::set_segment_base(hc::SEGBASE_GS_USER_SEL, v.user_regs.gs));
-    check("B7 fs base", hc::set_segment_base(hc::SEGBASE_FS, v.fs_base));
-    check("B7 gs user base", hc::set_segment_base(hc::SEGBASE_GS_USER, v.gs_base_user));
-    check("B7 gs kernel base", hc::set_segment_base(hc::SEGBASE_GS_KERNEL, v.gs_base_kernel));
+    check(
+        "B7 gs user selector",
+        hc::set_segment_base(hc::SEGBASE_GS_USER_SEL, v.user_regs.gs as u64),
+    );
+    check(
+        "B7 fs base",
+        hc::set_segment_base(hc::SEGBASE_FS, v.fs_base),
+    );
+    check(
+        "B7 gs user base",
+        hc::set_segment_base(hc::SEGBASE_GS_USER, v.gs_base_user),
+    );
+    check(
+        "B7 gs kernel base",
+        hc::set_segment_base(hc::SEGBASE_GS_KERNEL, v.gs_base_kernel),
+    );
     // B8: give back every loader frame the guest does not use.
-    give_back(&armed, rx, si);
+    give_back(&armed, si);
     // Prepare the transfer block while our own code and data are still all we touch.
     let mut t = Transfer {
         fpu: [0; 512],
@@ -379,9 +535,24 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
     t.fpu.copy_from_slice(&v.fpu[..]);
     jump::set(t);
     // B9: the trap table goes last: from here a fault of ours vectors into guest code.
-    let mut traps = [TrapInfo::default(); 257];
-    let n = v.trap_table(&mut traps);
-    kprintln!("restore: B9 set_trap_table ({} entries); B10 jump to the pad at {:#x}, guest L4 mfn {:#x}", n - 1, p.pad.va, v.ctrlreg[3] >> 12);
+    let mut compact = [restore::vcpu::TrapInfo::default(); restore::vcpu::TRAP_TABLE_MAX];
+    let n = v.trap_table(&mut compact);
+    let mut traps = [TrapInfo::default(); restore::vcpu::TRAP_TABLE_MAX];
+    for (t, c) in traps.iter_mut().zip(&compact[..n]) {
+        *t = TrapInfo {
+            vector: c.vector,
+            flags: c.flags,
+            cs: c.cs,
+            _pad: 0,
+            address: c.address,
+        };
+    }
+    kprintln!(
+        "restore: B9 set_trap_table ({} entries); B10 jump to the pad at {:#x}, guest L4 mfn {:#x}",
+        n - 1,
+        p.pad.va,
+        v.ctrlreg[3] >> 12
+    );
     console::flush();
     let rc = hc::set_trap_table(&traps[..n]);
     if rc != 0 {
@@ -415,7 +586,7 @@ fn shared_info_fixup(max_pfn: u64) {
 /// rings (the guest adopts them). Frames still mapped by our tables stay alive until the
 /// guest's unpin drops the last reference; the others are freed at once, so nothing below
 /// touches an unmapped frame again.
-fn give_back(armed: &Armed, rx: &Receiver<'_>, si: &StartInfo) {
+fn give_back(armed: &Armed, si: &StartInfo) {
     let keep = [
         boot_l4_pfn(si),
         armed.store_lpfn.unwrap_or(u64::MAX),
@@ -423,7 +594,7 @@ fn give_back(armed: &Armed, rx: &Receiver<'_>, si: &StartInfo) {
     ];
     let mut batch = [0u64; 512];
     let (mut n, mut asked, mut freed, mut first_rc) = (0usize, 0u64, 0u64, 0i64);
-    let mut flush = |b: &[u64], freed: &mut u64, first_rc: &mut i64| {
+    let flush = |b: &[u64], freed: &mut u64, first_rc: &mut i64| {
         let rc = hc::decrease_reservation(b);
         if rc >= 0 {
             *freed += rc as u64;
@@ -433,7 +604,7 @@ fn give_back(armed: &Armed, rx: &Receiver<'_>, si: &StartInfo) {
         }
     };
     for pfn in 0..mm::nr_pages() {
-        if keep.contains(&pfn) || armed.prepared.is_guest_frame(&rx.plan, pfn) {
+        if keep.contains(&pfn) || is_guest_frame(pfn) {
             continue;
         }
         batch[n] = mm::pfn_to_mfn(pfn);
