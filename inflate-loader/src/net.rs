@@ -358,9 +358,12 @@ pub fn serve(
                     kprintln!("inflate-loader: {why}: discarding the guest, serving again");
                     restorer.undo(rx);
                     rx.reset(false);
-                    s.abort();
-                    let _ = s.listen(cfg.port);
-                    roles[i] = Role::Listen;
+                    // Close politely; Finish re-listens once the connection is gone.
+                    s.close();
+                    roles[i] = Role::Finish {
+                        rec: rec.clone(),
+                        sent: true,
+                    };
                 }
                 Role::Finish { rec, sent } => {
                     // Drain anything still arriving after the verdict.
