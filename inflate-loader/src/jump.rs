@@ -59,7 +59,7 @@ static mut TRANSFER: Transfer = Transfer {
 /// Fill the transfer block. `guest_l4_mfn` becomes the op's argument.
 pub fn set(t: Transfer) {
     // SAFETY: single vCPU, called once before `enter`; nothing else references TRANSFER.
-    unsafe { *(&raw mut TRANSFER) = t };
+    unsafe { TRANSFER = t };
 }
 
 /// The NEW_BASEPTR op for `guest_l4_mfn`.

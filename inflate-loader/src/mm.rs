@@ -43,9 +43,7 @@ pub fn pfn_to_mfn(pfn: u64) -> u64 {
 pub fn mfn_to_pfn(mfn: u64) -> u64 {
     // SAFETY: the read-only machine-to-phys table is mapped into every 64-bit PV guest at
     // MACH2PHYS_VIRT_START; an entry is 8 bytes.
-    let pfn =
-        unsafe { core::ptr::read_volatile((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)) };
-    pfn
+    unsafe { core::ptr::read_volatile((MACH2PHYS_VIRT_START as *const u64).add(mfn as usize)) }
 }
 
 /// Our own pfn of machine frame `mfn`, or None if the frame is not ours (the M2P entry of a

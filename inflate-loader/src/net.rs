@@ -22,17 +22,16 @@ impl RxToken for Rx<'_> {
         // smoltcp answers from inside the closure through the TxToken, which borrows the same
         // netfront: copy the frame out first so the borrow ends before `f` runs.
         let mut frame = [0u8; 2048];
-        let n = loop {
-            if let Some(n) = self.0.borrow_mut().recv(|d| {
+        // None: the response was malformed and skipped, nothing else queued.
+        let n = self
+            .0
+            .borrow_mut()
+            .recv(|d| {
                 let n = d.len().min(frame.len());
                 frame[..n].copy_from_slice(&d[..n]);
                 n
-            }) {
-                break n;
-            }
-            // receive() saw a response but it was malformed and skipped; nothing else queued.
-            break 0;
-        };
+            })
+            .unwrap_or(0);
         f(&frame[..n])
     }
 }
@@ -58,11 +57,11 @@ impl<'n> Device for NfDevice<'n> {
             let mut nf = self.0.borrow_mut();
             nf.rx_pending() && nf.can_send()
         };
-        ready.then(|| (Rx(self.0), Tx(self.0)))
+        ready.then_some((Rx(self.0), Tx(self.0)))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<Tx<'_>> {
-        self.0.borrow_mut().can_send().then(|| Tx(self.0))
+        self.0.borrow_mut().can_send().then_some(Tx(self.0))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -231,7 +231,7 @@ fn map_pad(
     let rc = mm::unmap_window();
     let l4 = mm::pfn_to_mfn(boot_l4_pfn(si));
     let (rc2, _) = hc::mmu_update(&[MmuUpdate {
-        ptr: (l4 << 12) + idx[0] as u64 * 8 | hc::MMU_NORMAL_PT_UPDATE,
+        ptr: ((l4 << 12) + idx[0] as u64 * 8) | hc::MMU_NORMAL_PT_UPDATE,
         val: (mfn(chain[0]) << 12) | PTE_P | PTE_RW | PTE_A,
     }]);
     kprintln!("restore: A7 pad chain L3/L2/L1 at loader pfns {:?} in L4 slot {}: unmap window rc {rc}, mmu_update rc {rc2}", chain, idx[0]);
