@@ -137,11 +137,14 @@ mod tests {
                 restore_dry_run: false,
             }
         );
-        let c = parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout=5 restore-dry-run").unwrap();
+        let c =
+            parse("ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout=5 restore-dry-run").unwrap();
         assert_eq!((c.commit_timeout_s, c.restore_dry_run), (5, true));
         for bad in ["0", "3601", "x", ""] {
             assert_eq!(
-                parse(&format!("ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout={bad}")),
+                parse(&format!(
+                    "ip=1.2.3.4 netmask=255.0.0.0 port=9 commit-timeout={bad}"
+                )),
                 Err(CmdlineError::BadTimeout)
             );
         }
