@@ -149,11 +149,19 @@ lab_start_host() {
     done
     local xen_args="console=com1 com1=115200,8n1 dom0_mem=${LAB_DOM0_MEM}M,max:${LAB_DOM0_MEM}M dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot"
     local dom0_args="console=hvc0 earlyprintk=xen lab.host=$n lab.ip=$LAB_SUBNET.$n/24"
+    local root=$img/dom0.cpio
+    if [ -n "${LAB_DOM0_OVERLAY:-}" ]; then
+        # A node's own software (packetd, docs/packetd.md) as a second newc archive after the
+        # image's: the kernel unpacks both in order, so the overlay's files win.
+        [ -f "$LAB_DOM0_OVERLAY" ] || die "LAB_DOM0_OVERLAY: no such file: $LAB_DOM0_OVERLAY"
+        root=$d/dom0.cpio
+        cat "$img/dom0.cpio" "$LAB_DOM0_OVERLAY" >"$root"
+    fi
     # -cpu max,-smap,-xsave is required (docs/lab.md): without -smap dom0 faults at once,
     # without -xsave register state is corrupted across vCPU switches.
     setsid qemu-system-x86_64 -machine pc -cpu max,-smap,-xsave -m "$LAB_HOST_MEM" -smp 1 \
         -display none -no-reboot -name "lab-$LAB_NAME-host$n" \
-        -kernel "$img/xen" -append "$xen_args" -initrd "$img/vmlinuz $dom0_args,$img/dom0.cpio" \
+        -kernel "$img/xen" -append "$xen_args" -initrd "$img/vmlinuz $dom0_args,$root" \
         -chardev "socket,id=ser0,path=$d/console.sock,server=on,wait=off,logfile=$d/serial.log" \
         -serial chardev:ser0 \
         -device virtio-serial-pci "${ctl[@]}" \

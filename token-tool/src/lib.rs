@@ -8,6 +8,7 @@
 //!
 //! Every parser returns a typed [`TokenError`]; nothing here panics on bad input.
 
+pub mod bootproto;
 pub mod chain;
 pub mod error;
 pub mod node;
@@ -21,7 +22,7 @@ mod fsutil;
 
 pub use chain::{Chain, Value, VALUE_LEN};
 pub use error::TokenError;
-pub use wire::{BootToken, Certificate, Extent, TopUp};
+pub use wire::{BootToken, Certificate, Extent, NodeKey, TopUp};
 
 /// Decode a hex string (whitespace ignored) into bytes.
 pub fn from_hex(s: &str) -> Result<Vec<u8>, TokenError> {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::chain::{f, iterate, Value};
 use crate::error::TokenError;
 use crate::fsutil::atomic_write;
-use crate::wire::{hex20, BootToken, Certificate, TopUp};
+use crate::wire::{hex20, BootToken, Certificate, NodeKey, TopUp};
 
 /// Values kept per job to name replays exactly (older ones are still refused, as a
 /// chain mismatch or via the forward scan).
@@ -89,6 +89,8 @@ pub struct Debit {
 pub struct NodeLedger {
     dir: PathBuf,
     secret: Vec<u8>,
+    /// The secret's HMAC key pads, hashed once (every boot token is checked with them).
+    key: NodeKey,
     state: LedgerFile,
 }
 
@@ -132,6 +134,7 @@ impl NodeLedger {
         let l = NodeLedger {
             dir: dir.to_path_buf(),
             secret: secret.to_vec(),
+            key: NodeKey::new(secret)?,
             state: LedgerFile {
                 format: 1,
                 node_id,
@@ -162,9 +165,14 @@ impl NodeLedger {
                 msg: format!("unknown format {}", state.format),
             });
         }
+        let key = NodeKey::new(&secret).map_err(|e| LedgerError::Corrupt {
+            path: sp.clone(),
+            msg: e.to_string(),
+        })?;
         Ok(NodeLedger {
             dir: dir.to_path_buf(),
             secret,
+            key,
             state,
         })
     }
@@ -201,7 +209,7 @@ impl NodeLedger {
 
     /// Verify a boot token and open its job. Refuses a second boot token for the same job.
     pub fn accept_boot(&mut self, bytes: &[u8], now: u64) -> Result<JobState, LedgerError> {
-        let t = BootToken::verify(bytes, &self.secret, self.state.node_id, now)?;
+        let t = BootToken::verify_keyed(bytes, &self.key, self.state.node_id, now)?;
         if self.state.jobs.contains_key(&t.job_id) {
             return Err(TokenError::BootTokenReused { job: t.job_id }.into());
         }
