@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 ok; 1 failure of the environment (I/O, database, corrupt state);
 //! 2 usage error; 3 refused (bad, forged, replayed or out-of-policy input);
-//! 4 `node consume` took the last tokens and wanted more (balance exhausted).
+//! 4 `node consume` took the last tokens and wanted more (balance exhausted); 5 `boot` got no
+//! answer, or the loader did not listen, in time.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ const EXIT_FAIL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_EXHAUSTED: u8 = 4;
+const EXIT_TIMEOUT: u8 = 5;
+
+mod customer;
 
 #[derive(Parser)]
 #[command(
@@ -39,7 +43,7 @@ Typical flow: broker init, broker add-node, node init (on the node), broker mint
 wallet add, broker boot-token, wallet boot, node verify BOOT, broker sell, wallet add, \
 wallet next-topup, node verify TOPUP, node consume, node redeem, broker redeem.\n\n\
 Exit codes: 0 ok, 1 environment failure (I/O, database), 2 usage, 3 refused input, \
-4 balance exhausted. Byte formats: docs/tokens.md."
+4 balance exhausted, 5 timeout (boot). Byte formats: docs/tokens.md."
 )]
 struct Cli {
     /// Print results (and errors) as one JSON object on stdout.
@@ -61,6 +65,27 @@ enum Cmd {
     Inspect {
         /// The file to decode.
         file: PathBuf,
+    },
+    /// Boot a VM on a node: send the boot token to HOST in an ICMP echo request, wait for
+    /// packetd's answer (resending the same token until one arrives), then wait until the
+    /// loader domain listens at the address in the answer. Needs CAP_NET_RAW. Exit codes: 0
+    /// accepted (and listening), 3 refused (the reason is the error code), 5 no answer or
+    /// no loader in time. Uploading stage 2 and a kernel is not implemented yet.
+    Boot {
+        /// The node's IPv4 address.
+        host: std::net::Ipv4Addr,
+        /// The boot token file (from `broker boot-token`).
+        #[arg(long)]
+        token: PathBuf,
+        /// Resend the request after this many seconds without an answer.
+        #[arg(long, default_value_t = 2.0)]
+        retry: f64,
+        /// Give up waiting for an answer after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Seconds (from the first request) to wait for the loader's TCP port; 0 = do not wait.
+        #[arg(long, default_value_t = 120.0)]
+        listen_timeout: f64,
     },
     /// Measure boot-token verifications/s and raw SHA-1 compressions/s (use a release build).
     Bench {
@@ -345,6 +370,12 @@ fn classify(e: &anyhow::Error) -> (u8, &'static str) {
         if c.downcast_ref::<Exhausted>().is_some() {
             return (EXIT_EXHAUSTED, "exhausted");
         }
+        if let Some(n) = c.downcast_ref::<customer::NotAccepted>() {
+            return (EXIT_REFUSED, n.reason);
+        }
+        if c.downcast_ref::<customer::TimedOut>().is_some() {
+            return (EXIT_TIMEOUT, "timeout");
+        }
     }
     (EXIT_FAIL, "error")
 }
@@ -374,6 +405,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(a) => node(json, a),
         Cmd::Inspect { file } => inspect(json, &file),
         Cmd::Bench { seconds, count } => bench(json, seconds, count),
+        Cmd::Boot {
+            host,
+            token,
+            retry,
+            timeout,
+            listen_timeout,
+        } => {
+            let secs = |s: f64, what: &str| {
+                (s.is_finite() && (0.0..=3600.0).contains(&s))
+                    .then(|| Duration::from_secs_f64(s))
+                    .ok_or_else(|| UsageError(format!("--{what} must be 0..=3600 seconds")))
+            };
+            let a = customer::BootArgs {
+                host,
+                token: read_file(&token)?,
+                retry: secs(retry, "retry")?.max(Duration::from_millis(100)),
+                timeout: secs(timeout, "timeout")?,
+                listen_timeout: secs(listen_timeout, "listen-timeout")?,
+            };
+            customer::boot(json, a)
+        }
     }
 }
 

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Lab stage `bootstrap` (docs/packetd.md §7): boot tokens -> packetd -> loader domains on two
+# emulated Xen hosts, beside stock `xl create` of the same loader configuration in the same run.
+#   1. broker (here, on the machine running the lab): two nodes, one chain per job, tokens;
+#      each node's state and packetd go into a dom0 overlay, and packetd starts at dom0 boot;
+#   2. peer: `xl create` of the loader config, 2 at once on each host, timed inside that dom0
+#      until the loader accepts a TCP connection; then destroyed;
+#   3. ours: 4 customers at once, each in the *other* host's dom0 (the lab's hosts are not
+#      reachable from this machine's network): `token-tool boot` sends the token by ICMP and
+#      waits until the loader accepts a TCP connection;
+#   4. refusals: forged, expired, other-node tokens, then a replay of a used token: each
+#      answered with its reason; a resent running token gets the same answer, no new domain;
+#      the node keeps serving (a further token is accepted);
+#   5. paying: a top-up written to a guest's xenstore area is credited; a guest that stops
+#      paying is warned, then destroyed after its grace period; its certificate is refunded by
+#      the broker once (a second time refused);
+#   6. packetd never exited on either host. Prints one JSON line with the timing table.
+# Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up.
+set -euo pipefail
+. "$(dirname "$0")/../lib/common.sh"
+export LAB_NAME=${LAB_BOOTSTRAP_NAME:-ci-boot}
+lab="$REPO_ROOT/scripts/lab"
+fail() {
+    echo "bootstrap stage FAILED: $*" >&2
+    for h in 1 2; do "$lab" exec -t 30 "$h" "tail -n 25 /var/log/packetd.log" >&2 2>/dev/null || true; done
+    exit 1
+}
+x() { local h=$1; shift; "$lab" exec -t "${T:-300}" "$h" "$*"; }
+need_pkgs cpio jq
+
+# --- build: packetd, token-tool (the customer's command), the loader -------------------------
+cargo build -q --release --locked -j2 -p packetd -p token-tool >&2 || fail "cargo build"
+rel=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
+loader=$(bash "$REPO_ROOT/scripts/build-inflate-loader")/inflate-loader || fail "build inflate-loader"
+work=$(mktemp -d "${TMPDIR:-/tmp}/bootstrap.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+T_="$rel/token-tool"
+tt() { "$T_" --json "$@"; }
+db=$work/broker.db
+
+# --- the broker and the two nodes --------------------------------------------------------------
+root=$work/overlay
+mkdir -p "$root/usr/local/sbin" "$root/usr/local/bin" "$root/etc/packetd"
+tt broker --db "$db" init >/dev/null
+for n in 1 2; do
+    tt broker --db "$db" add-node --node-id $n --secret-out "$work/n$n.secret" >/dev/null
+    tt node --state "$root/etc/packetd/node-$n" init --node-id $n --secret-file "$work/n$n.secret" >/dev/null
+done
+# job NODE COUNT [boot-token options...]: mint, sell COUNT, write $work/jJOB.bin; prints JOB.
+job() {
+    local node=$1 count=$2 j; shift 2
+    j=$(tt broker --db "$db" mint --node-id "$node" --length 10000 --max-topup 100 | jq -r .job.job_id)
+    tt broker --db "$db" sell --job "$j" --count "$count" --payment-ref "p$j-0" --out "$work/s$j-0.json" >/dev/null
+    tt wallet --wallet "$work/w.json" add "$work/s$j-0.json" >/dev/null
+    tt broker --db "$db" boot-token --job "$j" --memory-mib 64 --loader-file "$loader" --out "$work/j$j.bin" "$@" >/dev/null
+    echo "$j"
+}
+A=$(job 2 300) B=$(job 2 300) C=$(job 1 300) D=$(job 1 300)   # the four guests
+P=$(job 2 10)                                                   # stops paying
+F=$(job 2 10) E=$(job 2 10 --expires-at 1000000000) O=$(job 1 10)  # forged, expired, other node
+printf '\xff' | dd of="$work/j$F.bin" bs=1 seek=40 conv=notrunc status=none   # flip the nonce
+
+strip -o "$root/usr/local/sbin/packetd" "$rel/packetd"
+strip -o "$root/usr/local/bin/token-tool" "$rel/token-tool"
+install -m 755 "$REPO_ROOT/packetd/node/rc" "$root/etc/packetd/rc"
+install -m 644 "$REPO_ROOT/xen-configs/packetd-loader.cfg.in" "$root/etc/packetd/loader.cfg.in"
+install -m 644 "$loader" "$root/etc/packetd/inflate-loader"
+for f in "$work"/j*.bin; do install -m 644 "$f" "$root/etc/packetd/customer-$(basename "$f")"; done
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
+
+# --- boot the hosts: packetd starts from /etc/packetd/rc at dom0 boot --------------------------
+"$lab" down >/dev/null 2>&1 || true
+[ "${BOOTSTRAP_KEEP:-0}" = 1 ] || trap '"$lab" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+LAB_DOM0_OVERLAY=$work/overlay.cpio "$lab" up 2 >&2 || fail "lab up"
+for h in 1 2; do
+    x "$h" "for i in \$(seq 100); do grep -q 'serving' /var/log/packetd.log 2>/dev/null && exit 0; sleep 0.2; done; cat /var/log/packetd-rc.log /var/log/packetd.log; exit 1" >&2 \
+        || fail "packetd not serving on host $h after boot"
+done
+sched=$(x 1 "sed -n 's/^sched = //p' /etc/packetd/packetd.conf")
+
+# --- peer: stock xl create of the same loader config, 2 at once per host -----------------------
+# peer HOST I: fill the template as packetd does (64 MiB, 1 vCPU), create, wait for TCP.
+peer_cmd() {
+    local h=$1 i=$2 ip=10.0.0.$((150 + 10 * $1 + $2))
+    cat <<EOF
+sed -e 's|@NAME@|peer$i|' -e 's|@KERNEL@|/etc/packetd/inflate-loader|' -e 's|@EXTRA@|ip=$ip netmask=255.255.255.0 port=7000|' \
+    -e 's|@MEMORY@|64|' -e 's|@VCPUS@|1|' -e 's|@MAC@|00:16:3e:4c:00:$(printf %02x $((150 + 10 * h + i)))|' \
+    /etc/packetd/loader.cfg.in >/run/peer$i.cfg
+s=\$(date +%s%N); xl create -q /run/peer$i.cfg || exit 3
+for k in \$(seq 1200); do
+    timeout 1 bash -c 'exec 3<>/dev/tcp/$ip/7000' 2>/dev/null && { echo \$(( (\$(date +%s%N) - s) / 1000000 )); exit 0; }
+    sleep 0.2
+done; exit 4
+EOF
+}
+t0=$(date +%s%N)
+for h in 1 2; do for i in 1 2; do
+    x "$h" "$(peer_cmd $h $i)" >"$work/peer$h$i" 2>&1 &
+done; done
+wait || true
+peer_wall=$(( ($(date +%s%N) - t0) / 1000000 ))
+peers=()
+for h in 1 2; do for i in 1 2; do
+    v=$(tail -n1 "$work/peer$h$i"); [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
+    peers+=("{\"node\":$h,\"listening_ms\":$v}")
+    x "$h" "xl destroy peer$i" || fail "destroy peer$i"
+done; done
+echo "peer xl create: ${peers[*]} (wall $peer_wall ms)" >&2
+
+# --- ours: 4 customers at once, each on the other host ----------------------------------------
+t0=$(date +%s%N)
+boot() { x "$1" "token-tool --json boot 10.0.0.$2 --token /etc/packetd/customer-j$3.bin --listen-timeout 300"; }
+boot 1 2 "$A" >"$work/boot$A" 2>&1 &
+boot 1 2 "$B" >"$work/boot$B" 2>&1 &
+boot 2 1 "$C" >"$work/boot$C" 2>&1 &
+boot 2 1 "$D" >"$work/boot$D" 2>&1 &
+wait || true
+ours_wall=$(( ($(date +%s%N) - t0) / 1000000 ))
+ours=()
+for j in "$A" "$B" "$C" "$D"; do
+    r=$(tail -n1 "$work/boot$j")
+    [ "$(jq -r .ok <<<"$r" 2>/dev/null)" = true ] || fail "boot of job $j: $(cat "$work/boot$j")"
+    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, tries}' <<<"$r")")
+done
+echo "token boots: ${ours[*]} (wall $ours_wall ms)" >&2
+domA=$(jq -r .domid <<<"$(tail -n1 "$work/boot$A")")
+[ "$(x 2 "xl list | grep -c '^lm-job'")" = 2 ] || fail "host 2 does not run exactly 2 loader domains"
+[ "$(x 1 "xl list | grep -c '^lm-job'")" = 2 ] || fail "host 1 does not run exactly 2 loader domains"
+cap=$(x 2 "xl sched-$sched -d lm-job$A | awk 'NR==2 {print \$NF}'")
+
+# --- refusals, and the node keeps serving ------------------------------------------------------
+refused() {  # refused JOB WANT: send from host 1 to node 2, expect exit 3 and that reason
+    local out rc=0
+    out=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$1.bin --timeout 20") || rc=$?
+    [ "$rc" = 3 ] && [ "$(jq -r .error <<<"$out")" = "$2" ] || fail "job $1: want refusal $2, got exit $rc: $out"
+    echo "$2"
+}
+r_forged=$(refused "$F" bad-mac)
+r_expired=$(refused "$E" expired)
+r_other=$(refused "$O" wrong-node)
+again=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$A.bin --listen-timeout 0") || fail "resent token: $again"
+[ "$(jq -r .domid <<<"$again")" = "$domA" ] || fail "a resent running token got another domain: $again"
+[ "$(x 2 "xl list | grep -c '^lm-job'")" = 2 ] || fail "a resent token created a domain"
+p=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$P.bin --listen-timeout 300") || fail "node 2 stopped serving: $p"
+domP=$(jq -r .domid <<<"$p")
+
+# --- paying: a top-up of guest A, written where the guest writes it (dom0 stands in for it) ----
+tt broker --db "$db" sell --job "$A" --count 50 --payment-ref "p$A-1" --out "$work/s$A-1.json" >/dev/null
+tt wallet --wallet "$work/w.json" add "$work/s$A-1.json" >/dev/null
+tt wallet --wallet "$work/w.json" next-topup --job "$A" --out "$work/t$A.bin" >/dev/null
+hex=$(od -An -tx1 -v "$work/t$A.bin" | tr -d ' \n')
+before=$(x 2 "xenstore-read /local/domain/$domA/data/lm-balance")
+topup=$(x 2 "xenstore-write /local/domain/$domA/data/lm-topup $hex; for i in \$(seq 50); do r=\$(xenstore-read /local/domain/$domA/data/lm-topup-result 2>/dev/null) && [ -n \"\$r\" ] && { echo \$r; exit 0; }; sleep 0.2; done; exit 1") \
+    || fail "top-up not answered"
+[[ $topup == "accepted balance "* ]] || fail "top-up: $topup"
+after=${topup#accepted balance }
+[ "$after" -ge $((before + 50 - 5)) ] || fail "top-up credited $before -> $after, want about +50"
+# Replaying the same top-up is refused.
+replay=$(x 2 "xenstore-write /local/domain/$domA/data/lm-topup $hex; sleep 2; xenstore-read /local/domain/$domA/data/lm-topup-result")
+[ "$replay" = "refused replay" ] || fail "replayed top-up: $replay"
+
+# --- the guest that stops paying: 10 tokens at 1 token/s, then 10 s of grace -------------------
+purge=$(T=120 x 2 "for i in \$(seq 600); do w=\$(xenstore-read /local/domain/$domP/data/lm-warning 2>/dev/null) && [ -n \"\$w\" ] && break; sleep 0.1; done
+  [ -n \"\$w\" ] || exit 3; tw=\$(date +%s%N)
+  for i in \$(seq 600); do xl list lm-job$P >/dev/null 2>&1 || { echo \$(( (\$(date +%s%N) - tw) / 1000000 )) \"\$w\"; exit 0; }; sleep 0.1; done; exit 4") \
+    || fail "guest $P was not warned and purged"
+grace_ms=${purge%% *}
+[ "$grace_ms" -ge 9000 ] && [ "$grace_ms" -le 20000 ] || fail "purged $grace_ms ms after the warning (grace 10 s)"
+"$lab" pull 2 "/var/lib/packetd/certs/$P.lmrc" "$work/cert$P" || fail "no certificate for job $P"
+tt broker --db "$db" redeem "$work/cert$P" >/dev/null || fail "broker refused the certificate"
+rc=0; out=$(tt broker --db "$db" redeem "$work/cert$P") || rc=$?
+[ "$rc" = 3 ] && [ "$(jq -r .error <<<"$out")" = already-refunded ] || fail "second redemption: exit $rc $out"
+r_replay=$(refused "$P" boot-token-reused)
+for h in 1 2; do
+    [ "$(x "$h" "grep -c 'packetd exited' /var/log/packetd.log || true")" = 0 ] || fail "packetd exited on host $h"
+done
+
+lines=$(cat "$REPO_ROOT"/packetd/src/*.rs | grep -cv '^\s*\(//.*\)\?$')
+printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":%d,"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge_after_warning_ms":%d,"packetd_lines":%d,"ok":true}\n' \
+    "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall" \
+    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_ms" "$lines"

@@ -1,0 +1,135 @@
+//! `token-tool boot`: the customer's side of the boot-token exchange (docs/packetd.md §3).
+//! It sends the token in an ICMP echo request, waits for packetd's answer (resending the same
+//! token, which packetd recognises, until one arrives), then waits until the loader domain
+//! accepts TCP connections at the address in the answer.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use token_tool::bootproto::{self as bp, BootReply, Status};
+
+/// The node answered, but not with "accepted".
+#[derive(Debug, thiserror::Error)]
+#[error("node {host} did not start the VM: {status:?} ({reason})")]
+pub struct NotAccepted {
+    pub host: Ipv4Addr,
+    pub status: Status,
+    pub reason: &'static str,
+}
+
+/// No answer in time, or the loader never listened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);
+
+pub struct BootArgs {
+    pub host: Ipv4Addr,
+    pub token: Vec<u8>,
+    pub retry: Duration,
+    pub timeout: Duration,
+    pub listen_timeout: Duration,
+}
+
+pub fn boot(json: bool, a: BootArgs) -> anyhow::Result<()> {
+    // Parse locally first: a malformed file is the customer's mistake, not the node's.
+    let (t, _) = token_tool::BootToken::decode_unverified(&a.token)?;
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .context("raw ICMP socket (needs root or CAP_NET_RAW)")?;
+    let to = SockAddr::from(SocketAddrV4::new(a.host, 0));
+    let id = u16::from_be_bytes(token_tool::random_bytes::<2>()?);
+    let echo = bp::echo_of(&a.token);
+    let mut msg = [0u8; bp::IP_PACKET_MAX];
+    let mut buf = [0u8; bp::IP_PACKET_MAX];
+    let t0 = Instant::now();
+    let mut tries = 0u16;
+    let reply = 'answer: loop {
+        if t0.elapsed() >= a.timeout {
+            return Err(TimedOut(format!("no answer from {} in {:?}", a.host, a.timeout)).into());
+        }
+        tries += 1;
+        let n = bp::write_echo(bp::ICMP_ECHO_REQUEST, id, tries, &a.token, &mut msg)
+            .context("token too large for one packet")?;
+        sock.send_to(&msg[..n], &to)
+            .context("sending the echo request")?;
+        let resend_at = t0.elapsed() + a.retry;
+        while let Some(left) = resend_at.checked_sub(t0.elapsed()).filter(|d| !d.is_zero()) {
+            sock.set_read_timeout(Some(left))?;
+            let n = match (&sock).read(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e).context("receiving"),
+            };
+            // Every ICMP message of this host arrives here: keep only the node's answer to us.
+            let Some(e) = bp::parse_echo(&buf[..n]) else {
+                continue;
+            };
+            if e.kind != bp::ICMP_ECHO_REPLY || e.src != a.host.octets() || e.id != id {
+                continue;
+            }
+            if let Ok(r) = BootReply::decode(e.payload) {
+                if r.echo == echo {
+                    break 'answer r;
+                }
+            }
+        }
+    };
+    let answer_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if reply.status != Status::Accepted {
+        let err = NotAccepted {
+            host: a.host,
+            status: reply.status,
+            reason: reply.reason_name(),
+        };
+        return Err(err.into());
+    }
+    let addr = Ipv4Addr::from(reply.addr);
+    let mut listening_ms = None;
+    if !a.listen_timeout.is_zero() {
+        let target = SocketAddrV4::new(addr, reply.port).into();
+        loop {
+            if TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok() {
+                listening_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            if t0.elapsed() >= a.listen_timeout {
+                let m = format!(
+                    "the loader at {addr}:{} did not listen in {:?}",
+                    reply.port, a.listen_timeout
+                );
+                return Err(TimedOut(m).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let v = json!({
+        "ok": true, "host": a.host.to_string(), "job": t.job_id, "status": "accepted",
+        "addr": addr.to_string(), "port": reply.port, "domid": reply.domid,
+        "balance": reply.balance, "tries": tries,
+        "answer_ms": (answer_ms * 10.0).round() / 10.0,
+        "listening_ms": listening_ms.map(|m| (m * 10.0).round() / 10.0),
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "job {} accepted by {}: domain {} at {addr}:{}, balance {}",
+            t.job_id, a.host, reply.domid, reply.port, reply.balance
+        );
+        println!("  answer after {answer_ms:.1} ms ({tries} request(s))");
+        if let Some(m) = listening_ms {
+            println!("  loader listening after {m:.1} ms");
+        }
+    }
+    Ok(())
+}
