@@ -276,8 +276,15 @@ impl<H: Host> Node<H> {
         let Some(j) = self.jobs.iter_mut().find(|j| j.domid == Some(domid)) else {
             return;
         };
-        let res = token_tool::from_hex(&hex[..hex.len().min(2 * token_tool::wire::TOPUP_LEN + 8)])
-            .and_then(|b| TopUp::decode(&b).map(|t| (t, b)));
+        // Whitespace aside, a top-up is 88 hex digits; anything much longer is refused unread.
+        let res = match hex.len() <= 4 * token_tool::wire::TOPUP_LEN {
+            true => token_tool::from_hex(hex).and_then(|b| TopUp::decode(&b).map(|t| (t, b))),
+            false => Err(token_tool::TokenError::Oversized {
+                what: "top-up",
+                max: 4 * token_tool::wire::TOPUP_LEN,
+                got: hex.len(),
+            }),
+        };
         let msg = match res {
             Ok((t, _)) if t.job_id != j.job_id => "refused wrong-job".to_string(),
             Ok((_, b)) => match self.ledger.accept_topup(&b) {

@@ -214,6 +214,11 @@ fn billing_warns_tops_up_and_purges_after_the_grace_period() {
     assert_eq!(n.ledger.job(7).unwrap().balance, 11);
     n.on_topup(5, &hex);
     assert_eq!(n.host.writes.last().unwrap().2, "refused replay");
+    // Whatever the guest writes is refused with a reason, never a panic.
+    for junk in ["", "zz", &"\u{e9}".repeat(100), &hex[..87]] {
+        n.on_topup(5, junk);
+        assert!(n.host.writes.last().unwrap().2.starts_with("refused "));
+    }
     n.tick(16_000, 1_016); // 12 tokens owed, 11 left: exhausted, warned
     assert!(n
         .host

@@ -53,6 +53,7 @@ job() {
     tt broker --db "$db" sell --job "$j" --count "$count" --payment-ref "p$j-0" --out "$work/s$j-0.json" >/dev/null
     tt wallet --wallet "$work/w.json" add "$work/s$j-0.json" >/dev/null
     tt broker --db "$db" boot-token --job "$j" --memory-mib 64 --loader-file "$loader" --out "$work/j$j.bin" "$@" >/dev/null
+    tt wallet --wallet "$work/w.json" boot "$work/j$j.bin" >/dev/null   # its tokens are now spent
     echo "$j"
 }
 A=$(job 2 300) B=$(job 2 300) C=$(job 1 300) D=$(job 1 300)   # the four guests

@@ -14,7 +14,7 @@ use token_tool::bootproto::{self as bp, BootReply, Status};
 
 /// The node answered, but not with "accepted".
 #[derive(Debug, thiserror::Error)]
-#[error("node {host} did not start the VM: {status:?} ({reason})")]
+#[error("node {host} did not start the VM: {status:?}")]
 pub struct NotAccepted {
     pub host: Ipv4Addr,
     pub status: Status,
