@@ -209,14 +209,14 @@ impl<H: Host> Node<H> {
                 let path = dir.join(format!("{}.lmrc", job.job_id));
                 let w = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, bytes));
                 eprintln!(
-                    "packetd: job {} closed ({why}): certificate for {} unspent tokens {}",
+                    "packetd: job {} closed at {unix} ({why}): certificate for {} unspent tokens {}",
                     job.job_id,
                     c.balance,
                     w.map_or_else(|e| format!("NOT written: {e}"), |_| path_str(&path))
                 );
             }
             Err(e) => eprintln!(
-                "packetd: job {} closed ({why}), no certificate: {e}",
+                "packetd: job {} closed at {unix} ({why}), no certificate: {e}",
                 job.job_id
             ),
         }
@@ -338,7 +338,7 @@ impl<H: Host> Node<H> {
             if debit.exhausted && j.warned_at.is_none() {
                 let g = self.cfg.grace_seconds;
                 eprintln!(
-                    "packetd: job {}: balance exhausted, {g} s of grace",
+                    "packetd: job {}: balance exhausted at {unix}, {g} s of grace",
                     j.job_id
                 );
                 j.warned_at = Some(unix);
