@@ -135,29 +135,52 @@ pub trait Link {
 }
 
 /// The destination copy's side: announce ourselves until the source acks (or 30 s pass).
-/// Returns whether an ack with our id came.
+/// Returns whether an ack with our id came. Send errors are retried on the next tick: right
+/// after the resume the network frontend may still be reconnecting.
 pub fn announce(link: &mut dyn Link, id: &MigrationId, ip: Ipv4Addr) -> io::Result<bool> {
-    let mac = link.mac()?;
-    for _ in 0..GRATUITOUS_ARPS {
-        link.send(&arrival::gratuitous_arp(mac, ip))?;
-    }
-    let frame = arrival::encode(mac, Kind::Arrived, id);
     let end = Instant::now() + ANNOUNCE_FOR;
+    let mut arps_sent = false;
+    let mut last_err = None;
+    let mut mac = None;
     while Instant::now() < end {
-        link.send(&frame)?;
+        if mac.is_none() {
+            mac = link.mac().map_err(|e| last_err = Some(e)).ok();
+        }
+        if let Some(m) = mac {
+            if !arps_sent {
+                arps_sent = (0..GRATUITOUS_ARPS)
+                    .all(|_| link.send(&arrival::gratuitous_arp(m, ip)).is_ok());
+            }
+            if let Err(e) = link.send(&arrival::encode(m, Kind::Arrived, id)) {
+                last_err = Some(e);
+            }
+        }
         let tick = Instant::now() + ANNOUNCE_EVERY;
         while let Some(left) = tick.checked_duration_since(Instant::now()) {
-            let Some(f) = link.recv(left)? else { break };
+            let f = match link.recv(left) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    last_err = Some(e);
+                    std::thread::sleep(left);
+                    break;
+                }
+            };
             if let Ok(a) = arrival::decode(&f) {
                 if a.kind == Kind::Ack && a.id == *id {
-                    // Once more, in case a stray frame of the source moved our MAC back.
-                    link.send(&arrival::gratuitous_arp(mac, ip))?;
+                    if let Some(m) = mac {
+                        // Once more, in case a stray frame moved our MAC back to the source.
+                        let _ = link.send(&arrival::gratuitous_arp(m, ip));
+                    }
                     return Ok(true);
                 }
             }
         }
     }
-    Ok(false)
+    match last_err {
+        Some(e) if !arps_sent => Err(e),
+        _ => Ok(false),
+    }
 }
 
 /// The source's side after COMMIT: wait for an arrival frame with our id, then ack it
@@ -595,6 +618,8 @@ mod tests {
         tx: mpsc::Sender<Vec<u8>>,
         rx: mpsc::Receiver<Vec<u8>>,
         sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        /// The first this-many sends fail (a frontend still reconnecting).
+        fail_first: u32,
     }
 
     impl Link for FakeLink {
@@ -602,6 +627,10 @@ mod tests {
             Ok(self.mac)
         }
         fn send(&mut self, f: &[u8]) -> io::Result<()> {
+            if self.fail_first > 0 {
+                self.fail_first -= 1;
+                return Err(io::Error::from_raw_os_error(libc::ENETDOWN));
+            }
             self.sent.lock().unwrap().push(f.to_vec());
             let _ = self.tx.send(f.to_vec());
             Ok(())
@@ -621,12 +650,14 @@ mod tests {
                 tx: a_tx,
                 rx: a_rx,
                 sent: s(),
+                fail_first: 0,
             },
             FakeLink {
                 mac,
                 tx: b_tx,
                 rx: b_rx,
                 sent: s(),
+                fail_first: 0,
             },
         )
     }
@@ -663,6 +694,17 @@ mod tests {
         assert!(d.len() >= 5, "3 ARPs, >= 1 arrival, 1 final ARP");
         assert!(d[..3].iter().all(|f| f[12..14] == [0x08, 0x06]));
         assert_eq!(arrival::decode(&d[3]).unwrap().kind, Kind::Arrived);
+    }
+
+    #[test]
+    fn announcing_survives_a_link_that_is_not_up_yet() {
+        let (mut dest, mut source) = link_pair(MAC);
+        dest.fail_first = 6;
+        let h = std::thread::spawn(move || {
+            announce(&mut dest, &ID, Ipv4Addr::new(10, 0, 0, 121)).unwrap()
+        });
+        assert!(await_arrival(&mut source, &ID, MAC, Duration::from_secs(5)).unwrap());
+        assert!(h.join().unwrap());
     }
 
     #[test]
