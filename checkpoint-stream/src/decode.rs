@@ -19,7 +19,10 @@ pub enum Error {
     Truncated { offset: u64, context: &'static str },
     #[error("record header at offset {offset}: checksum mismatch")]
     BadHeaderChecksum { offset: u64 },
-    #[error("{record} record at offset {offset}: body checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    #[error(
+        "{record} record at offset {offset}: body checksum mismatch \
+         (stored {stored:#010x}, computed {computed:#010x})"
+    )]
     BadChecksum {
         offset: u64,
         record: RecordType,

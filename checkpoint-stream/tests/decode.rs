@@ -247,7 +247,8 @@ fn rejects_bad_header_checksum() {
 #[test]
 fn rejects_bad_body_checksum_in_a_page() {
     let mut d = valid();
-    // Round 0's first page data: preamble 16 + HEADER (16+48) + ROUND (16+8) + batch header 16 + 8 + 64.
+    // Round 0's first page data: preamble 16 + HEADER (16+48) + ROUND (16+8) + batch header
+    // 16 + 8 + 64.
     let off = 16 + 64 + 24 + 16 + 72 + 100;
     d[off] ^= 0x40;
     match decode(&d).unwrap_err() {

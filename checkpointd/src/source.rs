@@ -39,7 +39,8 @@ pub trait PageSource {
     fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64>;
     /// Read pages from `pfn` on into `buf` (a multiple of 4096); returns pages read.
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize>;
-    /// Capture; on success fills the snapshot set and the vCPU context (`checkpoint_abi::vcpu_ctx::SIZE` bytes).
+    /// Capture; on success fills the snapshot set and the vCPU context
+    /// (`checkpoint_abi::vcpu_ctx::SIZE` bytes).
     fn capture(
         &mut self,
         max_snapshot: u64,

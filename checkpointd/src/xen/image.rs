@@ -406,7 +406,8 @@ impl XlImage {
                 "PAGE_DATA",
                 0,
                 format!(
-                    "the image lists {listed} pfns (highest {last:#x?}), the p2m end {max_pfn:#x} needs every pfn 0..={max_pfn:#x}"
+                    "the image lists {listed} pfns (highest {last:#x?}), \
+                     the p2m end {max_pfn:#x} needs every pfn 0..={max_pfn:#x}"
                 ),
             ));
         }

@@ -96,14 +96,20 @@ pub enum ExportError {
     NoVcpu { got: Option<usize>, want: usize },
     #[error("only one vCPU is supported (the checkpoint has {0})")]
     Vcpus(u32),
-    #[error("page table at pfn {pfn:#x} (L{level}) entry {index} maps mfn {mfn:#x}, which is not in the guest's p2m")]
+    #[error(
+        "page table at pfn {pfn:#x} (L{level}) entry {index} maps mfn {mfn:#x}, \
+         which is not in the guest's p2m"
+    )]
     ForeignPte {
         pfn: u64,
         level: u8,
         index: usize,
         mfn: u64,
     },
-    #[error("page table at pfn {pfn:#x} (L{level}) entry {index} is a superpage, which PV migration cannot carry")]
+    #[error(
+        "page table at pfn {pfn:#x} (L{level}) entry {index} is a superpage, \
+         which PV migration cannot carry"
+    )]
     Superpage { pfn: u64, level: u8, index: usize },
     #[error("vCPU {what} refers to mfn {mfn:#x}, which is not in the guest's p2m")]
     VcpuFrame { what: &'static str, mfn: u64 },
@@ -116,7 +122,10 @@ pub enum ExportError {
     },
     #[error("GDT entry count {0} out of range")]
     GdtEnts(u64),
-    #[error("p2m frame list entry {index} is pfn {pfn:#x} of type {ty:#x}; restore needs ordinary pages")]
+    #[error(
+        "p2m frame list entry {index} is pfn {pfn:#x} of type {ty:#x}; \
+         restore needs ordinary pages"
+    )]
     P2mFrameType { index: usize, pfn: u64, ty: u8 },
     #[error("pfns {0:#x} and {1:#x} both map to mfn {2:#x}: the p2m must be one-to-one")]
     DuplicateMfn(u64, u64, u64),
@@ -281,7 +290,10 @@ pub fn normalise_vcpu(
 /// A minimal xl config for the restored domain; a real one should come from the user.
 pub fn default_config(name: &str, c: &FullCheckpoint) -> String {
     let mib = ((c.checkpoint.max_pfn + 1) * PAGE_SIZE as u64).div_ceil(1 << 20);
-    format!("name = \"{name}\"\ntype = \"pv\"\nmemory = {mib}\nmaxmem = {mib}\nvcpus = 1\non_crash = \"preserve\"\n")
+    format!(
+        "name = \"{name}\"\ntype = \"pv\"\nmemory = {mib}\nmaxmem = {mib}\nvcpus = 1\n\
+         on_crash = \"preserve\"\n"
+    )
 }
 
 /// mfn -> pfn for every populated pfn. Two pfns with one mfn would make page tables that name
