@@ -204,14 +204,14 @@ use xen::pte as pte_bits;
 /// Test fake: the loader domain's frames in memory. Loader pfn l has machine frame
 /// 0x40_0000 + 5 l; the domain's own xenstore and console rings are loader pfns 2 and 3.
 #[derive(Default)]
-struct FakeDomain {
+pub(super) struct FakeDomain {
     mem: HashMap<u64, Box<[u8; PAGE_SIZE]>>,
 }
 
 const NR_PAGES: u64 = 2000;
 const FIRST_FREE: u64 = 100;
 
-fn loader_mfn(l: u64) -> u64 {
+pub(super) fn loader_mfn(l: u64) -> u64 {
     0x40_0000 + 5 * l
 }
 
@@ -251,7 +251,7 @@ impl FrameStore for FakeDomain {
     }
 }
 
-fn own() -> OwnDomain {
+pub(super) fn own() -> OwnDomain {
     OwnDomain {
         shared_info: 0x7777_7000,
         store_mfn: loader_mfn(2),
