@@ -4,9 +4,9 @@
 use checkpoint_stream::PAGE_SIZE;
 
 /// Guest pfns the loader's plan and page-type tables describe: max_pfn must be below this.
-/// Linux sizes a PV guest's p2m in steps of 1 GiB of pfns (262144), whatever its RAM, so this
-/// covers p2m sizes up to 2 GiB.
-pub const PLAN_SLOTS: usize = 1 << 19;
+/// Linux rounds a PV guest's p2m up to a multiple of 262144 pfns whatever its RAM, so this
+/// covers guests below 1 GiB (docs/restore.md). The loader's statics use these constants.
+pub const PLAN_SLOTS: usize = 1 << 18;
 /// Machine frames the p2m index holds: guest RAM up to 512 MiB.
 pub const INDEX_SLOTS: usize = 1 << 17;
 /// Entries of the p2m frame list (one per 512 pfns).
@@ -248,7 +248,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            loader_domain(INDEX_SLOTS as u64 + 1, 262143 * 2, 1, &fp),
+            loader_domain(INDEX_SLOTS as u64 + 1, 262143, 1, &fp),
             Err(SizingError::TooMuchRam { .. })
         ));
         assert!(matches!(
@@ -257,7 +257,7 @@ mod tests {
         ));
         assert_eq!(loader_domain(1, 9, 0, &fp), Err(SizingError::Vcpus(0)));
         // The largest guest the tables hold still fits the frame book.
-        assert!(loader_domain(INDEX_SLOTS as u64, 262143 * 2, 1, &fp).is_ok());
+        assert!(loader_domain(INDEX_SLOTS as u64, 262143, 1, &fp).is_ok());
     }
 
     #[test]
