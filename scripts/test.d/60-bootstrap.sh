@@ -4,7 +4,7 @@
 #   1. broker (here, on the machine running the lab): two nodes, one chain per job, tokens;
 #      each node's state and packetd go into a dom0 overlay, and packetd starts at dom0 boot;
 #   2. peer: `xl create` of the loader config, 2 at once on each host, timed inside that dom0
-#      until the loader accepts a TCP connection; then destroyed;
+#      until the loader accepts a TCP connection; then destroyed (and again after step 3);
 #   3. ours: 4 customers at once, each in the *other* host's dom0 (the lab's hosts are not
 #      reachable from this machine's network): `token-tool boot` sends the token by ICMP and
 #      waits until the loader accepts a TCP connection;
@@ -13,7 +13,8 @@
 #      the node keeps serving (a further token is accepted);
 #   5. paying: a top-up written to a guest's xenstore area is credited; a guest that stops
 #      paying is warned, then destroyed after its grace period; its certificate is refunded by
-#      the broker once (a second time refused);
+#      the broker once (a second time refused); a guest that ends leaves its unspent balance
+#      on a certificate the broker refunds;
 #   6. packetd never exited on either host. Prints one JSON line with the timing table.
 # Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up.
 set -euo pipefail
@@ -94,19 +95,22 @@ for k in \$(seq 1200); do
 done; exit 4
 EOF
 }
-t0=$(date +%s%N)
-for h in 1 2; do for i in 1 2; do
-    x "$h" "$(peer_cmd $h $i)" >"$work/peer$h$i" 2>&1 &
-done; done
-wait || true
-peer_wall=$(( ($(date +%s%N) - t0) / 1000000 ))
+# peers TAG: one batch (2 per host at once); appends to peers[], sets peer_wall_TAG.
 peers=()
-for h in 1 2; do for i in 1 2; do
-    v=$(tail -n1 "$work/peer$h$i"); [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
-    peers+=("{\"node\":$h,\"listening_ms\":$v}")
-    x "$h" "xl destroy peer$i" || fail "destroy peer$i"
-done; done
-echo "peer xl create: ${peers[*]} (wall $peer_wall ms)" >&2
+peer_batch() {
+    local t0 h i v; t0=$(date +%s%N)
+    for h in 1 2; do for i in 1 2; do
+        x "$h" "$(peer_cmd $h $i)" >"$work/peer$h$i" 2>&1 &
+    done; done
+    wait || true
+    printf -v "peer_wall_$1" %d $(( ($(date +%s%N) - t0) / 1000000 ))
+    for h in 1 2; do for i in 1 2; do
+        v=$(tail -n1 "$work/peer$h$i"); [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
+        peers+=("{\"batch\":\"$1\",\"node\":$h,\"listening_ms\":$v}")
+        x "$h" "xl destroy peer$i" || fail "destroy peer$i"
+    done; done
+}
+peer_batch before
 
 # --- ours: 4 customers at once, each on the other host ----------------------------------------
 t0=$(date +%s%N)
@@ -124,6 +128,10 @@ for j in "$A" "$B" "$C" "$D"; do
     ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, tries}' <<<"$r")")
 done
 echo "token boots: ${ours[*]} (wall $ours_wall ms)" >&2
+# The same batch of xl create again, now beside the 4 running loaders, so neither side always
+# runs first.
+peer_batch after
+echo "xl create: ${peers[*]} (wall $peer_wall_before ms before, $peer_wall_after ms after)" >&2
 domA=$(jq -r .domid <<<"$(tail -n1 "$work/boot$A")")
 [ "$(x 2 "xl list | grep -c '^lm-job'")" = 2 ] || fail "host 2 does not run exactly 2 loader domains"
 [ "$(x 1 "xl list | grep -c '^lm-job'")" = 2 ] || fail "host 1 does not run exactly 2 loader domains"
@@ -179,11 +187,17 @@ tt broker --db "$db" redeem "$work/cert$P" >/dev/null || fail "broker refused th
 rc=0; out=$(tt broker --db "$db" redeem "$work/cert$P") || rc=$?
 [ "$rc" = 3 ] && [ "$(jq -r .error <<<"$out")" = already-refunded ] || fail "second redemption: exit $rc $out"
 r_replay=$(refused "$P" boot-token-reused)
+# A guest that ends (here destroyed by its owner) leaves its unspent balance as a certificate.
+x 2 "xl destroy lm-job$B" || fail "destroy lm-job$B"
+x 2 "for i in \$(seq 100); do [ -s /var/lib/packetd/certs/$B.lmrc ] && exit 0; sleep 0.2; done; exit 1" || fail "no certificate for ended job $B"
+"$lab" pull 2 "/var/lib/packetd/certs/$B.lmrc" "$work/cert$B" || fail "pull certificate $B"
+refund=$(tt broker --db "$db" redeem "$work/cert$B" | jq -r .refund.unspent)
+[ "$refund" -gt 0 ] && [ "$refund" -lt 300 ] || fail "refund of ended job $B: $refund unspent tokens"
 for h in 1 2; do
     [ "$(x "$h" "grep -c 'packetd exited' /var/log/packetd.log || true")" = 0 ] || fail "packetd exited on host $h"
 done
 
 lines=$(cat "$REPO_ROOT"/packetd/src/*.rs | grep -cv '^\s*\(//.*\)\?$')
-printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":%d,"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"packetd_lines":%d,"ok":true}\n' \
-    "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall" \
-    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$lines"
+printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"packetd_lines":%d,"ok":true}\n' \
+    "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
+    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$lines"
