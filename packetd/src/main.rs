@@ -108,6 +108,17 @@ impl Host for Xl {
         }
     }
 
+    fn lookup(&mut self, name: &str) -> Option<u32> {
+        let out = Command::new("xl")
+            .args(["domid", name])
+            .stderr(Stdio::null())
+            .output();
+        String::from_utf8_lossy(&out.ok()?.stdout)
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn watch(&mut self, domid: u32) {
         let path = format!("/local/domain/{domid}/data/lm-topup");
         if let Err(e) = self.xs.watch(&path, &domid.to_string()) {
@@ -159,6 +170,7 @@ fn run(config: &PathBuf) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let ms = || t0.elapsed().as_millis() as u64;
     let mut node = Node::new(cfg, ledger, host, ms());
+    node.adopt(unix_now());
     eprintln!("packetd: node {} serving", node.ledger.node_id());
     let mut buf = [0u8; IP_PACKET_MAX];
     let mut next_tick = ms() + 1000;

@@ -22,6 +22,8 @@ pub trait Host {
     /// Write `data/KEY` of the domain; watch its `data/lm-topup`.
     fn write(&mut self, domid: u32, key: &str, value: &str);
     fn watch(&mut self, domid: u32);
+    /// The domid of a running domain, by name.
+    fn lookup(&mut self, name: &str) -> Option<u32>;
 }
 
 /// An ICMP message to send: destination and the ICMP bytes.
@@ -82,6 +84,52 @@ impl<H: Host> Node<H> {
             jobs: Vec::new(),
             buckets: [([0; 4], 0, 0); 64],
             last_tick: now_ms,
+        }
+    }
+
+    /// At start: take over the open jobs of the ledger whose loader domain still runs (after a
+    /// restart of packetd they keep paying); close the others with a certificate.
+    pub fn adopt(&mut self, unix: u64) {
+        let open: Vec<_> = self.ledger.jobs().filter(|j| !j.closed).cloned().collect();
+        for js in open {
+            let name = format!("lm-job{}", js.job_id);
+            let cfg = std::fs::read_to_string(self.cfg.run_dir.join(format!("{name}.cfg")));
+            let slot = cfg.ok().and_then(|c| {
+                let ip = c.split("ip=").nth(1)?.split_whitespace().next()?;
+                let off = u32::from(ip.parse::<std::net::Ipv4Addr>().ok()?)
+                    .checked_sub(u32::from(self.cfg.pool_first))?;
+                (off < self.cfg.pool_len as u32).then_some(off as usize)
+            });
+            let job = Job {
+                job_id: js.job_id,
+                echo: [0; 20],
+                to: ([0; 4], 0, 0),
+                slot: slot.unwrap_or(usize::MAX),
+                name,
+                memory_mib: js.memory_mib,
+                domid: None,
+                reply: None,
+                owed_mib_ms: 0,
+                warned_at: None,
+            };
+            match (self.host.lookup(&job.name), slot) {
+                (Some(domid), Some(_)) => {
+                    eprintln!("packetd: job {} adopted: domain {domid}", job.job_id);
+                    self.host.watch(domid);
+                    let reply = refusal(Status::Accepted, "ok", job.job_id, job.echo);
+                    self.jobs.push(Job {
+                        domid: Some(domid),
+                        reply: Some(reply),
+                        ..job
+                    });
+                }
+                (domid, _) => {
+                    if domid.is_some() {
+                        self.host.destroy(&job.name);
+                    }
+                    self.finish(job, unix, "not running after a restart");
+                }
+            }
         }
     }
 

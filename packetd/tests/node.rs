@@ -16,6 +16,7 @@ struct FakeHost {
     alive: bool,
     destroyed: Vec<String>,
     writes: Vec<(u32, String, String)>,
+    running: Vec<(String, u32)>,
 }
 
 impl Host for FakeHost {
@@ -36,6 +37,9 @@ impl Host for FakeHost {
         self.writes.push((domid, key.into(), value.into()));
     }
     fn watch(&mut self, _: u32) {}
+    fn lookup(&mut self, name: &str) -> Option<u32> {
+        self.running.iter().find(|r| r.0 == name).map(|r| r.1)
+    }
 }
 
 fn config(state: &std::path::Path) -> Config {
@@ -257,5 +261,57 @@ fn a_guest_that_shuts_down_gets_its_balance_back_as_a_certificate() {
             .unwrap()
             .balance,
         7
+    );
+}
+
+#[test]
+fn a_restarted_packetd_adopts_running_jobs_and_closes_the_others() {
+    let (d, mut n, c) = setup();
+    let run = d.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    n.cfg.run_dir = run.clone();
+    for (job, seq) in [(7, 1), (8, 2)] {
+        n.on_packet(
+            &ping([10, 0, 0, 1], seq, &token(&c, job, 2, 64, 5_000)),
+            0,
+            1_000,
+        );
+        let (name, cfg, _) = n.host.created.last().unwrap().clone();
+        std::fs::write(run.join(format!("{name}.cfg")), cfg).unwrap();
+    }
+    // packetd restarts: job 7's domain still runs (as domain 9), job 8's does not.
+    let cfg = n.cfg.clone();
+    drop(n);
+    let ledger = NodeLedger::open(d.path()).unwrap();
+    let host = FakeHost {
+        running: vec![("lm-job7".into(), 9)],
+        alive: true,
+        ..FakeHost::default()
+    };
+    let mut n = Node::new(cfg, ledger, host, 0);
+    n.adopt(1_010);
+    assert!(d.path().join("certs/8.lmrc").exists());
+    assert!(!d.path().join("certs/7.lmrc").exists());
+    n.tick(2_000, 1_012);
+    assert_eq!(
+        n.ledger.job(7).unwrap().balance,
+        8,
+        "the adopted job is billed"
+    );
+    assert!(n
+        .host
+        .writes
+        .iter()
+        .any(|w| w.0 == 9 && w.1 == "lm-balance"));
+    // Its address stays taken: the next token gets the other one.
+    n.on_packet(
+        &ping([10, 0, 0, 1], 3, &token(&c, 11, 2, 64, 5_000)),
+        0,
+        1_000,
+    );
+    assert!(
+        n.host.created[0].1.contains("ip=10.0.0.121"),
+        "{}",
+        n.host.created[0].1
     );
 }

@@ -15,7 +15,9 @@
 #      paying is warned, then destroyed after its grace period; its certificate is refunded by
 #      the broker once (a second time refused); a guest that ends leaves its unspent balance
 #      on a certificate the broker refunds;
-#   6. packetd never exited on either host. Prints one JSON line with the timing table.
+#   6. packetd never exited on either host; killed on purpose, it is restarted by its rc loop,
+#      takes over the running jobs and goes on billing them. Prints one JSON line with the
+#      timing table.
 # Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up.
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
@@ -196,8 +198,18 @@ refund=$(tt broker --db "$db" redeem "$work/cert$B" | jq -r .refund.unspent)
 for h in 1 2; do
     [ "$(x "$h" "grep -c 'packetd exited' /var/log/packetd.log || true")" = 0 ] || fail "packetd exited on host $h"
 done
+# packetd killed on host 1: the rc loop restarts it, it adopts the two running jobs, and they
+# keep paying (their balance goes on falling).
+x 1 "pid=\$(pidof packetd) && kill -9 \$pid" || fail "kill packetd on host 1"
+adopted=$(x 1 "for i in \$(seq 100); do [ \$(grep -c 'adopted' /var/log/packetd.log) = 2 ] && break; sleep 0.2; done
+  d=\$(xl domid lm-job$C); b1=\$(xenstore-read /local/domain/\$d/data/lm-balance); sleep 4
+  b2=\$(xenstore-read /local/domain/\$d/data/lm-balance); echo \$(grep -c adopted /var/log/packetd.log) \$b1 \$b2") \
+    || fail "after the restart: $adopted"
+read -r n_adopted b1 b2 <<<"$adopted"
+[ "$n_adopted" = 2 ] && [ "$b2" -lt "$b1" ] || fail "after a restart: $n_adopted jobs adopted, balance $b1 -> $b2"
+[ "$(x 1 "grep -c 'packetd exited' /var/log/packetd.log")" = 1 ] || fail "packetd exited more than once on host 1"
 
 lines=$(cat "$REPO_ROOT"/packetd/src/*.rs | grep -cv '^\s*\(//.*\)\?$')
-printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"packetd_lines":%d,"ok":true}\n' \
+printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
     "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
-    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$lines"
+    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$n_adopted" "$b1" "$b2" "$lines"

@@ -29,6 +29,9 @@ impl Host for FakeHost {
     fn destroy(&mut self, _: &str) {}
     fn write(&mut self, _: u32, _: &str, _: &str) {}
     fn watch(&mut self, _: u32) {}
+    fn lookup(&mut self, _: &str) -> Option<u32> {
+        None
+    }
 }
 
 pub const SECRET: &[u8] = b"fuzz-node-secret-0123";
