@@ -568,4 +568,6 @@ pub fn prepare<M: MachineFrames, A: FrameAccess>(
 }
 
 #[cfg(test)]
+mod real_capture;
+#[cfg(test)]
 mod tests;
