@@ -11,7 +11,7 @@
 use crate::frames::{FrameBook, Plan, PlanError};
 use crate::records::{is_ram, Records};
 use crate::result::{ResultRecord, Status};
-use checkpoint_stream::digest::{RootBuilder, ZERO_LEAF};
+use checkpoint_stream::digest::{leaf_hash, RootBuilder, ZERO_LEAF};
 use checkpoint_stream::{
     Capture, Decoder, Error as StreamError, Header, Phase, Sink, U64s, VcpuKind, PAGE_SIZE,
 };
@@ -38,11 +38,22 @@ struct Placer<'r, 'a, S: FrameStore> {
     book: &'r mut FrameBook<'a>,
     plan: &'r mut Plan<'a>,
     records: &'r mut Records<'a>,
+    leaves: &'r mut [[u8; 32]],
     store: &'r mut S,
     plan_err: Option<PlanError>,
     digest: Option<[u8; 32]>,
     verified: bool,
     zero_filled: u64,
+}
+
+impl<S: FrameStore> Placer<'_, '_, S> {
+    /// Write a page into frame `f`, keeping its leaf if the receiver caches leaves.
+    fn write(&mut self, f: u64, data: Option<&[u8; PAGE_SIZE]>) {
+        self.store.write(f, data);
+        if let Some(l) = self.leaves.get_mut(f as usize) {
+            *l = leaf_hash(data);
+        }
+    }
 }
 
 impl<S: FrameStore> Sink for Placer<'_, '_, S> {
@@ -64,7 +75,7 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
             self.plan_err = Some(e);
             StreamError::Sink("plan")
         })?;
-        self.store.write(f, data);
+        self.write(f, data);
         Ok(())
     }
 
@@ -117,7 +128,7 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
                         self.plan_err = Some(e);
                         StreamError::Sink("plan")
                     })?;
-                    self.store.write(f, None);
+                    self.write(f, None);
                     self.zero_filled += 1;
                 }
             }
@@ -125,7 +136,10 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
         let mut b = RootBuilder::new(max);
         for pfn in 0..=max {
             match self.plan.lookup(pfn) {
-                Some(f) => b.push(&self.store.leaf(f)),
+                Some(f) => match self.leaves.get(f as usize) {
+                    Some(l) => b.push(l),
+                    None => b.push(&self.store.leaf(f)),
+                },
                 None => b.push(&ZERO_LEAF),
             }
         }
@@ -142,6 +156,8 @@ pub struct Receiver<'a> {
     pub book: FrameBook<'a>,
     pub plan: Plan<'a>,
     pub records: Records<'a>,
+    /// Leaf of each loader frame, set when the frame is written (empty: no cache).
+    leaves: &'a mut [[u8; 32]],
     decoder: Decoder<'static>,
     state: State,
     bytes: u64,
@@ -211,6 +227,7 @@ impl<'a> Receiver<'a> {
             book,
             plan,
             records,
+            leaves: &mut [],
             zero_filled: 0,
             decoder: Decoder::new(),
             state: State::Idle,
@@ -237,6 +254,15 @@ impl<'a> Receiver<'a> {
         self.started_us = now_us;
         self.digest = None;
         self.zero_filled = 0;
+    }
+
+    /// Cache each frame's digest leaf when the frame is written (`leaves[loader pfn]`, frames
+    /// beyond the slice are not cached). END then hashes the cached leaves instead of reading
+    /// every frame back: the pages of the pre-copy rounds are hashed as they arrive, before the
+    /// capture, which takes O(RAM) re-reading out of the guest's blackout. What is verified is
+    /// then the bytes handed to the frame store, not a re-read of the frames.
+    pub fn cache_leaves(&mut self, leaves: &'a mut [[u8; 32]]) {
+        self.leaves = leaves;
     }
 
     /// RAM pfns that were never sent and got a zeroed frame at END.
@@ -280,6 +306,7 @@ impl<'a> Receiver<'a> {
             book: &mut self.book,
             plan: &mut self.plan,
             records: &mut self.records,
+            leaves: &mut *self.leaves,
             store,
             plan_err: None,
             digest: self.digest,
@@ -507,6 +534,61 @@ mod tests {
             }
         }
         assert!(res.message().contains("zero-filled"), "{}", res.message());
+    }
+
+    /// Test fake: counts the frames read back at END.
+    struct CountingStore(FakeStore, u64);
+    impl FrameStore for CountingStore {
+        fn write(&mut self, pfn: u64, data: Option<&[u8; PAGE_SIZE]>) {
+            self.0.write(pfn, data);
+        }
+        fn leaf(&mut self, pfn: u64) -> [u8; 32] {
+            self.1 += 1;
+            self.0.leaf(pfn)
+        }
+    }
+
+    #[test]
+    fn cached_leaves_verify_without_reading_frames_back() {
+        let s = synth::stream(63, 11);
+        for (cache, reads) in [(1000usize, 0u64), (132, 32), (0, 64)] {
+            let mut bits = vec![0u64; 64];
+            let mut slots = vec![0u32; 4096];
+            let mut leaves = vec![[0u8; 32]; cache];
+            let mut r = Receiver::new(FrameBook::new(&mut bits, 1000, 100), Plan::new(&mut slots));
+            r.cache_leaves(&mut leaves);
+            let mut st = CountingStore(FakeStore(Default::default()), 0);
+            r.begin(0);
+            let res = r.feed(&s, &mut st, 1).unwrap();
+            assert_eq!(res.status, Status::Ok, "{}", res.message());
+            // Frames 100..164: those below the cache's end are not read back.
+            assert_eq!(st.1, reads, "cache of {cache} frames");
+        }
+        // A wrong page is still caught: the leaves are of the bytes received.
+        let good = synth::checkpoint(63, 11);
+        let mut c = synth::checkpoint(63, 11);
+        c.pages.get_mut(&5).unwrap()[0] ^= 1;
+        let mut e = checkpoint_stream::Encoder::new(Vec::new()).unwrap();
+        e.header(63, b"bad").unwrap();
+        e.round(0, false).unwrap();
+        let pages: Vec<_> = (0..=63u64).map(|p| (p, c.page(p))).collect();
+        e.page_batch(&pages).unwrap();
+        e.capture(1, 1, 0).unwrap();
+        e.page_types(0, &c.page_types).unwrap();
+        e.p2m(0, &c.p2m).unwrap();
+        e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data)
+            .unwrap();
+        e.digest(&good.compute_digest()).unwrap();
+        let bad = e.end().unwrap();
+        let mut bits = vec![0u64; 64];
+        let mut slots = vec![0u32; 4096];
+        let mut leaves = vec![[0u8; 32]; 1000];
+        let mut r = Receiver::new(FrameBook::new(&mut bits, 1000, 100), Plan::new(&mut slots));
+        r.cache_leaves(&mut leaves);
+        let mut st = FakeStore(Default::default());
+        r.begin(0);
+        let res = r.feed(&bad, &mut st, 1).unwrap();
+        assert_eq!(res.status, Status::DigestMismatch, "{}", res.message());
     }
 
     /// A synthetic guest of `max_pfn + 1` pfns where only every 25th is RAM (`ram` of them),
