@@ -74,6 +74,7 @@ fn a_real_capture_is_prepared_in_fake_frames() {
             .try_into()
             .unwrap(),
     );
+    let t0 = std::time::Instant::now();
     let out = prepare(
         &r.records,
         &mut r.plan,
@@ -83,6 +84,10 @@ fn a_real_capture_is_prepared_in_fake_frames() {
         &own(),
     );
     let p = out.unwrap_or_else(|e| panic!("the real capture was refused: {e}"));
+    std::eprintln!(
+        "real capture: prepare took {:.1} ms on the host over in-memory frames",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     assert_eq!(p.pad.va, ctx.user_regs.rip - 2);
 
     // Independent check of every table: source entry -> pfn (capture's p2m) -> this domain.

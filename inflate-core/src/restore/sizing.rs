@@ -210,6 +210,7 @@ mod tests {
     fn a_128_mib_capture_needs_about_140_mib() {
         // The lab's checkpoint guest: 32768 RAM pages, Linux's p2m of 262144 pfns.
         let s = loader_domain(32768, 262143, 1, &LoaderFootprint::CURRENT).unwrap();
+        std::eprintln!("sizing, 128 MiB capture: {s:?}");
         assert_eq!(s.guest_pages, 32768);
         assert_eq!(s.boot_pages % 1024, 0);
         assert!(
