@@ -28,9 +28,10 @@ mod checkpoint_abi {
     include!("checkpoint_abi.rs");
 }
 use checkpoint_abi::dev::{
-    Capture as CaptureArg, Facts, Round, Table, Track, ABI_VERSION, IOC_CAPTURE, IOC_GET_FACTS,
-    IOC_NEXT_ROUND, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID,
-    TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+    Capture as CaptureArg, Facts, Hold as HoldArg, Round, Table, Track, ABI_VERSION, HOLD_ARM,
+    IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START,
+    IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES,
+    TABLE_PAGE_TYPES,
 };
 use checkpoint_abi::page_type::{PINNED as TYPE_PINNED, UNPOPULATED as TYPE_NOT_RAM};
 use checkpoint_abi::vcpu_ctx;
@@ -98,6 +99,9 @@ extern "C" {
     fn ckpt_read_cr0() -> c_ulong;
     fn ckpt_read_cr4() -> c_ulong;
     fn ckpt_unpin_table(mfn: c_ulong) -> c_int;
+    fn ckpt_hold_arm(saddr: u32, daddr: u32, sport: u16, dport: u16) -> c_int;
+    fn ckpt_hold_disarm();
+    fn ckpt_hold_release() -> u64;
     fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
     static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
@@ -429,6 +433,10 @@ fn free_capture(s: &mut State) {
 }
 
 fn stop_session(s: &mut State) {
+    // The output hold belongs to the session: a migration that ends any way at all
+    // (checkpointd exits, is killed, or stops tracking) lets the guest talk again.
+    // SAFETY: process context (ioctl, release or module exit), as unregistering needs.
+    unsafe { ckpt_hold_release() };
     free_capture(s);
     s.refs.free();
     s.owner = 0;
@@ -464,6 +472,7 @@ pub extern "C" fn ckpt_rs_ioctl(file: c_ulong, cmd: c_uint, arg: c_ulong) -> c_l
         IOC_NEXT_ROUND => next_round(file, arg),
         IOC_CAPTURE => capture(file, arg),
         IOC_READ_TABLE => read_table(arg),
+        IOC_OUTPUT_HOLD => output_hold(file, arg),
         _ => Err(-ENOTTY),
     };
     match r {
@@ -840,9 +849,52 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     Ok(0)
 }
 
+/// CKPT_IOC_OUTPUT_HOLD: arm (flags 1) or release (flags 0) the output hold; the session
+/// owner only. Out: packets dropped since the hold was armed.
+fn output_hold(file: usize, arg: u64) -> Result<c_long, c_long> {
+    let mut h: HoldArg = from_user(arg)?;
+    let s = st();
+    if s.owner == 0 {
+        return Err(-EINVAL);
+    }
+    if s.owner != file {
+        return Err(-EBUSY);
+    }
+    if h.flags & !HOLD_ARM != 0 || h.reserved != 0 || h.reserved2 != 0 || h.dropped != 0 {
+        return Err(-EINVAL);
+    }
+    if h.flags & HOLD_ARM != 0 {
+        if h.saddr == [0; 4] || h.daddr == [0; 4] || h.sport == [0; 2] || h.dport == [0; 2] {
+            return Err(-EINVAL);
+        }
+        // SAFETY: process context; registers the netfilter hooks on first use. The C side
+        // takes the network-order bytes as __be32/__be16, i.e. in memory order.
+        let rc = unsafe {
+            ckpt_hold_arm(
+                u32::from_ne_bytes(h.saddr),
+                u32::from_ne_bytes(h.daddr),
+                u16::from_ne_bytes(h.sport),
+                u16::from_ne_bytes(h.dport),
+            )
+        };
+        if rc < 0 {
+            return Err(rc as c_long);
+        }
+    } else {
+        // SAFETY: process context.
+        h.dropped = unsafe { ckpt_hold_release() };
+    }
+    to_user(arg, &h)?;
+    Ok(0)
+}
+
 /// Runs on the revived guest's first instructions after the capture point.
 #[no_mangle]
 pub extern "C" fn ckpt_capture_resumed() {
+    // The source armed the output hold before the capture; the copy that resumes must
+    // talk at once (the hooks are unregistered when its CAPTURE ioctl returns).
+    // SAFETY: a plain flag store, allowed in this atomic context.
+    unsafe { ckpt_hold_disarm() };
     st().resumed = true;
 }
 

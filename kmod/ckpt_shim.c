@@ -3,7 +3,8 @@
  * C glue of the checkpoint module: the misc device and its file_operations (6.12's Rust
  * crate has no miscdevice/file abstractions yet), and one-line wrappers for kernel
  * facilities that are static inlines or macros and so unreachable from Rust. No logic
- * here: every operation forwards to ckpt_main.rs.
+ * here: every operation forwards to ckpt_main.rs, except the output hold's netfilter
+ * hooks at the end (packet parsing on kernel structs the Rust crate does not expose).
  */
 #include <linux/module.h>
 #include <linux/miscdevice.h>
@@ -17,6 +18,11 @@
 #include <linux/cpumask.h>
 #include <linux/timekeeping.h>
 #include <linux/capability.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <net/net_namespace.h>
 #include <asm/xen/page.h>
 #include <asm/xen/hypercall.h>
 #include <xen/xen.h>
@@ -46,6 +52,9 @@ const unsigned long *ckpt_m2p(void);
 unsigned long long ckpt_clock_ns(void);
 int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
 unsigned long ckpt_read_cr0(void);
+int ckpt_hold_arm(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport);
+void ckpt_hold_disarm(void);
+unsigned long long ckpt_hold_release(void);
 unsigned long ckpt_read_cr4(void);
 
 static DEFINE_MUTEX(ckpt_lock);
@@ -158,3 +167,94 @@ int ckpt_unpin_table(unsigned long mfn)
  * e.g. CR4.FSGSBASE is off and the first rdfsbase faults). */
 unsigned long ckpt_read_cr0(void) { return read_cr0(); }
 unsigned long ckpt_read_cr4(void) { return __read_cr4(); }
+
+/*
+ * Output hold (docs/checkpoint-abi.md "Output hold"): from just before a migration's
+ * capture until the move commits or is abandoned, the guest sends no IP packet except on
+ * the migration connection (external consistency: nothing the destination copy will not
+ * also have sent). Netfilter hooks at LOCAL_OUT; here in C because the 6.12 Rust crate has
+ * no netfilter abstraction. ckpt_main.rs decides when to arm and release.
+ */
+static struct {
+	__be32 saddr, daddr;
+	__be16 sport, dport;
+} ckpt_hold_tuple;
+static int ckpt_hold_on;	/* read by the hooks in softirq context */
+static bool ckpt_hold_registered;
+static atomic64_t ckpt_hold_drops;
+
+static unsigned int ckpt_hold_ipv4(void *priv, struct sk_buff *skb,
+				   const struct nf_hook_state *state)
+{
+	const struct iphdr *iph = ip_hdr(skb);
+	const struct tcphdr *th;
+	struct tcphdr _th;
+
+	if (!smp_load_acquire(&ckpt_hold_on))
+		return NF_ACCEPT;
+	if (iph->protocol == IPPROTO_TCP && iph->saddr == ckpt_hold_tuple.saddr &&
+	    iph->daddr == ckpt_hold_tuple.daddr && !(iph->frag_off & htons(IP_OFFSET))) {
+		th = skb_header_pointer(skb, skb_network_offset(skb) + ip_hdrlen(skb),
+					sizeof(_th), &_th);
+		if (th && th->source == ckpt_hold_tuple.sport && th->dest == ckpt_hold_tuple.dport)
+			return NF_ACCEPT;
+	}
+	atomic64_inc(&ckpt_hold_drops);
+	return NF_DROP;
+}
+
+static unsigned int ckpt_hold_other(void *priv, struct sk_buff *skb,
+				    const struct nf_hook_state *state)
+{
+	if (!smp_load_acquire(&ckpt_hold_on))
+		return NF_ACCEPT;
+	atomic64_inc(&ckpt_hold_drops);
+	return NF_DROP;
+}
+
+static const struct nf_hook_ops ckpt_hold_ops[] = {
+	{ .hook = ckpt_hold_ipv4, .pf = NFPROTO_IPV4, .hooknum = NF_INET_LOCAL_OUT,
+	  .priority = INT_MIN },
+#if IS_ENABLED(CONFIG_IPV6)
+	{ .hook = ckpt_hold_other, .pf = NFPROTO_IPV6, .hooknum = NF_INET_LOCAL_OUT,
+	  .priority = INT_MIN },
+#endif
+};
+
+/* Process context only (registering sleeps). Addresses and ports in network order. */
+int ckpt_hold_arm(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport)
+{
+	int err;
+
+	if (!ckpt_hold_registered) {
+		err = nf_register_net_hooks(&init_net, ckpt_hold_ops, ARRAY_SIZE(ckpt_hold_ops));
+		if (err)
+			return err;
+		ckpt_hold_registered = true;
+	}
+	WRITE_ONCE(ckpt_hold_on, 0);
+	ckpt_hold_tuple.saddr = saddr;
+	ckpt_hold_tuple.daddr = daddr;
+	ckpt_hold_tuple.sport = sport;
+	ckpt_hold_tuple.dport = dport;
+	atomic64_set(&ckpt_hold_drops, 0);
+	smp_store_release(&ckpt_hold_on, 1);
+	return 0;
+}
+
+/* Any context: the hooks let everything through from now on. */
+void ckpt_hold_disarm(void)
+{
+	WRITE_ONCE(ckpt_hold_on, 0);
+}
+
+/* Process context: disarm and unregister; returns the packets dropped while armed. */
+unsigned long long ckpt_hold_release(void)
+{
+	ckpt_hold_disarm();
+	if (ckpt_hold_registered) {
+		nf_unregister_net_hooks(&init_net, ckpt_hold_ops, ARRAY_SIZE(ckpt_hold_ops));
+		ckpt_hold_registered = false;
+	}
+	return atomic64_xchg(&ckpt_hold_drops, 0);
+}
