@@ -22,6 +22,7 @@
 #include <linux/netfilter_ipv4.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
+#include <net/ip.h>
 #include <net/net_namespace.h>
 #include <asm/xen/page.h>
 #include <asm/xen/hypercall.h>
@@ -52,6 +53,7 @@ const unsigned long *ckpt_m2p(void);
 unsigned long long ckpt_clock_ns(void);
 int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
 unsigned long ckpt_read_cr0(void);
+int ckpt_unpin_table(unsigned long mfn);
 int ckpt_hold_arm(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport);
 void ckpt_hold_disarm(void);
 unsigned long long ckpt_hold_release(void);
