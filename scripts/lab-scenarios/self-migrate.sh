@@ -109,11 +109,12 @@ tmpcfg=$(mktemp); printf '%s\n' "$cfg" >"$tmpcfg"
 lab_push 2 "$tmpcfg" "/etc/xen/$lname.cfg"; rm -f "$tmpcfg"
 [ "$(lab_push_cached 2 "$loader")" = "$lpath" ] || die "loader kernel path mismatch"
 
-# start_loader: xl create of the guest-made config on host 2 and wait until it listens.
+# start_loader [HOST]: xl create of the guest-made config (default host 2); wait until it listens.
 start_loader() {
-    lab_exec_raw 2 30 "" "xl destroy $lname; rm -f /var/log/xen/console/guest-$lname.log; true" >/dev/null 2>&1 || true
-    lab_exec_raw 2 300 "" "xl create /etc/xen/$lname.cfg" >&2 || die "xl create of the loader failed"
-    lab_exec_raw 2 150 "" "d=\$(xl domid $lname); for i in \$(seq 600); do
+    local h=${1:-2}
+    lab_exec_raw "$h" 30 "" "xl destroy $lname; rm -f /var/log/xen/console/guest-$lname.log; true" >/dev/null 2>&1 || true
+    lab_exec_raw "$h" 300 "" "xl create /etc/xen/$lname.cfg" >&2 || die "xl create of the loader failed"
+    lab_exec_raw "$h" 150 "" "d=\$(xl domid $lname); for i in \$(seq 600); do
         [ \"\$(xenstore-read /local/domain/\$d/data/inflate-loader 2>/dev/null)\" = listening ] && exit 0; sleep 0.2; done; exit 1" \
         || die "the loader did not reach 'listening'"
 }
@@ -196,6 +197,7 @@ fault_rows=()
 fault_fail=0
 run_fault() {
     local f=$1 expect code serving=false on1=false loader_says="" t0 d
+    [ "$f" = roundtrip ] && { run_roundtrip; return; }
     start_loader
     lab_exec_raw 1 30 "" ": >/var/log/xen/console/guest-$name.log" >/dev/null
     case $f in
@@ -220,7 +222,9 @@ run_fault() {
             d=$(lab_exec_raw 2 30 "" "xl domid $lname")
             lab_exec_raw 2 "$timeout" "" "miss=0; while [ \$miss -lt 2 ]; do if busybox ping -c1 -W1 $ip >/dev/null 2>&1; then miss=0; else miss=\$((miss+1)); fi; done; ip link set vif$d.0 down; echo cut" >&2
             loader_says="link cut after the capture" ;;
-        *) die "unknown fault '$f' (kill, corrupt, cut)" ;;
+        roundtrip)
+            run_roundtrip; return ;;
+        *) die "unknown fault '$f' (kill, corrupt, cut, roundtrip)" ;;
     esac
     code=$(wait_source_exit 300)
     lab_exec_raw 2 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null 2>&1 && serving=true
@@ -238,10 +242,62 @@ run_fault() {
     fault_rows+=("$(printf '{"fault":"%s","ok":%s,"source_exit":%s,"expected_exit":%d,"source_serving":%s,"source_on_host1":%s,"loader":%s}' \
         "$f" "$ok" "${code:-null}" "$expect" "$serving" "$on1" "$(printf '%s' "$loader_says" | perl -pe 's/(["\\])/\\$1/g; $_ = "\"$_\""')")")
 }
+# roundtrip (needs a completed move; the guest runs on host 2 as $lname):
+#  1. the arrived guest checkpoints itself again (`checkpointd save` to host 2's dom0), dom0
+#     exports it (`checkpointd export --xen`) and stock `xl restore` revives it in place of the
+#     running copy: nothing the loader left behind may stop stock Xen from restoring it;
+#  2. A->B->A: that guest moves itself back to a loader domain on host 1.
+run_roundtrip() {
+    local ok=false step="" rcpd cfg t
+    eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
+    rcpd=$(lab_push_cached 2 "$CHECKPOINTD_STRIPPED")
+    lab_exec_raw 2 60 "" "chmod +x $rcpd; mkdir -p /mnt/rt; mountpoint -q /mnt/rt || mount -t tmpfs -o size=480M tmpfs /mnt/rt;
+        pkill -f 'TCP-LISTEN:5556'; (setsid socat -u TCP-LISTEN:5556,reuseaddr OPEN:/mnt/rt/ck.bin,creat,trunc </dev/null >/dev/null 2>&1 &)" >/dev/null
+    sleep 1
+    step=save
+    if request "save $LAB_SUBNET.2 5556" | grep -q started \
+        && lab_exec_raw 2 900 "" "for i in \$(seq 4000); do grep -aq '^SAVE-EXIT 0' /var/log/xen/console/guest-$lname.log && exit 0; grep -aq '^SAVE-EXIT' /var/log/xen/console/guest-$lname.log && exit 1; sleep 0.2; done; exit 1"; then
+        step=export
+        t=$(mktemp); lab_pull 1 "/etc/xen/$name.cfg" "$t"; lab_push 2 "$t" "/etc/xen/$name.cfg"; rm -f "$t"
+        if lab_exec_raw 2 600 "" "$rcpd export --xen /mnt/rt/g.img --config /etc/xen/$name.cfg /mnt/rt/ck.bin && rm /mnt/rt/ck.bin" >&2; then
+            step="xl restore"
+            lab_exec_raw 2 60 "" "xl destroy $lname; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
+            if lab_exec_raw 2 600 "" "xl restore /mnt/rt/g.img; rc=\$?; rm -f /mnt/rt/g.img; exit \$rc" >&2 \
+                && lab_guest_wait 2 "$name" 'SAVE-LOG resumed from a checkpoint' 180 \
+                && lab_exec_raw 2 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null; then
+                step="A->B->A"
+                log "roundtrip: the arrived guest re-checkpointed and stock xl restore revived it; now back to host 1"
+                cfg=$(request "loadercfg $lip $lpath")
+                grep -q '^kernel = ' <<<"$cfg" || cfg=""
+                t=$(mktemp); printf '%s\n' "$cfg" | sed "s/^name = .*/name = \"$lname\"/" >"$t"
+                lab_push 1 "$t" "/etc/xen/$lname.cfg"; rm -f "$t"
+                lab_push_cached 1 "$loader" >/dev/null
+                start_loader 1
+                if request "migrate $lip:$lport" | grep -q started \
+                    && lab_exec_raw 1 "$timeout" "" "for i in \$(seq $((timeout * 5))); do grep -aq '^MIGRATE-EXIT 0' /var/log/xen/console/guest-$lname.log 2>/dev/null && exit 0; sleep 0.2; done; exit 1" \
+                    && lab_exec_raw 1 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null \
+                    && ! lab_exec_raw 2 30 "" "xl domid $name" >/dev/null 2>&1; then
+                    ok=true step=done
+                fi
+            fi
+        fi
+    fi
+    lab_exec_raw 2 30 "" "umount /mnt/rt" >/dev/null 2>&1 || true
+    [ "$ok" = true ] || fault_fail=1
+    log "roundtrip: $([ "$ok" = true ] && echo "re-checkpoint + xl restore, then A->B->A: ok" || echo "failed at: $step")"
+    fault_rows+=("$(printf '{"fault":"roundtrip","ok":%s,"failed_at":"%s"}' "$ok" "$([ "$ok" = true ] || echo "$step")")")
+}
 if [ -n "$faults" ]; then
-    if [ "$moved" = true ]; then
-        # The guest now lives on host 2 as the loader domain: start a fresh one on host 1.
-        lab_exec_raw 2 30 "" "xl destroy $lname" >/dev/null 2>&1 || true
+    # The round trip starts from the moved guest: run it first, then the fail-safe cases.
+    if [[ ,$faults, == *,roundtrip,* ]]; then
+        if [ "$moved" = true ]; then run_fault roundtrip
+        else fault_rows+=('{"fault":"roundtrip","ok":false,"failed_at":"no completed move to start from"}'); fault_fail=1; fi
+        faults=$(sed 's/roundtrip//; s/,,/,/; s/^,//; s/,$//' <<<"$faults")
+        moved_now=$(lab_exec_raw 1 30 "" "xl domid $name" >/dev/null 2>&1 && echo host1 || echo elsewhere)
+    fi
+    if [ "$moved" = true ] && [ "${moved_now:-}" != host1 ]; then
+        # The guest lives elsewhere now: start a fresh one on host 1 for the fail-safe cases.
+        for h in 1 2; do lab_exec_raw "$h" 30 "" "xl destroy $lname; xl destroy $name; true" >/dev/null 2>&1 || true; done
         boot_guest
     fi
     for f in ${faults//,/ }; do run_fault "$f"; done
