@@ -137,15 +137,15 @@ migrate_and_wait() {
 }
 
 # Raw TCP guest -> host 2's dom0, same path as the stream (host 1 bridge, wire, host 2 bridge).
-lab_exec_raw 2 30 "" "pkill -f 'TCP-LISTEN:5003'; (setsid sh -c 'socat -u TCP-LISTEN:5003,reuseaddr - | dd of=/dev/null bs=64k 2>/tmp/raw.dd' </dev/null >/dev/null 2>&1 &)" \
+# The sink times from the first byte to EOF (dd reads exactly that byte, wc counts the rest).
+lab_exec_raw 2 30 "" "pkill -f 'TCP-LISTEN:5003'; rm -f /tmp/raw.t; (setsid sh -c 'socat -u TCP-LISTEN:5003,reuseaddr - | { dd bs=1 count=1 of=/dev/null 2>/dev/null; t0=\$(date +%s%N); n=\$(wc -c); t1=\$(date +%s%N); echo \$((n + 1)) \$t0 \$t1 >/tmp/raw.t; }' </dev/null >/dev/null 2>&1 &)" \
     || die "cannot start the raw TCP sink"
 sleep 1
 request "rawtcp $LAB_SUBNET.2 5003 $raw_mib" | grep -q done || die "raw TCP transfer failed"
-sleep 1
-raw=$(lab_exec_raw 2 30 "" "cat /tmp/raw.dd")
-raw_bytes=$(sed -n 's/^\([0-9]*\) bytes.*/\1/p' <<<"$raw")
-raw_s=$(sed -n 's/.* copied, \([0-9.]*\) s.*/\1/p' <<<"$raw")
-raw_rate=$(awk -v b="${raw_bytes:-0}" -v s="${raw_s:-0}" 'BEGIN{ if (s > 0) printf "%.3f", b / s / 1e6; else print "null" }')
+raw=$(lab_exec_raw 2 30 "" "for i in \$(seq 50); do [ -s /tmp/raw.t ] && break; sleep 0.2; done; cat /tmp/raw.t")
+read -r raw_bytes raw_t0 raw_t1 <<<"$raw"
+raw_s=$(awk -v a="${raw_t0:-0}" -v b="${raw_t1:-0}" 'BEGIN{ printf "%.3f", (b - a) / 1e9 }')
+raw_rate=$(awk -v n="${raw_bytes:-0}" -v s="$raw_s" 'BEGIN{ if (s > 0) printf "%.3f", n / s / 1e6; else print "null" }')
 log "raw TCP guest -> host 2 dom0: ${raw_bytes:-?} bytes in ${raw_s:-?} s = $raw_rate MB/s"
 
 # An open TCP connection into the guest (its echo service on port 9), held by host 2's dom0
