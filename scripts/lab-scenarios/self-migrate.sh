@@ -61,7 +61,7 @@ if [ "$(lab_hosts)" = 0 ]; then lab_up 2; started=1; fi
 cleanup() {
     local h
     for h in 1 2; do
-        lab_exec_raw "$h" 30 "" "xl destroy $name; xl destroy $lname; pkill -f 'TCP-LISTE[N]:5000' ; pkill -f 'TCP-LISTE[N]:5003'; pkill -f lab-rela[y]; true" >/dev/null 2>&1 || true
+        lab_exec_raw "$h" 30 "" "xl destroy $name; xl destroy $lname; pkill -f 'TCP-LISTE[N]:5000'; for p in raw relay rt; do [ -f /tmp/\$p.pid ] && kill \$(cat /tmp/\$p.pid); rm -f /tmp/\$p.pid; done; true" >/dev/null 2>&1 || true
     done
     [ "$started" = 0 ] || [ "$keep" = 1 ] || lab_down
 }
@@ -138,7 +138,7 @@ migrate_and_wait() {
 
 # Raw TCP guest -> host 2's dom0, same path as the stream (host 1 bridge, wire, host 2 bridge).
 # The sink times from the first byte to EOF (dd reads exactly that byte, wc counts the rest).
-lab_exec_raw 2 30 "" "pkill -f 'TCP-LISTE[N]:5003'; rm -f /tmp/raw.t; (setsid sh -c 'socat -u TCP-LISTEN:5003,reuseaddr - | { dd bs=1 count=1 of=/dev/null 2>/dev/null; t0=\$(date +%s%N); n=\$(wc -c); t1=\$(date +%s%N); echo \$((n + 1)) \$t0 \$t1 >/tmp/raw.t; }' </dev/null >/dev/null 2>&1 &)" \
+lab_exec_raw 2 30 "" "rm -f /tmp/raw.t; setsid sh -c 'socat -u TCP-LISTEN:5003,reuseaddr - | { dd bs=1 count=1 of=/dev/null 2>/dev/null; t0=\$(date +%s%N); n=\$(wc -c); t1=\$(date +%s%N); echo \$((n + 1)) \$t0 \$t1 >/tmp/raw.t; }' </dev/null >/dev/null 2>&1 & echo \$! >/tmp/raw.pid" \
     || die "cannot start the raw TCP sink"
 sleep 1
 request "rawtcp $LAB_SUBNET.2 5003 $raw_mib" | grep -q done || die "raw TCP transfer failed"
@@ -211,7 +211,7 @@ run_fault() {
         corrupt)
             expect=10
             relay=$(lab_push_cached 2 "$REPO_ROOT/scripts/lib/lab-relay.pl")
-            lab_exec_raw 2 30 "" "pkill -f lab-rela[y]; (setsid perl $relay 7001 $lip $lport 300000 </dev/null >/tmp/relay.log 2>&1 &)" >/dev/null
+            lab_exec_raw 2 30 "" "setsid perl $relay 7001 $lip $lport 300000 </dev/null >/tmp/relay.log 2>&1 & echo \$! >/tmp/relay.pid" >/dev/null
             sleep 1
             request "migrate $LAB_SUBNET.2:7001 --link-timeout 10" | grep -q started || die "fault $f: request refused" ;;
         cut)
@@ -231,7 +231,7 @@ run_fault() {
     lab_exec_raw 1 30 "" "xl domid $name" >/dev/null 2>&1 && on1=true
     if [ "$f" = corrupt ]; then
         loader_says=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log | grep -aiE 'corrupt|refus|checksum' | tail -n1" || true)
-        lab_exec_raw 2 30 "" "pkill -f lab-rela[y]; cat /tmp/relay.log" >&2 || true
+        lab_exec_raw 2 30 "" "kill \$(cat /tmp/relay.pid) 2>/dev/null; cat /tmp/relay.log" >&2 || true
     fi
     lab_exec_raw 2 30 "" "xl destroy $lname" >/dev/null 2>&1 || true
     local ok=false
@@ -252,7 +252,7 @@ run_roundtrip() {
     eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
     rcpd=$(lab_push_cached 2 "$CHECKPOINTD_STRIPPED")
     lab_exec_raw 2 60 "" "chmod +x $rcpd; mkdir -p /mnt/rt; mountpoint -q /mnt/rt || mount -t tmpfs -o size=480M tmpfs /mnt/rt;
-        pkill -f 'TCP-LISTE[N]:5556'; (setsid socat -u TCP-LISTEN:5556,reuseaddr OPEN:/mnt/rt/ck.bin,creat,trunc </dev/null >/dev/null 2>&1 &)" >/dev/null
+        setsid socat -u TCP-LISTEN:5556,reuseaddr OPEN:/mnt/rt/ck.bin,creat,trunc </dev/null >/dev/null 2>&1 & echo \$! >/tmp/rt.pid" >/dev/null
     sleep 1
     step=save
     if request "save $LAB_SUBNET.2 5556" | grep -q started \
