@@ -19,9 +19,9 @@
 # `ready`), RESTORE_GUEST_MEM (MiB, default 128).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
-# Opt-in until it is green end to end on the lab (docs/inflate-loader.md "Status").
-if [ "${RESTORE_STAGE:-0}" != 1 ]; then
-    echo "restore-in-place: skipped (set RESTORE_STAGE=1 to run it)"
+# About 8 min warm (the guest's own save is 2.5 of them). RESTORE_STAGE=0 skips it.
+if [ "${RESTORE_STAGE:-1}" = 0 ]; then
+    echo "restore-in-place: skipped (RESTORE_STAGE=0)"
     exit 77
 fi
 export LAB_NAME=${RESTORE_LAB_NAME:-ci-restore}
@@ -57,7 +57,7 @@ if [ "$(lab_hosts)" = 0 ]; then lab_up 2 >&2; started=1; fi
 cleanup() {
     [ "${RESTORE_KEEP:-0}" = 1 ] && return 0
     x1 "xl destroy $name" >/dev/null 2>&1 || true
-    x2 "xl destroy $name; pkill -f 'TCP-LISTEN:$sport'; rm -f /tmp/ck.bin /tmp/g.img" >/dev/null 2>&1 || true
+    x2 "xl destroy $name; pkill -f 'TCP-LISTE[N]:$sport'; rm -f /tmp/ck.bin /tmp/g.img" >/dev/null 2>&1 || true
     [ "$started" = 0 ] || lab_down
 }
 trap cleanup EXIT
@@ -70,7 +70,8 @@ if [ "${RESTORE_REUSE:-0}" = 1 ] && x2 "test -s /tmp/ck.bin && test -s /tmp/ck.p
     log "reusing the stream saved by an earlier run"
 else
     x1 "xl destroy $name; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
-    x2 "xl destroy $name; rm -f /tmp/ck.bin /tmp/ck.pfns; pkill -f 'TCP-LISTEN:$sport'; (setsid socat -u TCP-LISTEN:$sport,reuseaddr OPEN:/tmp/ck.bin,creat,trunc </dev/null >/tmp/ck-recv.log 2>&1 &)" \
+    x2 "xl destroy $name; rm -f /tmp/ck.bin /tmp/ck.pfns; pkill -f 'TCP-LISTE[N]:$sport'" >/dev/null 2>&1 || true
+    x2 "(setsid socat -u TCP-LISTEN:$sport,reuseaddr OPEN:/tmp/ck.bin,creat,trunc </dev/null >/tmp/ck-recv.log 2>&1 &)" \
         || fail "cannot start the receiver in host 2's dom0"
     t0=$(date +%s)
     lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory "$gmem" \
@@ -80,7 +81,7 @@ else
     grep -q 'CKPT-SAVE-EXIT 0' <<<"$out" || fail "checkpointd save failed in the guest"
     pfns=$(sed -n 's/^CKPT-PATTERN-PFNS //p' <<<"$out" | head -n1)
     [ "$(wc -w <<<"$pfns")" = "$pages" ] || fail "expected $pages pattern pfns, got: $pfns"
-    for _ in $(seq 60); do x2 "pgrep -f 'TCP-LISTEN:$sport' >/dev/null" || break; sleep 1; done
+    for _ in $(seq 60); do x2 "pgrep -f 'TCP-LISTE[N]:$sport' >/dev/null" || break; sleep 1; done
     x2 "$rcpd inspect /tmp/ck.bin" >&2 || fail "checkpointd inspect rejected the saved stream"
     x2 "echo '$pfns' >/tmp/ck.pfns"
     # The guest's own xl config and files, for the oracle (stock xl restore) on host 2.
@@ -126,7 +127,9 @@ lab_guest_wait 2 "$name" 'resumed from a checkpoint' 120
 lab_guest_wait 2 "$name" 'PATTERN-P-(INTACT|CHANGED)' 120
 consolelog | grep -q "PATTERN-P-INTACT $pages/$pages" \
     || fail "the revived guest's buffer does not hold pattern P: $(consolelog | grep PATTERN-P-)"
-consolelog | grep -E '^restore: |unpinned its L4' >&2 || true
+log_restore=$(consolelog)
+grep -E '^restore: |unpinned its L4' <<<"$log_restore" >&2 || true
+grep -q 'revived by inflate-loader: unpinned its L4 .*: rc 0' <<<"$log_restore" || fail "the revived guest did not unpin the loader's L4"
 mem_after=$mem_before
 for _ in $(seq 30); do
     mem_after=$(x2 "xl list $name | awk 'NR == 2 { print \$3 }'")
@@ -153,5 +156,6 @@ lab_guest_wait 2 "$name" 'PATTERN-P-(INTACT|CHANGED)' 120
 x2 "xl destroy $name" >/dev/null 2>&1 || true
 log "oracle: export --xen + xl restore: restore returned after $xl_restore_ms ms, ping after $xl_restore_to_ping_ms ms"
 
-printf '{"scenario":"restore-in-place","guest_mib":%d,"loader_mib":%d,"stream_bytes":%d,"commit_to_ping_ms":%d,"xl_export_restore_to_ping_ms":%d,"xl_export_restore_ms":%d,"mem_before_mib":%d,"mem_after_mib":%d,"refused":"corrupt","ok":true}\n' \
-    "$gmem" "$lmem" "$bytes" "$commit_to_ping_ms" "$xl_restore_to_ping_ms" "$xl_restore_ms" "$mem_before" "$mem_after"
+phase_a_ms=$(grep -o 'restore: phase A: .*, \([0-9]*\) ms$' <<<"$log_restore" | tail -n1 | sed 's/.*, \([0-9]*\) ms$/\1/')
+printf '{"scenario":"restore-in-place","guest_mib":%d,"loader_mib":%d,"stream_bytes":%d,"phase_a_ms":%s,"commit_to_ping_ms":%d,"xl_export_restore_to_ping_ms":%d,"xl_export_restore_ms":%d,"mem_before_mib":%d,"mem_after_mib":%d,"refused":"corrupt","aborted":true,"ok":true}\n' \
+    "$gmem" "$lmem" "$bytes" "${phase_a_ms:-null}" "$commit_to_ping_ms" "$xl_restore_to_ping_ms" "$xl_restore_ms" "$mem_before" "$mem_after"
