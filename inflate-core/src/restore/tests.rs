@@ -882,3 +882,59 @@ fn run_any(
     );
     (Some(out), r, d)
 }
+
+/// The refusals the receiver's own checks make unreachable (the decoder enforces coverage),
+/// kept because `prepare` must not rely on its caller: built on `Records` directly.
+#[test]
+fn incomplete_records_are_refused() {
+    use checkpoint_stream::Capture;
+    let ctx = Guest::new().ctx;
+    let build = |max_pfn: u64, types_upto: u64, frames: u64, vcpu: bool, place: bool| {
+        let n = max_pfn as usize + 1;
+        let (mut t, mut i, mut f) = (vec![0u8; n], vec![0u64; n], vec![0u64; 4]);
+        let mut r = Records::new(&mut t, &mut i, &mut f);
+        r.start(max_pfn);
+        r.set_capture(&Capture {
+            start_info_pfn: SI,
+            nr_vcpus: 1,
+            pause_ns: 0,
+        });
+        r.add_types(0, &vec![page_type::NORMAL; types_upto as usize]);
+        r.add_p2m(0, (0..types_upto).map(src_mfn));
+        r.add_p2m_frames(0, (0..frames).map(|k| 40 + k));
+        if vcpu {
+            r.add_vcpu(0, VcpuKind::Basic, &ctx);
+        }
+        r.seal();
+        let (mut bits, mut slots) = (vec![0u64; 64], vec![0u32; n]);
+        let mut book = FrameBook::new(&mut bits, 4000, 100);
+        let mut plan = Plan::new(&mut slots);
+        plan.start(max_pfn).unwrap();
+        if place {
+            for p in 0..types_upto {
+                plan.place(p, &mut book).unwrap();
+            }
+        }
+        let mut d = FakeDomain::default();
+        prepare(
+            &r,
+            &mut plan,
+            &mut book,
+            &FakeDomain::default(),
+            &mut d,
+            &own(),
+        )
+        .unwrap_err()
+    };
+    assert_eq!(build(63, 32, 1, true, true), RestoreError::TypesMissing);
+    assert_eq!(
+        build(600, 601, 1, true, true),
+        RestoreError::P2mFrameCount { have: 1, need: 2 }
+    );
+    assert_eq!(build(63, 64, 1, false, true), RestoreError::NoVcpu);
+    assert_eq!(
+        build(63, 64, 1, true, false),
+        RestoreError::RamNotPlaced { pfn: 0 }
+    );
+    assert_eq!(build(63, 64, 0, true, true), RestoreError::NotACapture);
+}
