@@ -234,9 +234,13 @@ impl<H: Host> Node<H> {
     fn loader_cfg(&self, name: &str, slot: usize, t: &BootToken) -> String {
         let ip = self.cfg.addr(slot);
         let o = ip.octets();
+        // stage2-sha1: what the loader's stage 1 is to check an uploaded stage 2 against (the
+        // token's loader SHA-1); today's loader ignores the word.
         let extra = format!(
-            "ip={ip} netmask={} port={}",
-            self.cfg.netmask, self.cfg.port
+            "ip={ip} netmask={} port={} stage2-sha1={}",
+            self.cfg.netmask,
+            self.cfg.port,
+            token_tool::to_hex(&t.loader_sha1)
         );
         self.cfg
             .template

@@ -129,6 +129,10 @@ fn refusals_name_their_reason_and_the_node_keeps_serving() {
         "{cfg}"
     );
     assert!(cfg.contains("mac=00:16:3e:4c:00:78"), "{cfg}");
+    assert!(
+        cfg.contains(&format!("stage2-sha1={}", "00".repeat(20))),
+        "{cfg}"
+    );
     n.host.result = Some(Ok(5));
     let r = reply(n.poll(1_000).pop());
     assert_eq!(
