@@ -133,6 +133,13 @@ fn refusals_name_their_reason_and_the_node_keeps_serving() {
         cfg.contains(&format!("stage2-sha1={}", "00".repeat(20))),
         "{cfg}"
     );
+    // The loader's own command-line parser accepts what packetd writes.
+    let extra = cfg.split("extra=").nth(1).unwrap();
+    let net = inflate_core::cmdline::parse(extra.split(" mac=").next().unwrap()).unwrap();
+    assert_eq!(
+        (net.ip, net.prefix_len, net.port),
+        ([10, 0, 0, 120], 24, 7000)
+    );
     n.host.result = Some(Ok(5));
     let r = reply(n.poll(1_000).pop());
     assert_eq!(
