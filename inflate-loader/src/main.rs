@@ -29,17 +29,19 @@ use core::panic::PanicInfo;
 use inflate_core::frames::{FrameBook, Plan};
 use inflate_core::receive::Receiver;
 use inflate_core::records::Records;
+use inflate_core::restore::sizing;
 
 /// Frame book: one bit per pfn, up to 1 GiB of loader memory.
 static mut FRAME_BITS: [u64; 4096] = [0; 4096];
 /// Placement plan: one loader pfn per guest pfn. Indexed up to the guest's max_pfn, which is
-/// Linux's p2m size (262143 for guests up to 1 GiB of pfn space), not its RAM.
-static mut PLAN_SLOTS: [u32; 262144] = [0; 262144];
+/// Linux's p2m size (262143 for guests up to 1 GiB of pfn space), not its RAM. The capacities
+/// are inflate-core's sizing constants, so the loader-config formula cannot drift from them.
+static mut PLAN_SLOTS: [u32; sizing::PLAN_SLOTS] = [0; sizing::PLAN_SLOTS];
 /// Kept capture records: the page type of every guest pfn, the source p2m of every RAM pfn
 /// (packed, guests up to 512 MiB of RAM) and the pfns of the guest's p2m pages.
-static mut TYPES: [u8; 262144] = [0; 262144];
-static mut INV: [u64; 131072] = [0; 131072];
-static mut P2M_FRAMES: [u64; 1024] = [0; 1024];
+static mut TYPES: [u8; sizing::PLAN_SLOTS] = [0; sizing::PLAN_SLOTS];
+static mut INV: [u64; sizing::INDEX_SLOTS] = [0; sizing::INDEX_SLOTS];
+static mut P2M_FRAMES: [u64; sizing::P2M_FRAME_SLOTS] = [0; sizing::P2M_FRAME_SLOTS];
 
 /// Restore in place as the server sees it: phase A and its undo.
 struct InPlace<'s> {
