@@ -15,6 +15,10 @@ pub const P2M_FRAME_SLOTS: usize = PLAN_SLOTS / 512;
 /// per RAM page), p2m frame list (u64 each).
 pub const TABLE_BYTES: u64 = (PLAN_SLOTS * 5 + INDEX_SLOTS * 8 + P2M_FRAME_SLOTS * 8) as u64;
 
+/// Bytes of the loader's digest-leaf cache (`Receiver::cache_leaves`): one 32-byte leaf for
+/// each of the first `INDEX_SLOTS` loader frames.
+pub const LEAF_CACHE_BYTES: u64 = (INDEX_SLOTS * 32) as u64;
+
 const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE as u64;
 /// Xen's PV domain builder maps the boot structures up to a 4 MiB boundary; the loader keeps
 /// everything below it.
@@ -38,11 +42,12 @@ pub struct LoaderFootprint {
 }
 
 impl LoaderFootprint {
-    /// The loader as built from this tree: about 2 MiB of image and buffers plus the tables,
-    /// 4 MiB of margin, a frame book of 1 GiB. `checkpointd loader-config` can measure the
-    /// image instead (`image_kib` from [`elf_memory_span`] of the loader ELF).
+    /// The loader as built from this tree: about 2 MiB of image and buffers plus the restore
+    /// tables and the leaf cache, 4 MiB of margin, a frame book of 1 GiB. `checkpointd
+    /// loader-config` can measure the image instead (`image_kib` from [`elf_memory_span`] of
+    /// the loader ELF).
     pub const CURRENT: LoaderFootprint = LoaderFootprint {
-        image_kib: 2048 + TABLE_BYTES / 1024,
+        image_kib: 2048 + (TABLE_BYTES + LEAF_CACHE_BYTES) / 1024,
         slack_kib: 4096,
         plan_slots: PLAN_SLOTS as u64,
         index_slots: INDEX_SLOTS as u64,
@@ -207,7 +212,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_128_mib_capture_needs_about_140_mib() {
+    fn a_128_mib_capture_needs_about_144_mib() {
         // The lab's checkpoint guest: 32768 RAM pages, Linux's p2m of 262144 pfns.
         let s = loader_domain(32768, 262143, 1, &LoaderFootprint::CURRENT).unwrap();
         std::eprintln!("sizing, 128 MiB capture: {s:?}");
