@@ -42,6 +42,11 @@ static mut PLAN_SLOTS: [u32; sizing::PLAN_SLOTS] = [0; sizing::PLAN_SLOTS];
 static mut TYPES: [u8; sizing::PLAN_SLOTS] = [0; sizing::PLAN_SLOTS];
 static mut INV: [u64; sizing::INDEX_SLOTS] = [0; sizing::INDEX_SLOTS];
 static mut P2M_FRAMES: [u64; sizing::P2M_FRAME_SLOTS] = [0; sizing::P2M_FRAME_SLOTS];
+/// The digest leaf of each loader frame, computed when the frame is written: the verification
+/// at END then hashes the leaves instead of re-reading and hashing every frame, which after a
+/// migration's drain would sit inside the guest's blackout. Loaders up to 512 MiB (frames
+/// beyond are re-read at END).
+static mut LEAVES: [[u8; 32]; sizing::INDEX_SLOTS] = [[0; 32]; sizing::INDEX_SLOTS];
 
 /// Restore in place as the server sees it: phase A and its undo.
 struct InPlace<'s> {
@@ -135,6 +140,8 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         si.nr_pages
     );
     let mut rx = Receiver::with_records(book, Plan::new(slots), records);
+    // SAFETY: as above.
+    rx.cache_leaves(unsafe { &mut *(&raw mut LEAVES) });
     status(&mut xs, "listening");
     let nf = RefCell::new(nf);
     let mut inplace = InPlace {
