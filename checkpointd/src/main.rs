@@ -636,7 +636,8 @@ fn cmd_migrate(opts: migrate::Options, json: bool) -> u8 {
     };
     let rep = migrate::migrate(&mut dev, w, &opts, t0);
     if json {
-        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+        // One line, so consoles and scripts can pick it out.
+        println!("{}", serde_json::to_string(&rep).unwrap_or_default());
     } else {
         print!("{}", migrate::human(&rep));
     }

@@ -129,7 +129,7 @@ migrate_and_wait() {
     request "migrate $lip:$lport $opts" | grep -q started || { echo "guest refused the request" >&2; return 3; }
     t0=$(date +%s)
     while [ $(( $(date +%s) - t0 )) -lt "$limit" ]; do
-        s=$(lab_exec_raw 2 20 "" "for i in \$(seq 25); do grep -a '^MIGRATE-EXIT' /var/log/xen/console/guest-$lname.log 2>/dev/null | tail -n1 | tr -d '\r' | grep . && exit 0; sleep 0.2; done; exit 1") \
+        s=$(lab_exec_raw 2 60 "" "for i in \$(seq 25); do grep -a '^MIGRATE-EXIT' /var/log/xen/console/guest-$lname.log 2>/dev/null | tail -n1 | tr -d '\r' | grep . && exit 0; sleep 0.2; done; exit 1") \
             && { [ "${s#MIGRATE-EXIT }" = 0 ]; return; }
         s=$(console 1 "$name" | grep -a '^MIGRATE-EXIT' | tail -n1) && [ -n "$s" ] && { echo "source: $s" >&2; return 2; }
     done
