@@ -73,6 +73,8 @@ done
 lab_push_cached 2 "$img/vmlinuz" >/dev/null
 lab_push_cached 2 "$img/initrd.gz" >/dev/null
 
+# json_str TEXT: TEXT as a JSON string.
+json_str() { perl -e 'my $s = shift; $s =~ s/(["\\])/\\$1/g; $s =~ s/[\x00-\x1f]/ /g; print "\"$s\""' "$1"; }
 console() { lab_exec_raw "$1" 30 "" "tr -d '\r' </var/log/xen/console/guest-$2.log 2>/dev/null"; }
 boot_guest() {
     lab_exec_raw 1 30 "" "rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
@@ -177,7 +179,7 @@ stream_rate=$(perl -e 'my $j = shift; my ($b, $ms) = (0, 0);
 reason=$(sed -n 's/.*"reason":"\([^"]*\)".*/\1/p' <<<"$src_json")
 ok=false; [ "$moved" = true ] && [ "$tcp_ok" = true ] && [ "$on_host1" = false ] && [ "$alive" = true ] && ok=true
 self_row=$(printf '{"method":"checkpointd migrate","ok":%s,"restore_available":%s,"reason":%s,"bytes_sent":%s,"tcp_connection_survived":%s,"workload_alive":%s,"source_gone":%s,"stream_rate_mb_s":%s,"measure":%s,"source_report":%s,"arrived_report":%s}' \
-    "$ok" "$moved" "$(printf '%s' "${reason:-}" | perl -pe 's/(["\\])/\\$1/g; $_ = "\"$_\""')" "${stream_bytes:-null}" "$tcp_ok" "$alive" \
+    "$ok" "$moved" "$(json_str "${reason:-}")" "${stream_bytes:-null}" "$tcp_ok" "$alive" \
     "$([ "$on_host1" = false ] && echo true || echo false)" "$stream_rate" "$m2" "${src_json:-null}" "${dst_json:-null}")
 
 # When the move did not happen, the fail-safe must have worked: the source answers again,
@@ -240,7 +242,7 @@ run_fault() {
     [ "$ok" = true ] || fault_fail=1
     log "fault $f: source exit ${code:-none} (expected $expect), serving again: $serving, still on host 1: $on1; loader: $loader_says"
     fault_rows+=("$(printf '{"fault":"%s","ok":%s,"source_exit":%s,"expected_exit":%d,"source_serving":%s,"source_on_host1":%s,"loader":%s}' \
-        "$f" "$ok" "${code:-null}" "$expect" "$serving" "$on1" "$(printf '%s' "$loader_says" | perl -pe 's/(["\\])/\\$1/g; $_ = "\"$_\""')")")
+        "$f" "$ok" "${code:-null}" "$expect" "$serving" "$on1" "$(json_str "$loader_says")")")
 }
 # roundtrip (needs a completed move; the guest runs on host 2 as $lname):
 #  1. the arrived guest checkpoints itself again (`checkpointd save` to host 2's dom0), dom0
