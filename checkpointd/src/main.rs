@@ -644,8 +644,9 @@ fn cmd_migrate(opts: migrate::Options, json: bool) -> u8 {
     if rep.outcome == migrate::Outcome::Moved {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        // Let the console carry the report out before the domain goes away.
-        std::thread::sleep(Duration::from_millis(500));
+        // Let the console carry the report out before the domain goes away (the guest
+        // already runs at the destination: this costs nothing but the source's lifetime).
+        std::thread::sleep(Duration::from_secs(2));
         let e = sys::power_off();
         // Exiting would release the output hold: two copies would talk. Stay silent.
         eprintln!(
