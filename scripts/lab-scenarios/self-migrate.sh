@@ -161,13 +161,14 @@ lab_exec_raw 2 30 "" "grep -qx '1 before' /tmp/tcp.log" || die "the guest's TCP 
 start_loader
 log "row 2: checkpointd migrate of $name to the loader domain $lname ($lip) on host 2"
 m2=$(LAB_MEASURE_RECOVER=120 lab_measure_migration 2 "$ip" 7 -- migrate_and_wait "--downtime-ms 300")
-src_json=$(console 1 "$name" | sed -n 's/^MIGRATE-JSON //p' | tail -n1)
-dst_json=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log 2>/dev/null" | sed -n 's/^MIGRATE-JSON //p' | tail -n1)
+src_json=$(console 1 "$name" | grep -a '^{"outcome"' | tail -n1 || true)
+dst_json=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log 2>/dev/null" | grep -a '^{"outcome"' | tail -n1 || true)
 moved=false; grep -q '"cmd_status":0' <<<"$m2" && moved=true
 tcp_ok=false alive=false on_host1=true
 if [ "$moved" = true ]; then
     lab_exec_raw 2 30 "" "touch /tmp/tcp.go; for i in \$(seq 100); do grep -q '^2' /tmp/tcp.log 2>/dev/null && break; sleep 0.5; done; grep -qx '2 after' /tmp/tcp.log" && tcp_ok=true
-    lab_exec_raw 1 30 "" "xl domid $name" >/dev/null 2>&1 || on_host1=false
+    # The source acks, prints its report, waits 2 s for its console, then powers off.
+    lab_exec_raw 1 60 "" "for i in \$(seq 150); do xl domid $name >/dev/null 2>&1 || exit 0; sleep 0.2; done; exit 1" && on_host1=false
     a1=$(lab_exec_raw 2 30 "" "grep -ac CKPT-ALIVE /var/log/xen/console/guest-$lname.log" || echo 0); sleep 5
     a2=$(lab_exec_raw 2 30 "" "grep -ac CKPT-ALIVE /var/log/xen/console/guest-$lname.log" || echo 0)
     [ "$a2" -gt "$a1" ] && alive=true
@@ -278,7 +279,7 @@ run_roundtrip() {
                 if request "migrate $lip:$lport" | grep -q started \
                     && lab_exec_raw 1 "$timeout" "" "for i in \$(seq $((timeout * 5))); do grep -aq '^MIGRATE-EXIT 0' /var/log/xen/console/guest-$lname.log 2>/dev/null && exit 0; sleep 0.2; done; exit 1" \
                     && lab_exec_raw 1 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null \
-                    && ! lab_exec_raw 2 30 "" "xl domid $name" >/dev/null 2>&1; then
+                    && lab_exec_raw 2 60 "" "for i in \$(seq 150); do xl domid $name >/dev/null 2>&1 || exit 0; sleep 0.2; done; exit 1"; then
                     ok=true step=done
                 fi
             fi
