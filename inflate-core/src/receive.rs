@@ -481,18 +481,7 @@ mod tests {
     #[test]
     fn a_sparse_guest_needs_frames_for_its_ram_only() {
         // 4000 pfns, of which 150 RAM: fits 200 frames although max_pfn does not.
-        let c = sparse(3999, 150);
-        let mut bits = vec![0u64; 64];
-        let mut slots = vec![0u32; 4096];
-        let (mut t, mut i, mut f) = (vec![0u8; 4096], vec![0u64; 256], vec![0u64; 8]);
-        let mut r = Receiver::with_records(
-            FrameBook::new(&mut bits, 300, 100),
-            Plan::new(&mut slots),
-            Records::new(&mut t, &mut i, &mut f),
-        );
-        let mut st = FakeStore(Default::default());
-        r.begin(0);
-        let res = r.feed(&only_ram(&c), &mut st, 1).unwrap();
+        let (res, r, _) = receive_sparse(&only_ram(&sparse(3999, 150)));
         assert_eq!(res.status, Status::Ok, "{}", res.message());
         assert_eq!(r.zero_filled(), 0);
         assert_eq!(res.pages, 150);
@@ -506,20 +495,8 @@ mod tests {
 
     #[test]
     fn ram_never_sent_gets_zeroed_frames() {
-        let c = sparse(3999, 150);
-        let mut bits = vec![0u64; 64];
-        let mut slots = vec![0u32; 4096];
-        let (mut t, mut i, mut f) = (vec![0u8; 4096], vec![0u64; 256], vec![0u64; 8]);
-        let mut r = Receiver::with_records(
-            FrameBook::new(&mut bits, 300, 100),
-            Plan::new(&mut slots),
-            Records::new(&mut t, &mut i, &mut f),
-        );
-        let mut st = FakeStore(Default::default());
-        r.begin(0);
         // Leave out the zero pages (they are implied): they still need frames.
-        let s = only_ram_with_data(&c);
-        let res = r.feed(&s, &mut st, 1).unwrap();
+        let (res, r, st) = receive_sparse(&only_ram_with_data(&sparse(3999, 150)));
         assert_eq!(res.status, Status::Ok, "{}", res.message());
         let zeros = (0..4000u64)
             .filter(|&p| p % 25 == 0 && p / 25 < 150 && p % 4 == 3)
@@ -589,6 +566,25 @@ mod tests {
         r.begin(0);
         let res = r.feed(&bad, &mut st, 1).unwrap();
         assert_eq!(res.status, Status::DigestMismatch, "{}", res.message());
+    }
+
+    /// Receive `stream` into a 300-page book (200 free) with records storage for 4096 pfns.
+    fn receive_sparse(stream: &[u8]) -> (ResultRecord, Receiver<'static>, FakeStore) {
+        // Leaked (tests only) so the receiver can outlive this frame.
+        let bits = Box::leak(vec![0u64; 64].into_boxed_slice());
+        let slots = Box::leak(vec![0u32; 4096].into_boxed_slice());
+        let t = Box::leak(vec![0u8; 4096].into_boxed_slice());
+        let i = Box::leak(vec![0u64; 256].into_boxed_slice());
+        let f = Box::leak(vec![0u64; 8].into_boxed_slice());
+        let mut r = Receiver::with_records(
+            FrameBook::new(bits, 300, 100),
+            Plan::new(slots),
+            Records::new(t, i, f),
+        );
+        let mut st = FakeStore(Default::default());
+        r.begin(0);
+        let res = r.feed(stream, &mut st, 1).unwrap();
+        (res, r, st)
     }
 
     /// A synthetic guest of `max_pfn + 1` pfns where only every 25th is RAM (`ram` of them),

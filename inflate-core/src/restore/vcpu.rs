@@ -15,52 +15,14 @@ fn wr(b: &mut [u8], o: usize, v: &[u8]) {
     b[o..o + v.len()].copy_from_slice(v);
 }
 
-/// `struct cpu_user_regs` (x86_64). Segment selectors are 16 bits followed by padding.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UserRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub rbp: u64,
-    pub rbx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rax: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub error_code: u32,
-    pub entry_vector: u32,
-    pub rip: u64,
-    pub cs: u16,
-    pub saved_upcall_mask: u8,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u16,
-    pub es: u16,
-    pub ds: u16,
-    pub fs: u16,
-    pub gs: u16,
-}
-
-/// `struct trap_info`: one entry of the virtual IDT the guest gave Xen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TrapInfo {
-    pub vector: u8,
-    /// Bits 0-1 DPL, bit 2 "clear the event mask" (interrupt gate).
-    pub flags: u8,
-    pub cs: u16,
-    pub address: u64,
-}
+/// `struct cpu_user_regs` and `struct trap_info`: the project's ABI crate's definitions (the
+/// decoded context uses them as they are; padding fields are written as zero).
+pub use checkpoint_abi::vcpu_ctx::{CpuUserRegs as UserRegs, TrapInfo};
 
 /// Largest `set_trap_table` list: every vector plus the terminating zero entry.
 pub const TRAP_TABLE_MAX: usize = off::TRAP_ENTRIES + 1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VcpuContext {
     /// FXSAVE image (valid when `flags` has VGCF_i387_valid).
     pub fpu: [u8; off::FPU_LEN],
@@ -86,6 +48,15 @@ pub struct VcpuContext {
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
 }
+
+/// Two contexts are equal when their 5168-byte layouts are (padding is not state).
+impl PartialEq for VcpuContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.encode() == other.encode()
+    }
+}
+
+impl Eq for VcpuContext {}
 
 impl VcpuContext {
     pub fn decode(b: &[u8; off::SIZE]) -> VcpuContext {
@@ -119,6 +90,7 @@ impl VcpuContext {
             ds: rd16(b, r + regs::DS),
             fs: rd16(b, r + regs::FS),
             gs: rd16(b, r + regs::GS),
+            ..UserRegs::default()
         };
         let mut trap_ctxt = [TrapInfo::default(); off::TRAP_ENTRIES];
         for (i, t) in trap_ctxt.iter_mut().enumerate() {
@@ -127,6 +99,7 @@ impl VcpuContext {
                 vector: b[o],
                 flags: b[o + 1],
                 cs: rd16(b, o + 2),
+                pad: 0,
                 address: rd64(b, o + 8),
             };
         }
@@ -265,7 +238,7 @@ impl VcpuContext {
     pub fn trap_table(&self, out: &mut [TrapInfo; TRAP_TABLE_MAX]) -> usize {
         let mut n = 0;
         for t in self.trap_ctxt.iter().filter(|t| t.address != 0) {
-            out[n] = *t;
+            out[n] = TrapInfo { pad: 0, ..*t };
             n += 1;
         }
         out[n] = TrapInfo::default();
@@ -317,6 +290,7 @@ mod tests {
                 vector: v,
                 flags: if v == 0x80 { 3 } else { 0 },
                 cs: 0xe033,
+                pad: 0,
                 address: 0xffff_ffff_8100_0000 + v as u64,
             };
         }
@@ -328,7 +302,7 @@ mod tests {
             [0, 3, 14, 0x80]
         );
         assert_eq!(out[3].flags, 3);
-        assert_eq!(out[4], TrapInfo::default());
+        assert_eq!((out[4].vector, out[4].cs, out[4].address), (0, 0, 0));
         let full = VcpuContext {
             trap_ctxt: [TrapInfo {
                 address: 1,
