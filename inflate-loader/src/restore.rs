@@ -532,7 +532,7 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
         loader_l4_mfn: mm::pfn_to_mfn(boot_l4_pfn(si)),
         op: jump::new_baseptr(v.ctrlreg[3] >> 12),
     };
-    t.fpu.copy_from_slice(&v.fpu[..]);
+    t.fpu.copy_from_slice(&v.fpu_ctxt[..]);
     jump::set(t);
     // B9: the trap table goes last: from here a fault of ours vectors into guest code.
     let mut compact = [restore::vcpu::TrapInfo::default(); restore::vcpu::TRAP_TABLE_MAX];

@@ -17,36 +17,45 @@ fn wr(b: &mut [u8], o: usize, v: &[u8]) {
 
 /// `struct cpu_user_regs` and `struct trap_info`: the project's ABI crate's definitions (the
 /// decoded context uses them as they are; padding fields are written as zero).
-pub use checkpoint_abi::vcpu_ctx::{CpuUserRegs as UserRegs, TrapInfo};
+pub use checkpoint_abi::vcpu_ctx::{CpuUserRegs as UserRegs, TrapInfo, VcpuGuestContext};
 
 /// Largest `set_trap_table` list: every vector plus the terminating zero entry.
 pub const TRAP_TABLE_MAX: usize = off::TRAP_ENTRIES + 1;
 
-#[derive(Debug, Clone)]
-pub struct VcpuContext {
-    /// FXSAVE image (valid when `flags` has VGCF_i387_valid).
-    pub fpu: [u8; off::FPU_LEN],
-    pub flags: u64,
-    pub user_regs: UserRegs,
-    pub trap_ctxt: [TrapInfo; off::TRAP_ENTRIES],
-    pub ldt_base: u64,
-    pub ldt_ents: u64,
-    /// Machine frames of the GDT (the first `gdt_ents.div_ceil(512)` are used).
-    pub gdt_frames: [u64; off::GDT_FRAME_SLOTS],
-    pub gdt_ents: u64,
-    pub kernel_ss: u64,
-    pub kernel_sp: u64,
-    /// [0] CR0, [1] user-mode L4 as `mfn << 12` (0: none), [3] kernel L4 as `mfn << 12`,
-    /// [4] CR4.
-    pub ctrlreg: [u64; 8],
-    pub debugreg: [u64; 8],
-    pub event_callback_eip: u64,
-    pub failsafe_callback_eip: u64,
-    pub syscall_callback_eip: u64,
-    pub vm_assist: u64,
-    pub fs_base: u64,
-    pub gs_base_kernel: u64,
-    pub gs_base_user: u64,
+/// Xen's `vcpu_guest_context` as the project's ABI crate defines it, decoded from and encoded
+/// to the 5168-byte layout without unsafe code. Fields are reached through `Deref`
+/// (`ctx.user_regs.rip`, `ctx.ctrlreg[3]`, `ctx.fpu_ctxt` ...).
+#[derive(Clone, Copy)]
+pub struct VcpuContext(pub VcpuGuestContext);
+
+impl core::ops::Deref for VcpuContext {
+    type Target = VcpuGuestContext;
+    fn deref(&self) -> &VcpuGuestContext {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for VcpuContext {
+    fn deref_mut(&mut self) -> &mut VcpuGuestContext {
+        &mut self.0
+    }
+}
+
+impl core::fmt::Debug for VcpuContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VcpuContext")
+            .field("flags", &self.flags)
+            .field("user_regs", &self.user_regs)
+            .field("gdt_frames", &self.gdt_frames)
+            .field("gdt_ents", &self.gdt_ents)
+            .field("kernel_ss", &self.kernel_ss)
+            .field("kernel_sp", &self.kernel_sp)
+            .field("ctrlreg", &self.ctrlreg)
+            .field("fs_base", &self.fs_base)
+            .field("gs_base_kernel", &self.gs_base_kernel)
+            .field("gs_base_user", &self.gs_base_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Two contexts are equal when their 5168-byte layouts are (padding is not state).
@@ -104,8 +113,8 @@ impl VcpuContext {
             };
         }
         let arr8 = |o: usize| core::array::from_fn(|i| rd64(b, o + 8 * i));
-        VcpuContext {
-            fpu: b[off::FPU_CTXT..off::FPU_CTXT + off::FPU_LEN]
+        VcpuContext(VcpuGuestContext {
+            fpu_ctxt: b[off::FPU_CTXT..off::FPU_CTXT + off::FPU_LEN]
                 .try_into()
                 .unwrap(),
             flags: rd64(b, off::FLAGS),
@@ -126,13 +135,13 @@ impl VcpuContext {
             fs_base: rd64(b, off::FS_BASE),
             gs_base_kernel: rd64(b, off::GS_BASE_KERNEL),
             gs_base_user: rd64(b, off::GS_BASE_USER),
-        }
+        })
     }
 
     /// The 5168-byte layout (padding zero).
     pub fn encode(&self) -> [u8; off::SIZE] {
         let mut b = [0u8; off::SIZE];
-        b[..off::FPU_LEN].copy_from_slice(&self.fpu);
+        b[..off::FPU_LEN].copy_from_slice(&self.fpu_ctxt);
         wr(&mut b, off::FLAGS, &self.flags.to_le_bytes());
         let u = &self.user_regs;
         let r = off::USER_REGS;
@@ -303,13 +312,11 @@ mod tests {
         );
         assert_eq!(out[3].flags, 3);
         assert_eq!((out[4].vector, out[4].cs, out[4].address), (0, 0, 0));
-        let full = VcpuContext {
-            trap_ctxt: [TrapInfo {
-                address: 1,
-                ..Default::default()
-            }; 256],
-            ..c
-        };
+        let mut full = c;
+        full.trap_ctxt = [TrapInfo {
+            address: 1,
+            ..Default::default()
+        }; 256];
         assert_eq!(full.trap_table(&mut out), 257);
     }
 }
