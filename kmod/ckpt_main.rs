@@ -64,7 +64,6 @@ const MMUEXT_PIN_L1_TABLE: c_uint = 0;
 #[repr(C, align(64))]
 pub struct VcpuCtx([u8; VCPU_CTX_BYTES]);
 
-
 /// The capture's vCPU context. Written by the asm entry and the capture routine (in
 /// stop_machine), read by the ioctl after it; never concurrently.
 #[no_mangle]
@@ -220,7 +219,10 @@ struct VBuf {
 
 impl VBuf {
     const fn empty() -> Self {
-        VBuf { ptr: ptr::null_mut(), bytes: 0 }
+        VBuf {
+            ptr: ptr::null_mut(),
+            bytes: 0,
+        }
     }
     fn alloc(bytes: usize) -> Option<VBuf> {
         // SAFETY: vzalloc has no preconditions; null means failure.
@@ -337,7 +339,13 @@ fn page_ptr(pfn: u64) -> *const u8 {
 fn page_readable(pfn: u64) -> bool {
     let mut probe = 0u64;
     // SAFETY: copy_from_kernel_nofault tolerates unmapped addresses.
-    unsafe { copy_from_kernel_nofault(ptr::addr_of_mut!(probe) as *mut c_void, page_ptr(pfn) as *const c_void, 8) == 0 }
+    unsafe {
+        copy_from_kernel_nofault(
+            ptr::addr_of_mut!(probe) as *mut c_void,
+            page_ptr(pfn) as *const c_void,
+            8,
+        ) == 0
+    }
 }
 
 /// 64-bit hash of one page: four lanes of xor-rotate-multiply, then a final mix. Never
@@ -352,10 +360,18 @@ fn hash_page(p: *const u8) -> u64 {
         // volatile because the page may change under us (a torn read is fine: the next
         // round sees the difference).
         unsafe {
-            a = (a ^ ptr::read_volatile(w.add(i))).rotate_left(31).wrapping_mul(K);
-            b = (b ^ ptr::read_volatile(w.add(i + 1))).rotate_left(29).wrapping_mul(K);
-            c = (c ^ ptr::read_volatile(w.add(i + 2))).rotate_left(27).wrapping_mul(K);
-            d = (d ^ ptr::read_volatile(w.add(i + 3))).rotate_left(25).wrapping_mul(K);
+            a = (a ^ ptr::read_volatile(w.add(i)))
+                .rotate_left(31)
+                .wrapping_mul(K);
+            b = (b ^ ptr::read_volatile(w.add(i + 1)))
+                .rotate_left(29)
+                .wrapping_mul(K);
+            c = (c ^ ptr::read_volatile(w.add(i + 2)))
+                .rotate_left(27)
+                .wrapping_mul(K);
+            d = (d ^ ptr::read_volatile(w.add(i + 3)))
+                .rotate_left(25)
+                .wrapping_mul(K);
         }
         i += 4;
     }
@@ -385,7 +401,14 @@ fn to_user_bytes(dst: u64, src: *const u8, n: usize) -> Result<(), c_long> {
 fn from_user<T: Default>(src: u64) -> Result<T, c_long> {
     let mut v = T::default();
     // SAFETY: copy_from_user checks the user range; v is a plain repr(C) struct.
-    if unsafe { ckpt_copy_from_user(ptr::addr_of_mut!(v) as *mut c_void, src as *const c_void, core::mem::size_of::<T>() as c_ulong) } != 0 {
+    if unsafe {
+        ckpt_copy_from_user(
+            ptr::addr_of_mut!(v) as *mut c_void,
+            src as *const c_void,
+            core::mem::size_of::<T>() as c_ulong,
+        )
+    } != 0
+    {
         return Err(-EFAULT);
     }
     Ok(v)
@@ -646,7 +669,14 @@ pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mu
             unsafe { ptr::copy_nonoverlapping(s.snap.ptr.add(k * PAGE), bounce, PAGE) };
         } else if rf != REF_EXCLUDED && is_ram(p2m(pfn)) {
             // SAFETY: nofault copy of one page into the one-page bounce buffer.
-            if unsafe { copy_from_kernel_nofault(bounce as *mut c_void, page_ptr(pfn) as *const c_void, PAGE) } != 0 {
+            if unsafe {
+                copy_from_kernel_nofault(
+                    bounce as *mut c_void,
+                    page_ptr(pfn) as *const c_void,
+                    PAGE,
+                )
+            } != 0
+            {
                 // SAFETY: bounce is one page.
                 unsafe { ptr::write_bytes(bounce, 0, PAGE) };
                 track = false;
@@ -661,8 +691,19 @@ pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mu
             unsafe { *s.refs.u64s().add(pfn as usize) = hash_page(bounce) };
         }
         // SAFETY: buf + i*PAGE lies within the user's len bytes; copy_to_user checks it.
-        if unsafe { ckpt_copy_to_user(buf.add(i * PAGE) as *mut c_void, bounce as *const c_void, PAGE as c_ulong) } != 0 {
-            return if i == 0 { -EFAULT } else { (i * PAGE) as c_long };
+        if unsafe {
+            ckpt_copy_to_user(
+                buf.add(i * PAGE) as *mut c_void,
+                bounce as *const c_void,
+                PAGE as c_ulong,
+            )
+        } != 0
+        {
+            return if i == 0 {
+                -EFAULT
+            } else {
+                (i * PAGE) as c_long
+            };
         }
     }
     // SAFETY: as above.
@@ -678,7 +719,9 @@ fn read_table(arg: u64) -> Result<c_long, c_long> {
     let s = st();
     let (size, esz) = match t.table {
         TABLE_P2M => (max_pfn(), 8u64),
-        TABLE_P2M_CAPTURED | TABLE_PAGE_TYPES | TABLE_P2M_FRAMES if !s.held => return Err(-ENODATA),
+        TABLE_P2M_CAPTURED | TABLE_PAGE_TYPES | TABLE_P2M_FRAMES if !s.held => {
+            return Err(-ENODATA)
+        }
         TABLE_P2M_CAPTURED => (s.max_pfn, 8),
         TABLE_PAGE_TYPES => (s.max_pfn, 1),
         TABLE_P2M_FRAMES => (s.n_frames, 8),
@@ -697,7 +740,11 @@ fn read_table(arg: u64) -> Result<c_long, c_long> {
             for j in 0..k {
                 chunk[j as usize] = p2m(t.start + done + j);
             }
-            to_user_bytes(t.buf + done * 8, chunk.as_ptr() as *const u8, (k * 8) as usize)?;
+            to_user_bytes(
+                t.buf + done * 8,
+                chunk.as_ptr() as *const u8,
+                (k * 8) as usize,
+            )?;
             done += k;
         }
     } else {
@@ -749,7 +796,14 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
         n_frames as usize * 8,
         need as usize,
     ];
-    let mut got = [VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty(), VBuf::empty()];
+    let mut got = [
+        VBuf::empty(),
+        VBuf::empty(),
+        VBuf::empty(),
+        VBuf::empty(),
+        VBuf::empty(),
+        VBuf::empty(),
+    ];
     for (i, size) in sizes.iter().enumerate() {
         match VBuf::alloc(*size) {
             Some(b) => got[i] = b,
@@ -799,7 +853,11 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
             // Revived in place by inflate-loader: its page tables are still pinned.
             // SAFETY: a plain hypercall on a frame of this domain; Xen checks it.
             let rc = unsafe { ckpt_unpin_table(l4 as c_ulong) };
-            pr_info!("revived by inflate-loader: unpinned its L4 (mfn {:#x}): rc {}\n", l4, rc);
+            pr_info!(
+                "revived by inflate-loader: unpinned its L4 (mfn {:#x}): rc {}\n",
+                l4,
+                rc
+            );
         }
         bm.free();
         stop_session(s);
@@ -920,7 +978,11 @@ fn m2p(mfn: u64) -> Option<u64> {
     let mut pfn: u64 = 0;
     // SAFETY: nofault read of one M2P entry (Xen's read-only table).
     let ok = unsafe {
-        copy_from_kernel_nofault(ptr::addr_of_mut!(pfn) as *mut c_void, ckpt_m2p().add(mfn as usize) as *const c_void, 8)
+        copy_from_kernel_nofault(
+            ptr::addr_of_mut!(pfn) as *mut c_void,
+            ckpt_m2p().add(mfn as usize) as *const c_void,
+            8,
+        )
     } == 0;
     if ok && pfn < max_pfn() && p2m(pfn) == mfn {
         Some(pfn)
@@ -938,7 +1000,8 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
     // Xen decides pinned-ness; ask it (pin succeeds only on an unpinned page, and is undone).
     let mfn = p2m(pfn);
     // SAFETY: hypercall wrapper; the page is a validated table of this level.
-    let pinned = unsafe { ckpt_pin_probe(mfn as c_ulong, MMUEXT_PIN_L1_TABLE + (level as c_uint - 1)) } != 0;
+    let pinned =
+        unsafe { ckpt_pin_probe(mfn as c_ulong, MMUEXT_PIN_L1_TABLE + (level as c_uint - 1)) } != 0;
     mark_table(s, pfn, level, pinned);
     if level == 1 {
         return;
@@ -1074,7 +1137,11 @@ impl kernel::Module for Checkpoint {
             s.bounce.free();
             return Err(kernel::error::Error::from_errno(rc));
         }
-        pr_info!("/dev/checkpoint ready (abi {}, max_pfn {})\n", ABI_VERSION, max_pfn());
+        pr_info!(
+            "/dev/checkpoint ready (abi {}, max_pfn {})\n",
+            ABI_VERSION,
+            max_pfn()
+        );
         Ok(Checkpoint)
     }
 }
