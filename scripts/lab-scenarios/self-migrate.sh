@@ -252,6 +252,7 @@ run_fault() {
 #  2. A->B->A: that guest moves itself back to a loader domain on host 1.
 run_roundtrip() {
     local ok=false step="" rcpd cfg t
+    dom0_m=null
     eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
     rcpd=$(lab_push_cached 2 "$CHECKPOINTD_STRIPPED")
     lab_exec_raw 2 60 "" "chmod +x $rcpd; mkdir -p /mnt/rt; mountpoint -q /mnt/rt || mount -t tmpfs -o size=480M tmpfs /mnt/rt;
@@ -264,10 +265,15 @@ run_roundtrip() {
         t=$(mktemp); lab_pull 1 "/etc/xen/$name.cfg" "$t"; lab_push 2 "$t" "/etc/xen/$name.cfg"; rm -f "$t"
         if lab_exec_raw 2 600 "" "$rcpd export --xen /mnt/rt/g.img --config /etc/xen/$name.cfg /mnt/rt/ck.bin && rm /mnt/rt/ck.bin" >&2; then
             step="xl restore"
-            lab_exec_raw 2 60 "" "xl destroy $lname; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
-            if lab_exec_raw 2 600 "" "xl restore /mnt/rt/g.img; rc=\$?; rm -f /mnt/rt/g.img; exit \$rc" >&2 \
-                && lab_guest_wait 2 "$name" 'SAVE-LOG resumed from a checkpoint' 180 \
-                && lab_exec_raw 2 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null; then
+            # The dom0 path's switch-over, seen from outside with the same probe: the running
+            # copy goes away, stock xl restore brings back the checkpoint taken above.
+            dom0_switch() {
+                lab_exec_raw 2 60 "" "xl destroy $lname; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
+                lab_exec_raw 2 600 "" "xl restore /mnt/rt/g.img; rc=\$?; rm -f /mnt/rt/g.img; exit \$rc" >&2
+            }
+            dom0_m=$(lab_measure_migration 2 "$ip" 7 -- dom0_switch)
+            if grep -q '"cmd_status":0' <<<"$dom0_m" && grep -q '"recovered":true' <<<"$dom0_m" \
+                && lab_guest_wait 2 "$name" 'SAVE-LOG resumed from a checkpoint' 180; then
                 step="A->B->A"
                 log "roundtrip: the arrived guest re-checkpointed and stock xl restore revived it; now back to host 1"
                 cfg=$(request "loadercfg $lip $lpath")
@@ -288,7 +294,7 @@ run_roundtrip() {
     lab_exec_raw 2 30 "" "umount /mnt/rt" >/dev/null 2>&1 || true
     [ "$ok" = true ] || fault_fail=1
     log "roundtrip: $([ "$ok" = true ] && echo "re-checkpoint + xl restore, then A->B->A: ok" || echo "failed at: $step")"
-    fault_rows+=("$(printf '{"fault":"roundtrip","ok":%s,"failed_at":"%s"}' "$ok" "$([ "$ok" = true ] || echo "$step")")")
+    fault_rows+=("$(printf '{"fault":"roundtrip","ok":%s,"failed_at":"%s","dom0_path_switch_over":%s}' "$ok" "$([ "$ok" = true ] || echo "$step")" "${dom0_m:-null}")")
 }
 if [ -n "$faults" ]; then
     # The round trip starts from the moved guest: run it first, then the fail-safe cases.
