@@ -304,7 +304,7 @@ if [ -n "$faults" ]; then
         faults=$(sed 's/roundtrip//; s/,,/,/; s/^,//; s/,$//' <<<"$faults")
         moved_now=$(lab_exec_raw 1 30 "" "xl domid $name" >/dev/null 2>&1 && echo host1 || echo elsewhere)
     fi
-    if [ "$moved" = true ] && [ "${moved_now:-}" != host1 ]; then
+    if [ -n "$faults" ] && [ "$moved" = true ] && [ "${moved_now:-}" != host1 ]; then
         # The guest lives elsewhere now: start a fresh one on host 1 for the fail-safe cases.
         for h in 1 2; do lab_exec_raw "$h" 30 "" "xl destroy $lname; xl destroy $name; true" >/dev/null 2>&1 || true; done
         boot_guest
