@@ -19,4 +19,19 @@ json=$("$lab" scenario self-migrate --mem 128 --fill 32 --rate 0.5 --faults roun
 echo "$json"
 [ "$rc" = 0 ] || die "self-migrate scenario failed (exit $rc): see the table above"
 grep -q '"method":"checkpointd migrate","ok":true' <<<"$json" || die "the guest did not move itself"
+# Both rows are measured the same way from outside; each must be plausible: at least 32 MiB
+# (the filled part) on the wire, 0 < downtime < 60 s, and downtime shorter than the whole move.
+for method in "xl migrate" "checkpointd migrate"; do
+    # The row alone (the JSON holds both rows and the ratios); its first figures are the
+    # outside measurement.
+    row=$(M=$method perl -ne 'for (split /(?=\{"method":")/) { print if /^\{"method":"\Q$ENV{M}\E"/ }' <<<"$json")
+    num() { perl -ne "print \$1 if /\"$1\":([0-9.]+)/" <<<"$row"; }
+    bytes=$(num bytes_sent) down=$(num downtime_ms) total=$(num total_s)
+    [ -n "$bytes" ] && [ "${bytes%.*}" -ge $((32 * 1024 * 1024)) ] \
+        || die "$method: only ${bytes:-no} bytes on the wire for 32 MiB of filled memory"
+    awk -v d="$down" 'BEGIN{exit !(d > 0 && d < 60000)}' || die "$method: implausible downtime ${down:-none} ms"
+    awk -v t="$total" -v d="$down" 'BEGIN{exit !(t * 1000 > d)}' \
+        || die "$method: downtime ${down} ms longer than the whole move (${total} s)"
+    log "$method: ${total} s total, ${down} ms downtime, ${bytes} bytes"
+done
 log "self-migrate: moved, faults ok"
