@@ -26,18 +26,25 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Pre-copy options shared by `save` and `migrate`.
+#[derive(clap::Args)]
+struct Precopy {
+    /// Most pre-copy rounds.
+    #[arg(long, default_value_t = 8)]
+    max_rounds: u32,
+    /// Capture once a round's dirty set is at most this many pages.
+    #[arg(long, default_value_t = 256)]
+    small_dirty: u64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Checkpoint this guest into FILE: pre-copy rounds, the capture, the drain.
     Save {
         /// Output file; `-` writes the stream to stdout (the summary then goes to stderr).
         file: PathBuf,
-        /// Most pre-copy rounds.
-        #[arg(long, default_value_t = 8)]
-        max_rounds: u32,
-        /// Capture once a round's dirty set is at most this many pages.
-        #[arg(long, default_value_t = 256)]
-        small_dirty: u64,
+        #[command(flatten)]
+        precopy: Precopy,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -82,12 +89,8 @@ enum Cmd {
         /// A send that makes no progress for this many seconds means the link is gone.
         #[arg(long, default_value_t = 30)]
         link_timeout: u64,
-        /// Most pre-copy rounds.
-        #[arg(long, default_value_t = 8)]
-        max_rounds: u32,
-        /// Capture once a round's dirty set is at most this many pages.
-        #[arg(long, default_value_t = 256)]
-        small_dirty: u64,
+        #[command(flatten)]
+        precopy: Precopy,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -199,8 +202,7 @@ fn main() -> Result<()> {
             result_timeout,
             arrival_timeout,
             link_timeout,
-            max_rounds,
-            small_dirty,
+            precopy,
             json,
             quiet,
         } => {
@@ -214,8 +216,8 @@ fn main() -> Result<()> {
                 link_timeout: secs(link_timeout),
                 result_timeout: secs(result_timeout),
                 arrival_timeout: secs(arrival_timeout),
-                max_rounds,
-                small_dirty,
+                max_rounds: precopy.max_rounds,
+                small_dirty: precopy.small_dirty,
                 progress: !quiet,
             };
             std::process::exit(cmd_migrate(opts, json) as i32)
@@ -300,11 +302,10 @@ fn main() -> Result<()> {
         }
         Cmd::Save {
             file,
-            max_rounds,
-            small_dirty,
+            precopy,
             json,
             quiet,
-        } => cmd_save(&file, max_rounds, small_dirty, json, quiet),
+        } => cmd_save(&file, precopy.max_rounds, precopy.small_dirty, json, quiet),
         Cmd::Inspect { file, json } => {
             let c = read_checkpoint(&file)?;
             let s = inspect::summarise(&c);
