@@ -291,6 +291,10 @@ run_roundtrip() {
             fi
         fi
     fi
+    if [ "$step" = save ]; then
+        # Why the arrived guest could not checkpoint itself again: its own words.
+        lab_exec_raw 2 30 "" "grep -a -E '^(SAVE-|MIGRATE-|CKPT-|\\[)' /var/log/xen/console/guest-$lname.log | tail -n 40" >&2 || true
+    fi
     lab_exec_raw 2 30 "" "umount /mnt/rt" >/dev/null 2>&1 || true
     [ "$ok" = true ] || fault_fail=1
     log "roundtrip: $([ "$ok" = true ] && echo "re-checkpoint + xl restore, then A->B->A: ok" || echo "failed at: $step")"
