@@ -3,6 +3,7 @@
 //! libxl stream (v2) wrapping one libxc stream (v3) for an x86 PV guest.
 
 pub mod image;
+pub mod sample;
 
 use checkpoint_stream::model::FullCheckpoint;
 use checkpoint_stream::{page_type, VcpuKind, INVALID_MFN, PAGE_SIZE};

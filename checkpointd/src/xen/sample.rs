@@ -1,0 +1,98 @@
+//! A small synthetic 64-bit PV guest, for the exporter's golden tests and the xl image fuzz
+//! target's seeds (`examples/xl_image_fuzz_seeds.rs`). Not a capture of a real guest.
+
+use super::{put64, vcpu, FullCheckpoint};
+use checkpoint_stream::digest::root_of_pages;
+use checkpoint_stream::model::{Checkpoint, VcpuState};
+use checkpoint_stream::{page_type, Capture, VcpuKind, INVALID_MFN, PAGE_SIZE};
+use std::collections::HashMap;
+
+const MFN_BASE: u64 = 0x8_0000;
+/// The sample's highest pfn: three p2m pages.
+pub const MAX_PFN: u64 = 1100;
+
+/// The sample's mfn of `pfn`.
+pub fn mfn(pfn: u64) -> u64 {
+    MFN_BASE + pfn * 3 // deliberately not identity and not monotone-adjacent
+}
+
+/// A page-table entry of the sample mapping `pfn` with `flags`.
+pub fn pte(pfn: u64, flags: u64) -> u64 {
+    (mfn(pfn) << 12) | flags
+}
+
+/// A small but structurally real 64-bit PV guest: L4 (pfn 10, pinned) -> L3 (11) -> L2
+/// (12) -> L1 (13) mapping pfns 20..30; a user L4 (pfn 15, pinned); GDT at pfn 14;
+/// start_info at pfn 1; pfn 5 unpopulated; p2m frames at pfns 40..42.
+pub fn guest() -> FullCheckpoint {
+    let n = MAX_PFN as usize + 1;
+    let mut pages = HashMap::new();
+    let mut types = vec![page_type::NORMAL; n];
+    let mut p2m: Vec<u64> = (0..=MAX_PFN).map(mfn).collect();
+    types[5] = page_type::UNPOPULATED;
+    p2m[5] = INVALID_MFN;
+    let mut table = |pfn: u64, entries: &[(usize, u64)]| {
+        let mut p = [0u8; PAGE_SIZE];
+        for &(i, v) in entries {
+            p[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        pages.insert(pfn, Box::new(p));
+    };
+    // Slot 256 holds a Xen mapping (an mfn the guest does not own): must be dropped.
+    table(
+        10,
+        &[
+            (0, pte(11, 0x67)),
+            (256, 0xdead_b000 | 0x63),
+            (511, pte(11, 0x63)),
+        ],
+    );
+    types[10] = page_type::L4 | page_type::PINNED;
+    table(11, &[(0, pte(12, 0x67))]);
+    types[11] = page_type::L3;
+    table(12, &[(3, pte(13, 0x67))]);
+    types[12] = page_type::L2;
+    let l1: Vec<(usize, u64)> = (0..10)
+        .map(|i| (i, pte(20 + i as u64, 0x8000_0000_0000_0067)))
+        .collect();
+    table(13, &l1);
+    types[13] = page_type::L1 | page_type::PINNED;
+    table(15, &[]);
+    types[15] = page_type::L4 | page_type::PINNED;
+    for pfn in 20..30u64 {
+        let mut p = [0u8; PAGE_SIZE];
+        p[..8].copy_from_slice(&pfn.to_le_bytes());
+        pages.insert(pfn, Box::new(p));
+    }
+    let mut ctx = vec![0u8; vcpu::SIZE];
+    put64(&mut ctx, vcpu::RDX, mfn(1));
+    put64(&mut ctx, vcpu::GDT_FRAMES, mfn(14));
+    put64(&mut ctx, vcpu::GDT_ENTS, 16);
+    put64(&mut ctx, vcpu::CR3, mfn(10) << 12);
+    put64(&mut ctx, vcpu::CR1, mfn(15) << 12);
+    let digest = root_of_pages(MAX_PFN, |p| pages.get(&p).map(|b| &**b));
+    FullCheckpoint {
+        checkpoint: Checkpoint {
+            max_pfn: MAX_PFN,
+            kernel: "test".into(),
+            pages,
+            rounds: Vec::new(),
+            capture: Capture {
+                start_info_pfn: 1,
+                nr_vcpus: 1,
+                pause_ns: 0,
+            },
+            page_types: types,
+            p2m,
+            vcpus: vec![VcpuState {
+                id: 0,
+                kind: VcpuKind::Basic,
+                data: ctx,
+            }],
+            shared_info: None,
+            digest,
+            stream_bytes: 0,
+        },
+        p2m_frames: vec![40, 41, 42],
+    }
+}
