@@ -25,10 +25,17 @@ pub fn pte(pfn: u64, flags: u64) -> u64 {
 /// (12) -> L1 (13) mapping pfns 20..30; a user L4 (pfn 15, pinned); GDT at pfn 14;
 /// start_info at pfn 1; pfn 5 unpopulated; p2m frames at pfns 40..42.
 pub fn guest() -> FullCheckpoint {
-    let n = MAX_PFN as usize + 1;
+    guest_up_to(MAX_PFN)
+}
+
+/// The same guest with `max_pfn` (at least 42) instead of [`MAX_PFN`]: its p2m frames are
+/// pfns 40 and up, one per 512 pfns.
+pub fn guest_up_to(max_pfn: u64) -> FullCheckpoint {
+    assert!(max_pfn >= 42, "the sample guest uses pfns up to 42");
+    let n = max_pfn as usize + 1;
     let mut pages = HashMap::new();
     let mut types = vec![page_type::NORMAL; n];
-    let mut p2m: Vec<u64> = (0..=MAX_PFN).map(mfn).collect();
+    let mut p2m: Vec<u64> = (0..=max_pfn).map(mfn).collect();
     types[5] = page_type::UNPOPULATED;
     p2m[5] = INVALID_MFN;
     let mut table = |pfn: u64, entries: &[(usize, u64)]| {
@@ -70,10 +77,10 @@ pub fn guest() -> FullCheckpoint {
     put64(&mut ctx, vcpu::GDT_ENTS, 16);
     put64(&mut ctx, vcpu::CR3, mfn(10) << 12);
     put64(&mut ctx, vcpu::CR1, mfn(15) << 12);
-    let digest = root_of_pages(MAX_PFN, |p| pages.get(&p).map(|b| &**b));
+    let digest = root_of_pages(max_pfn, |p| pages.get(&p).map(|b| &**b));
     FullCheckpoint {
         checkpoint: Checkpoint {
-            max_pfn: MAX_PFN,
+            max_pfn,
             kernel: "test".into(),
             pages,
             rounds: Vec::new(),
@@ -93,6 +100,6 @@ pub fn guest() -> FullCheckpoint {
             digest,
             stream_bytes: 0,
         },
-        p2m_frames: vec![40, 41, 42],
+        p2m_frames: (40..40 + (max_pfn + 1).div_ceil(512)).collect(),
     }
 }
