@@ -23,25 +23,10 @@ pub fn f(v: &Value) -> Value {
 }
 
 /// f^k(v). A 20-byte message is one padded SHA-1 block, so each step is exactly one call of
-/// the compression function on a block whose padding is written once (no hasher set-up per
-/// step): k compressions in all. `f` stays the reference the tests compare against.
+/// the compression function (`sha1block::walk`): k compressions in all. `f` stays the
+/// reference the tests compare against.
 pub fn iterate(v: &Value, k: u64) -> Value {
-    use sha1::digest::{consts::U64, generic_array::GenericArray};
-    const IV: [u32; 5] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
-    let mut block = GenericArray::<u8, U64>::default();
-    block[..VALUE_LEN].copy_from_slice(v);
-    block[VALUE_LEN] = 0x80;
-    block[56..].copy_from_slice(&(VALUE_LEN as u64 * 8).to_be_bytes());
-    for _ in 0..k {
-        let mut h = IV;
-        sha1::compress(&mut h, core::slice::from_ref(&block));
-        for (i, w) in h.iter().enumerate() {
-            block[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
-        }
-    }
-    let mut out = [0u8; VALUE_LEN];
-    out.copy_from_slice(&block[..VALUE_LEN]);
-    out
+    crate::sha1block::walk(v, k)
 }
 
 /// A chain represented by its checkpoints; `checkpoints[j]` = s(j * step), `checkpoints[0]`

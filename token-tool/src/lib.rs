@@ -12,6 +12,7 @@ pub mod bootproto;
 pub mod chain;
 pub mod error;
 pub mod node;
+pub mod sha1block;
 pub mod wallet;
 pub mod wire;
 
@@ -22,7 +23,7 @@ mod fsutil;
 
 pub use chain::{Chain, Value, VALUE_LEN};
 pub use error::TokenError;
-pub use wire::{BootToken, Certificate, Extent, NodeKey, TopUp};
+pub use wire::{BootFields, BootToken, Certificate, Extent, NodeKey, TopUp};
 
 /// Decode a hex string (whitespace ignored) into bytes.
 pub fn from_hex(s: &str) -> Result<Vec<u8>, TokenError> {

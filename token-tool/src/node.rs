@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::chain::{f, iterate, Value};
 use crate::error::TokenError;
 use crate::fsutil::atomic_write;
-use crate::wire::{hex20, BootToken, Certificate, NodeKey, TopUp};
+use crate::wire::{hex20, BootFields, Certificate, NodeKey, TopUp};
 
 /// Values kept per job to name replays exactly (older ones are still refused, as a
 /// chain mismatch or via the forward scan).
@@ -209,7 +209,7 @@ impl NodeLedger {
 
     /// Verify a boot token and open its job. Refuses a second boot token for the same job.
     pub fn accept_boot(&mut self, bytes: &[u8], now: u64) -> Result<JobState, LedgerError> {
-        let t = BootToken::verify_keyed(bytes, &self.key, self.state.node_id, now)?;
+        let t = BootFields::check(bytes, &self.key, self.state.node_id, now)?;
         if self.state.jobs.contains_key(&t.job_id) {
             return Err(TokenError::BootTokenReused { job: t.job_id }.into());
         }

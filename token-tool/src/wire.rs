@@ -4,13 +4,9 @@
 //! Parsers check the length before anything else, then the magic and version, and never
 //! index out of bounds: every read goes through [`Reader`], which returns `Truncated`.
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-
 use crate::chain::{iterate, Value, VALUE_LEN};
 use crate::error::TokenError;
-
-type HmacSha1 = Hmac<Sha1>;
+use crate::sha1block::{self, State};
 
 pub const BOOT_MAGIC: [u8; 4] = *b"LMBT";
 pub const TOPUP_MAGIC: [u8; 4] = *b"LMTU";
@@ -94,48 +90,60 @@ pub struct Certificate {
     pub last: Value,
 }
 
-fn check_secret(secret: &[u8]) -> Result<HmacSha1, TokenError> {
+fn check_secret(secret: &[u8]) -> Result<(), TokenError> {
     if secret.len() < MIN_SECRET_LEN || secret.len() > MAX_SECRET_LEN {
         return Err(TokenError::InvalidField {
             field: "secret",
             reason: "must be 16..=64 bytes",
         });
     }
-    HmacSha1::new_from_slice(secret).map_err(|_| TokenError::InvalidField {
-        field: "secret",
-        reason: "rejected by HMAC",
-    })
+    Ok(())
 }
 
 /// HMAC-SHA1(secret, data).
 pub fn hmac_sha1(secret: &[u8], data: &[u8]) -> Result<[u8; MAC_LEN], TokenError> {
-    let mut m = check_secret(secret)?;
-    m.update(data);
-    Ok(m.finalize().into_bytes().into())
+    Ok(NodeKey::new(secret)?.mac(data))
 }
 
-/// A node's HMAC key with its two key-pad blocks already hashed. A node computes it once and
-/// clones it for each check, so a check costs only the message blocks and the outer block.
+/// A node's HMAC key with its two key-pad blocks already hashed: the SHA-1 states after
+/// (key ^ ipad) and after (key ^ opad). A node computes it once, so a check costs only the
+/// message blocks and the one outer block.
 #[derive(Clone)]
-pub struct NodeKey(HmacSha1);
+pub struct NodeKey {
+    inner: State,
+    outer: State,
+}
 
 impl NodeKey {
     pub fn new(secret: &[u8]) -> Result<NodeKey, TokenError> {
-        Ok(NodeKey(check_secret(secret)?))
+        check_secret(secret)?;
+        // A key of at most 64 bytes is used as it is, zero-padded to one block (RFC 2104).
+        let pad = |x: u8| {
+            let mut b = [x; 64];
+            b.iter_mut().zip(secret).for_each(|(b, k)| *b ^= k);
+            let mut s = sha1block::IV;
+            sha1block::compress(&mut s, &b);
+            s
+        };
+        Ok(NodeKey {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+        })
     }
 
     /// HMAC-SHA1(secret, data).
     pub fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = self.0.clone();
-        m.update(data);
-        m.finalize().into_bytes().into()
+        sha1block::mac(&self.inner, &self.outer, data)
     }
 
     fn verify(&self, data: &[u8], mac: &[u8], what: &'static str) -> Result<(), TokenError> {
-        let mut m = self.0.clone();
-        m.update(data);
-        // Constant-time comparison.
-        m.verify_slice(mac).map_err(|_| TokenError::BadMac { what })
+        let m = self.mac(data);
+        // Constant-time comparison: every byte is looked at.
+        let diff = m.iter().zip(mac).fold(0u8, |d, (a, b)| d | (a ^ b));
+        match diff == 0 && mac.len() == MAC_LEN {
+            true => Ok(()),
+            false => Err(TokenError::BadMac { what }),
+        }
     }
 }
 
@@ -151,10 +159,7 @@ fn verify_mac(
     mac: &[u8],
     what: &'static str,
 ) -> Result<(), TokenError> {
-    let mut m = check_secret(secret)?;
-    m.update(data);
-    // Constant-time comparison.
-    m.verify_slice(mac).map_err(|_| TokenError::BadMac { what })
+    NodeKey::new(secret)?.verify(data, mac, what)
 }
 
 /// Bounds-checked big-endian reader.
@@ -285,6 +290,39 @@ fn check_header(
     Ok(())
 }
 
+fn check_counts(vcpus: u16, memory_mib: u32, count: u32, max_topup: u32) -> Result<(), TokenError> {
+    for (field, v) in [
+        ("vcpus", vcpus as u32),
+        ("memory_mib", memory_mib),
+        ("count", count),
+        ("max_topup", max_topup),
+    ] {
+        if v == 0 {
+            return Err(TokenError::InvalidField {
+                field,
+                reason: "must be at least 1",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_extent(e: &Extent) -> Result<(), TokenError> {
+    if e.sectors == 0 {
+        return Err(TokenError::InvalidField {
+            field: "extent",
+            reason: "zero sectors",
+        });
+    }
+    if e.start_sector.checked_add(e.sectors).is_none() {
+        return Err(TokenError::InvalidField {
+            field: "extent",
+            reason: "end overflows",
+        });
+    }
+    Ok(())
+}
+
 impl BootToken {
     const WHAT: &'static str = "boot token";
 
@@ -300,45 +338,8 @@ impl BootToken {
                 max: MAX_EXTENTS,
             });
         }
-        if self.vcpus == 0 {
-            return Err(TokenError::InvalidField {
-                field: "vcpus",
-                reason: "must be at least 1",
-            });
-        }
-        if self.memory_mib == 0 {
-            return Err(TokenError::InvalidField {
-                field: "memory_mib",
-                reason: "must be at least 1",
-            });
-        }
-        if self.count == 0 {
-            return Err(TokenError::InvalidField {
-                field: "count",
-                reason: "must be at least 1",
-            });
-        }
-        if self.max_topup == 0 {
-            return Err(TokenError::InvalidField {
-                field: "max_topup",
-                reason: "must be at least 1",
-            });
-        }
-        for e in &self.extents {
-            if e.sectors == 0 {
-                return Err(TokenError::InvalidField {
-                    field: "extent",
-                    reason: "zero sectors",
-                });
-            }
-            if e.start_sector.checked_add(e.sectors).is_none() {
-                return Err(TokenError::InvalidField {
-                    field: "extent",
-                    reason: "end overflows",
-                });
-            }
-        }
-        Ok(())
+        check_counts(self.vcpus, self.memory_mib, self.count, self.max_topup)?;
+        self.extents.iter().try_for_each(check_extent)
     }
 
     /// The signed part (everything before the MAC).
@@ -379,77 +380,12 @@ impl BootToken {
     /// Parse without checking the MAC (for wallets and tools that lack the secret).
     /// Returns the token and its MAC.
     pub fn decode_unverified(bytes: &[u8]) -> Result<(BootToken, [u8; MAC_LEN]), TokenError> {
-        let what = Self::WHAT;
-        let mut r = open(bytes, BOOT_MAGIC, what, BOOT_MIN_LEN, BOOT_MAX_LEN)?;
-        let n_ext = r.u8()? as usize;
-        if n_ext > MAX_EXTENTS {
-            return Err(TokenError::TooManyExtents {
-                found: n_ext,
-                max: MAX_EXTENTS,
-            });
-        }
-        let expect = BOOT_MIN_LEN + n_ext * EXTENT_LEN;
-        if bytes.len() < expect {
-            return Err(TokenError::Truncated {
-                what,
-                need: expect,
-                got: bytes.len(),
-            });
-        }
-        if bytes.len() > expect {
-            return Err(TokenError::Oversized {
-                what,
-                max: expect,
-                got: bytes.len(),
-            });
-        }
-        let vcpus = r.u16()?;
-        let node_id = r.u32()?;
-        let memory_mib = r.u32()?;
-        let job_id = r.u64()?;
-        let expiry = r.u64()?;
-        let count = r.u32()?;
-        let max_topup = r.u32()?;
-        let nonce = r.arr()?;
-        let anchor = r.arr()?;
-        let first = r.arr()?;
-        let loader_sha1 = r.arr()?;
-        let mut extents = Vec::with_capacity(n_ext);
-        for _ in 0..n_ext {
-            let disk = r.u32()?;
-            let flags = r.u32()?;
-            if flags > 1 {
-                return Err(TokenError::InvalidField {
-                    field: "extent flags",
-                    reason: "unknown bits set",
-                });
-            }
-            let start_sector = r.u64()?;
-            let sectors = r.u64()?;
-            extents.push(Extent {
-                disk,
-                writable: flags == 1,
-                start_sector,
-                sectors,
-            });
-        }
-        let mac = r.arr()?;
-        let t = BootToken {
-            vcpus,
-            node_id,
-            memory_mib,
-            job_id,
-            expiry,
-            count,
-            max_topup,
-            nonce,
-            anchor,
-            first,
-            loader_sha1,
-            extents,
-        };
-        t.validate()?;
-        Ok((t, mac))
+        let (f, mac) = BootFields::parse(bytes)?;
+        let extents = bytes[BOOT_FIXED_LEN..bytes.len() - MAC_LEN]
+            .chunks_exact(EXTENT_LEN)
+            .map(extent)
+            .collect::<Result<_, _>>()?;
+        Ok((f.with_extents(extents), mac))
     }
 
     /// Everything a node checks that needs no state: format, node id, HMAC, expiry, and
@@ -461,38 +397,115 @@ impl BootToken {
         this_node: u32,
         now: u64,
     ) -> Result<BootToken, TokenError> {
-        let (t, mac) = Self::decode_unverified(bytes)?;
-        if t.node_id != this_node {
-            return Err(TokenError::WrongNode {
-                token_node: t.node_id,
-                this_node,
+        BootFields::check(bytes, &NodeKey::new(secret)?, this_node, now)?;
+        Ok(Self::decode_unverified(bytes)?.0)
+    }
+}
+
+/// One extent's 24 bytes.
+fn extent(b: &[u8]) -> Result<Extent, TokenError> {
+    let mut r = Reader::new(b, BootToken::WHAT);
+    let (disk, flags) = (r.u32()?, r.u32()?);
+    if flags > 1 {
+        return Err(TokenError::InvalidField {
+            field: "extent flags",
+            reason: "unknown bits set",
+        });
+    }
+    Ok(Extent {
+        disk,
+        writable: flags == 1,
+        start_sector: r.u64()?,
+        sectors: r.u64()?,
+    })
+}
+
+/// A boot token's fixed-size fields, i.e. all but the extents, which [`BootFields::parse`]
+/// checks in place. Parsing allocates nothing: this is what a node reads from every packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootFields {
+    pub vcpus: u16,
+    pub node_id: u32,
+    pub memory_mib: u32,
+    pub job_id: u64,
+    pub expiry: u64,
+    pub count: u32,
+    pub max_topup: u32,
+    pub nonce: [u8; 16],
+    pub anchor: Value,
+    pub first: Value,
+    pub loader_sha1: [u8; 20],
+    /// Number of extents.
+    pub extents: u8,
+}
+
+impl BootFields {
+    /// Parse and check the format (every extent included) without the MAC check.
+    #[inline]
+    pub fn parse(bytes: &[u8]) -> Result<(BootFields, [u8; MAC_LEN]), TokenError> {
+        let what = BootToken::WHAT;
+        let mut r = open(bytes, BOOT_MAGIC, what, BOOT_MIN_LEN, BOOT_MAX_LEN)?;
+        let n_ext = r.u8()? as usize;
+        if n_ext > MAX_EXTENTS {
+            return Err(TokenError::TooManyExtents {
+                found: n_ext,
+                max: MAX_EXTENTS,
             });
         }
-        verify_mac(secret, &bytes[..bytes.len() - MAC_LEN], &mac, Self::WHAT)?;
-        t.check_time_and_chain(now)
+        let expect = BOOT_MIN_LEN + n_ext * EXTENT_LEN;
+        if bytes.len() != expect {
+            return Err(match bytes.len() < expect {
+                true => TokenError::Truncated {
+                    what,
+                    need: expect,
+                    got: bytes.len(),
+                },
+                false => TokenError::Oversized {
+                    what,
+                    max: expect,
+                    got: bytes.len(),
+                },
+            });
+        }
+        let f = BootFields {
+            vcpus: r.u16()?,
+            node_id: r.u32()?,
+            memory_mib: r.u32()?,
+            job_id: r.u64()?,
+            expiry: r.u64()?,
+            count: r.u32()?,
+            max_topup: r.u32()?,
+            nonce: r.arr()?,
+            anchor: r.arr()?,
+            first: r.arr()?,
+            loader_sha1: r.arr()?,
+            extents: n_ext as u8,
+        };
+        for e in r.take(n_ext * EXTENT_LEN)?.chunks_exact(EXTENT_LEN) {
+            check_extent(&extent(e)?)?;
+        }
+        check_counts(f.vcpus, f.memory_mib, f.count, f.max_topup)?;
+        Ok((f, r.arr()?))
     }
 
-    /// [`BootToken::verify`] with the node's precomputed key: the same checks in the same
-    /// order, without hashing the key pads again (what packetd calls for every packet).
-    pub fn verify_keyed(
+    /// What a node checks per boot token, in this order: format, node id, HMAC under the
+    /// node's precomputed key, expiry, f^count(first) = anchor. The chain walk (count
+    /// compressions) runs only on a token whose HMAC verified, so a forger cannot make the
+    /// node hash much.
+    pub fn check(
         bytes: &[u8],
         key: &NodeKey,
         this_node: u32,
         now: u64,
-    ) -> Result<BootToken, TokenError> {
-        let (t, mac) = Self::decode_unverified(bytes)?;
+    ) -> Result<BootFields, TokenError> {
+        let (t, mac) = Self::parse(bytes)?;
         if t.node_id != this_node {
             return Err(TokenError::WrongNode {
                 token_node: t.node_id,
                 this_node,
             });
         }
-        key.verify(&bytes[..bytes.len() - MAC_LEN], &mac, Self::WHAT)?;
-        t.check_time_and_chain(now)
-    }
-
-    fn check_time_and_chain(self, now: u64) -> Result<BootToken, TokenError> {
-        let t = self;
+        key.verify(&bytes[..bytes.len() - MAC_LEN], &mac, BootToken::WHAT)?;
         if now > t.expiry {
             return Err(TokenError::Expired {
                 expiry: t.expiry,
@@ -503,6 +516,24 @@ impl BootToken {
             return Err(TokenError::AnchorMismatch { count: t.count });
         }
         Ok(t)
+    }
+
+    fn with_extents(self, extents: Vec<Extent>) -> BootToken {
+        let f = self;
+        BootToken {
+            vcpus: f.vcpus,
+            node_id: f.node_id,
+            memory_mib: f.memory_mib,
+            job_id: f.job_id,
+            expiry: f.expiry,
+            count: f.count,
+            max_topup: f.max_topup,
+            nonce: f.nonce,
+            anchor: f.anchor,
+            first: f.first,
+            loader_sha1: f.loader_sha1,
+            extents,
+        }
     }
 }
 
@@ -786,6 +817,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn node_key_mac_is_hmac_sha1(key in proptest::collection::vec(any::<u8>(), 16..=64), data in proptest::collection::vec(any::<u8>(), 0..1000)) {
+            use hmac::{Hmac, Mac};
+            let mut m = Hmac::<sha1::Sha1>::new_from_slice(&key).unwrap();
+            m.update(&data);
+            let want: [u8; 20] = m.finalize().into_bytes().into();
+            prop_assert_eq!(NodeKey::new(&key).unwrap().mac(&data), want);
+            let mut bad = want;
+            bad[19] ^= 1;
+            prop_assert!(NodeKey::new(&key).unwrap().verify(&data, &bad, "x").is_err());
+            prop_assert!(NodeKey::new(&key).unwrap().verify(&data, &want[..19], "x").is_err());
+        }
+
         #[test]
         fn boot_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
             let _ = BootToken::verify(&bytes, SECRET, 3, 0);
