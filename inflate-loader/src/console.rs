@@ -41,7 +41,7 @@ fn ring() -> Option<*mut Ring> {
 
 pub fn write_bytes(s: &[u8]) {
     let Some(r) = ring() else {
-        crate::hypercall::debug_write(s);
+        xen_pv::hypercall::debug_write(s);
         return;
     };
     for &b in s {
@@ -67,7 +67,7 @@ fn put(r: *mut Ring, b: u8) {
                 return;
             }
             notify();
-            crate::hypercall::yield_cpu();
+            xen_pv::hypercall::yield_cpu();
         }
     }
 }
@@ -94,7 +94,7 @@ pub fn flush() {
             return;
         }
         notify();
-        crate::hypercall::yield_cpu();
+        xen_pv::hypercall::yield_cpu();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Event channels, polled: the vCPU keeps events masked (evtchn_upcall_mask stays 1 and no
 //! callback is registered), and waits with SCHEDOP_poll, which wakes on a pending port
 //! regardless of the mask. See docs/inflate-loader.md for why.
-use crate::hypercall::{event_channel_op, poll};
+use xen_pv::hypercall::{event_channel_op, poll};
 
 const EVTCHNOP_CLOSE: u64 = 3;
 const EVTCHNOP_SEND: u64 = 4;

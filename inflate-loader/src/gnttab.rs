@@ -1,8 +1,8 @@
 //! Grant table v1: GNTTABOP_setup_table gives the machine frames of our table, which we map and
 //! fill with entries granting a backend access to single pages.
-use crate::hypercall::grant_table_op;
 use crate::mm::{self, GNTTAB_FRAMES};
 use core::sync::atomic::{fence, AtomicU16, Ordering};
+use xen_pv::hypercall::grant_table_op;
 
 const GNTTABOP_SETUP_TABLE: u64 = 2;
 const GTF_PERMIT_ACCESS: u16 = 1;

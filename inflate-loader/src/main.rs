@@ -14,8 +14,6 @@ mod console;
 mod entry;
 mod events;
 mod gnttab;
-mod hypercall;
-mod jump;
 mod memfuncs;
 mod mm;
 mod net;
@@ -30,6 +28,7 @@ use inflate_core::frames::{FrameBook, Plan};
 use inflate_core::receive::Receiver;
 use inflate_core::records::Records;
 use inflate_core::restore::sizing;
+use xen_pv::hypercall;
 
 /// Frame book: one bit per pfn, up to 1 GiB of loader memory.
 static mut FRAME_BITS: [u64; 4096] = [0; 4096];
@@ -85,6 +84,12 @@ fn status(xs: &mut xenstore::Xenstore, s: &str) {
 /// pointer Xen passed in %rsi.
 #[no_mangle]
 extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
+    extern "C" {
+        static hypercall_page: [u8; 4096];
+    }
+    // SAFETY: the linker script reserves `hypercall_page` in our text and the HYPERCALL_PAGE
+    // note tells Xen to fill it before entry.
+    unsafe { hypercall::init(&raw const hypercall_page as *const u8) };
     // SAFETY: Xen guarantees %rsi points at the mapped start_info page at entry.
     let si = unsafe { &*si };
     mm::init_p2m(si);

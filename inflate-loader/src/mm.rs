@@ -1,9 +1,9 @@
 //! Memory: machine/pseudo-physical translation, the shared_info page, a mapping window for
 //! frames outside our initial mapping, and the walk of Xen's boot page tables that tells us
 //! how much of our memory is mapped. Xen maps pfn N at virtual address N << 12.
-use crate::hypercall::update_va_mapping;
 use crate::startinfo::StartInfo;
 use core::sync::atomic::{AtomicU64, Ordering};
+use xen_pv::hypercall::update_va_mapping;
 
 pub const PAGE_SIZE: usize = 4096;
 const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;

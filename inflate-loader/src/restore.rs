@@ -3,13 +3,14 @@
 //! p2m and start_info rewrite, decoding the vCPU, finding the pad) is `inflate_core::restore`;
 //! this module does what needs Xen: the frame window, the pad's mapping in our own tables, the
 //! dry run, and phase B's hypercalls in their order, each with its return code on the console.
-use crate::hypercall::{self as hc, MmuUpdate, TrapInfo};
-use crate::jump::{self, Transfer};
 use crate::startinfo::StartInfo;
 use crate::{console, kprintln, mm};
 use inflate_core::frames::FrameBook;
 use inflate_core::receive::Receiver;
 use inflate_core::restore::{self, FrameAccess, MachineFrames, OwnDomain, Prepared};
+use xen_pv::hypercall::{self as hc, TrapInfo};
+use xen_pv::jump::{self, Transfer};
+use xen_pv::mmu;
 
 /// Loader frames for inflate-core: machine frames through our p2m, contents through the
 /// copy window.
@@ -45,12 +46,6 @@ fn is_guest_frame(pfn: u64) -> bool {
         .get((pfn / 64) as usize)
         .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
 }
-
-const PTE_P: u64 = 0x1;
-const PTE_RW: u64 = 0x2;
-const PTE_A: u64 = 0x20;
-/// Xen's own L4 slots in a 64-bit PV guest (HYPERVISOR_VIRT_START..END).
-const XEN_L4_SLOTS: core::ops::Range<usize> = 256..272;
 
 /// Phase A's result: the guest is ready to be entered, nothing irreversible done yet.
 pub struct Armed {
@@ -176,24 +171,10 @@ fn map_pad(
     va: u64,
     pad_mfn: u64,
 ) -> Result<([u64; 3], usize), Msg> {
-    let idx = [
-        (va >> 39) as usize & 511,
-        (va >> 30) as usize & 511,
-        (va >> 21) as usize & 511,
-        (va >> 12) as usize & 511,
-    ];
-    if XEN_L4_SLOTS.contains(&idx[0]) {
-        return Err(msg!("pad address {va:#x} lies in Xen's L4 slots"));
-    }
+    let slot = mmu::va_indices(va)[0];
     // SAFETY: our boot L4 is mapped read-only at pt_base (Xen's domain builder maps the boot
     // page tables inside our initial mapping); one aligned u64 read.
-    let e4 = unsafe { core::ptr::read_volatile((si.pt_base as *const u64).add(idx[0])) };
-    if e4 & PTE_P != 0 {
-        return Err(msg!(
-            "pad address {va:#x} collides with the loader's own mappings (L4 slot {})",
-            idx[0]
-        ));
-    }
+    let e4 = unsafe { core::ptr::read_volatile((si.pt_base as *const u64).add(slot)) };
     let mut chain = [0u64; 3];
     for (k, c) in chain.iter_mut().enumerate() {
         *c = match book.alloc() {
@@ -207,34 +188,30 @@ fn map_pad(
         };
     }
     let mfn = |p: u64| mm::pfn_to_mfn(p);
-    let entries = [
-        (
-            chain[0],
-            idx[1],
-            (mfn(chain[1]) << 12) | PTE_P | PTE_RW | PTE_A,
-        ),
-        (
-            chain[1],
-            idx[2],
-            (mfn(chain[2]) << 12) | PTE_P | PTE_RW | PTE_A,
-        ),
-        // The pad itself: read-only, executable (no NX bit).
-        (chain[2], idx[3], (pad_mfn << 12) | PTE_P | PTE_A),
-    ];
-    for (pfn, i, e) in entries {
-        mm::with_frame(mfn(pfn), |p| {
+    let c = match mmu::chain_for(va, pad_mfn, chain.map(mfn), e4) {
+        Ok(c) => c,
+        Err(e) => {
+            for &p in &chain {
+                book.release(p);
+            }
+            return Err(match e {
+                mmu::ChainError::XenSlot(_) => msg!("pad address {va:#x} lies in Xen's L4 slots"),
+                mmu::ChainError::SlotInUse(s) => msg!(
+                    "pad address {va:#x} collides with the loader's own mappings (L4 slot {s})"
+                ),
+            });
+        }
+    };
+    for (t, i, e) in c.tables {
+        mm::with_frame(t, |p| {
             p.fill(0);
             p[i * 8..i * 8 + 8].copy_from_slice(&e.to_le_bytes());
         });
     }
     // No writable mapping of a future page table may remain when Xen validates the chain.
     let rc = mm::unmap_window();
-    let l4 = mm::pfn_to_mfn(boot_l4_pfn(si));
-    let (rc2, _) = hc::mmu_update(&[MmuUpdate {
-        ptr: ((l4 << 12) + idx[0] as u64 * 8) | hc::MMU_NORMAL_PT_UPDATE,
-        val: (mfn(chain[0]) << 12) | PTE_P | PTE_RW | PTE_A,
-    }]);
-    kprintln!("restore: A7 pad chain L3/L2/L1 at loader pfns {:?} in L4 slot {}: unmap window rc {rc}, mmu_update rc {rc2}", chain, idx[0]);
+    let rc2 = mmu::hook(mm::pfn_to_mfn(boot_l4_pfn(si)), &c);
+    kprintln!("restore: A7 pad chain L3/L2/L1 at loader pfns {:?} in L4 slot {}: unmap window rc {rc}, mmu_update rc {rc2}", chain, c.l4_slot);
     if rc != 0 || rc2 != 0 {
         for &p in &chain {
             book.release(p);
@@ -243,54 +220,21 @@ fn map_pad(
             "Xen refused the pad's mapping: unmap rc {rc}, mmu_update rc {rc2}"
         ));
     }
-    Ok((chain, idx[0]))
+    Ok((chain, c.l4_slot))
 }
 
 /// Undo phase A (ABORT, EOF, timeout, or a failed check after the pad was mapped): unhook the
 /// pad chain and give its frames back. The caller abandons the plan (every guest frame).
 pub fn undo(armed: Armed, book: &mut FrameBook<'_>, si: &StartInfo) {
-    let l4 = mm::pfn_to_mfn(boot_l4_pfn(si));
-    let (rc, _) = hc::mmu_update(&[MmuUpdate {
-        ptr: (l4 << 12) + armed.l4_slot as u64 * 8,
-        val: 0,
-    }]);
+    let rc = mmu::set_entry(mm::pfn_to_mfn(boot_l4_pfn(si)), armed.l4_slot, 0);
     for &p in &armed.chain {
         book.release(p);
     }
     kprintln!("restore: undone: pad chain unhooked (mmu_update rc {rc}), frames returned");
 }
 
-/// Apply MMU_MACHPHYS_UPDATE for every (mfn, pfn), 256 per hypercall. Returns the first
-/// failing rc and how many Xen applied.
-fn machphys(updates: impl Iterator<Item = (u64, u64)>) -> (i64, u64) {
-    let mut buf = [MmuUpdate::default(); 256];
-    let (mut n, mut total, mut first_rc) = (0usize, 0u64, 0i64);
-    let flush = |buf: &[MmuUpdate], first_rc: &mut i64, total: &mut u64| {
-        let (rc, done) = hc::mmu_update(buf);
-        *total += done as u64;
-        if rc != 0 && *first_rc == 0 {
-            *first_rc = rc;
-        }
-    };
-    for (mfn, pfn) in updates {
-        buf[n] = MmuUpdate {
-            ptr: (mfn << 12) | hc::MMU_MACHPHYS_UPDATE,
-            val: pfn,
-        };
-        n += 1;
-        if n == buf.len() {
-            flush(&buf[..n], &mut first_rc, &mut total);
-            n = 0;
-        }
-    }
-    if n > 0 {
-        flush(&buf[..n], &mut first_rc, &mut total);
-    }
-    (first_rc, total)
-}
-
 fn m2p_batch(armed: &Armed, rx: &Receiver<'_>) -> (i64, u64) {
-    machphys(armed.prepared.m2p_updates(&rx.records, &rx.plan, &Frames))
+    mmu::machphys(armed.prepared.m2p_updates(&rx.records, &rx.plan, &Frames))
 }
 
 /// The dry run's undo of B2: every frame back to the loader pfn it has in our p2m.
@@ -307,7 +251,7 @@ fn m2p_back(
         .into_iter()
         .flatten()
         .map(|lp| (mm::pfn_to_mfn(lp), lp));
-    machphys(placed.chain(rings))
+    mmu::machphys(placed.chain(rings))
 }
 
 /// Pin (or unpin) every table the guest had pinned. Returns the first failing rc, the number
@@ -564,21 +508,8 @@ pub fn commit(armed: Armed, rx: &Receiver<'_>, si: &StartInfo) -> ! {
 }
 
 fn shared_info_fixup(max_pfn: u64) {
-    let s = mm::shared_info_page();
-    // SAFETY: shared_info is mapped at boot and stays mapped; the offsets are public/xen.h's
-    // x86_64 layout (vcpu_info[0] at 0, evtchn_pending at 2048, evtchn_mask at 2560,
-    // arch_shared_info at 3088).
-    unsafe {
-        core::ptr::write_volatile(s, 0u8); // vcpu_info[0].evtchn_upcall_pending
-        core::ptr::write_volatile(s.add(1), 1u8); // evtchn_upcall_mask stays set
-        core::ptr::write_volatile(s.add(8) as *mut u64, 0); // evtchn_pending_sel
-        for w in 0..64 {
-            core::ptr::write_volatile((s.add(2560) as *mut u64).add(w), u64::MAX);
-            core::ptr::write_volatile((s.add(2048) as *mut u64).add(w), 0);
-        }
-        core::ptr::write_volatile(s.add(3088) as *mut u64, max_pfn + 1);
-        core::ptr::write_volatile(s.add(3096) as *mut u64, 0); // pfn_to_mfn_frame_list_list
-    }
+    // SAFETY: shared_info is mapped writable at boot and stays mapped.
+    unsafe { xen_pv::shared_info::reset_events(mm::shared_info_page(), max_pfn + 1) };
 }
 
 /// B8: XENMEM_decrease_reservation for every loader frame that is not a guest frame, except

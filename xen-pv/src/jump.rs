@@ -1,4 +1,5 @@
-//! The last instructions of inflate-loader: enter the restored guest at its capture point.
+//! The last instructions of a hand-over. Restore in place (this part): enter the restored
+//! guest at its capture point.
 //!
 //! Only rip, rsp and the general registers of a running vCPU cannot be set by hypercall
 //! (`VCPUOP_initialise` refuses a vCPU that is already up). So the loader loads the captured

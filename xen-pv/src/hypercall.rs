@@ -1,7 +1,10 @@
-//! Hypercalls through the page Xen filled in at `hypercall_page` (32 bytes per entry).
-//! The only place that issues hypercalls; every caller passes plain integers or pointers to
-//! #[repr(C)] structures that live for the duration of the call.
+//! Hypercalls through the page Xen filled in for the domain (32 bytes per entry; public/xen.h
+//! numbers). The only place that issues hypercalls; every caller passes plain integers or
+//! pointers to #[repr(C)] structures that live for the duration of the call. The page's address
+//! is given once by `init` (inflate-loader: its `hypercall_page` symbol; stage 2: the address
+//! stage 1 hands it), before the first hypercall.
 use core::arch::asm;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 pub const UPDATE_VA_MAPPING: usize = 14;
 pub const CONSOLE_IO: usize = 18;
@@ -17,8 +20,15 @@ pub const SHUTDOWN_CRASH: u32 = 3;
 
 pub const UVMF_INVLPG: u64 = 2;
 
-extern "C" {
-    static hypercall_page: [u8; 4096];
+static HYPERCALL_PAGE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Record where Xen's hypercall page is mapped.
+///
+/// # Safety
+/// `page` must be the virtual address of the 4 KiB page Xen filled with hypercall stubs, mapped
+/// executable for as long as hypercalls are made.
+pub unsafe fn init(page: *const u8) {
+    HYPERCALL_PAGE.store(page as *mut u8, Ordering::Relaxed);
 }
 
 /// Issue hypercall `nr` with up to five arguments (rdi, rsi, rdx, r10, r8).
@@ -27,10 +37,12 @@ extern "C" {
 /// Pointer arguments must be valid for what the hypercall reads/writes.
 pub unsafe fn raw(nr: usize, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     let ret: i64;
-    // SAFETY: the hypercall page is filled by Xen before entry; each entry is a 32-byte stub
+    let page = HYPERCALL_PAGE.load(Ordering::Relaxed);
+    debug_assert!(!page.is_null(), "xen_pv::hypercall::init was not called");
+    // SAFETY: `init` gave the page Xen filled (caller's contract); each entry is a 32-byte stub
     // that clobbers rcx and r11 (syscall) and may clobber the argument registers.
     unsafe {
-        let entry = (&raw const hypercall_page as *const u8).add(nr * 32);
+        let entry = page.add(nr * 32);
         asm!("call {entry}",
              entry = in(reg) entry,
              inlateout("rdi") a1 => _, inlateout("rsi") a2 => _, inlateout("rdx") a3 => _,
