@@ -4,6 +4,7 @@
 //! `no_std` and allocation-free, because the loader kernel links it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod boot;
 pub mod cmdline;
 pub mod frames;
 pub mod receive;
