@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
             free: &free,
             store: (0, l.xenstore_pfn),
             console: (1, l.console_pfn),
+            fixed: None,
             fresh_end: l.end,
             spare: 3,
         };

@@ -24,6 +24,8 @@ pub enum NumberingError {
     NotEnoughFree { free: u64, needed: u64 },
     /// The output table is shorter than nr_pages.
     TableTooSmall,
+    /// The fixed run overlaps free frames, rings or the end of the fresh region.
+    BadFixed,
 }
 
 impl fmt::Display for NumberingError {
@@ -36,6 +38,7 @@ impl fmt::Display for NumberingError {
                 "{free} free frames, the kernel's layout needs {needed}: give the domain more memory"
             ),
             NumberingError::TableTooSmall => write!(f, "numbering table too small"),
+            NumberingError::BadFixed => write!(f, "bad initrd frames"),
         }
     }
 }
@@ -49,7 +52,10 @@ pub struct Numbering<'a> {
     /// (old pfn, new pfn) of the xenstore and console rings.
     pub store: (u64, u64),
     pub console: (u64, u64),
-    /// New pfns 0..fresh_end get free frames (Layout::end).
+    /// Frames that already hold what a run of new pfns needs (the initrd as received):
+    /// (first new pfn, first old pfn, count); the old pfns must not be free.
+    pub fixed: Option<(u64, u64, u64)>,
+    /// New pfns 0..fresh_end get free frames (Layout::end), except rings and `fixed`.
     pub fresh_end: u64,
     /// Free frames kept out of 0..fresh_end for the caller (its trampoline chain), taken from
     /// the end of the free ranges.
@@ -57,6 +63,7 @@ pub struct Numbering<'a> {
 }
 
 impl Numbering<'_> {
+    /// Validate; returns how many free frames phase 1 takes.
     fn check(&self) -> Result<u64, NumberingError> {
         if self.free.len() > MAX_FREE_RANGES {
             return Err(NumberingError::BadFreeRanges);
@@ -77,16 +84,28 @@ impl Numbering<'_> {
         if s.1 >= self.fresh_end || c.1 >= self.fresh_end || self.fresh_end > self.nr_pages {
             return Err(NumberingError::BadRing);
         }
+        let mut fixed_pages = 0;
+        if let Some((new, old, n)) = self.fixed {
+            let bad = new.checked_add(n).is_none_or(|e| e > self.fresh_end)
+                || old.checked_add(n).is_none_or(|e| e > self.nr_pages)
+                || (old..old + n).any(|p| self.is_free(p) || self.is_ring(p))
+                || [s.1, c.1].iter().any(|r| (new..new + n).contains(r));
+            if bad {
+                return Err(NumberingError::BadFixed);
+            }
+            fixed_pages = n;
+        }
         let rings_in_free = [s.0, c.0].iter().filter(|&&p| self.is_free(p)).count() as u64;
         let usable = free - rings_in_free;
-        let needed = self.fresh_end - 2 + self.spare;
+        let taken = self.fresh_end - 2 - fixed_pages;
+        let needed = taken + self.spare;
         if usable < needed {
             return Err(NumberingError::NotEnoughFree {
                 free: usable,
                 needed,
             });
         }
-        Ok(usable)
+        Ok(taken)
     }
 
     fn is_free(&self, p: u64) -> bool {
@@ -97,6 +116,10 @@ impl Numbering<'_> {
         p == self.store.0 || p == self.console.0
     }
 
+    fn is_fixed_old(&self, p: u64) -> bool {
+        self.fixed.is_some_and(|(_, o, n)| p >= o && p < o + n)
+    }
+
     /// Free old pfns in ascending order, rings excluded.
     fn free_pfns(&self) -> impl Iterator<Item = u64> + '_ {
         self.free
@@ -105,47 +128,97 @@ impl Numbering<'_> {
             .filter(|&p| !self.is_ring(p))
     }
 
+    /// The `i`-th of `free_pfns` without walking them (O(ranges)).
+    fn nth_free(&self, mut i: u64) -> Option<u64> {
+        for r in self.free {
+            let mut p = r.start;
+            while p < r.end {
+                // Skip ring pfns one by one; jump over the rest of the range otherwise.
+                let next_ring = [self.store.0, self.console.0]
+                    .into_iter()
+                    .filter(|&x| x >= p && x < r.end)
+                    .min()
+                    .unwrap_or(r.end);
+                let run = next_ring - p;
+                if i < run {
+                    return Some(p + i);
+                }
+                i -= run;
+                p = next_ring + 1;
+            }
+        }
+        None
+    }
+
+    /// The old pfn that becomes new pfn `k`, for k < fresh_end.
+    pub fn old_of(&self, k: u64) -> Result<u64, NumberingError> {
+        self.check()?;
+        self.old_of_checked(k).ok_or(NumberingError::BadRing)
+    }
+
+    fn old_of_checked(&self, k: u64) -> Option<u64> {
+        if k >= self.fresh_end {
+            return None;
+        }
+        if k == self.store.1 {
+            return Some(self.store.0);
+        }
+        if k == self.console.1 {
+            return Some(self.console.0);
+        }
+        let mut rank = k - [self.store.1, self.console.1]
+            .iter()
+            .filter(|&&r| r < k)
+            .count() as u64;
+        if let Some((new, old, n)) = self.fixed {
+            if k >= new && k < new + n {
+                return Some(old + (k - new));
+            }
+            if k >= new + n {
+                rank -= n;
+            }
+        }
+        self.nth_free(rank)
+    }
+
     /// The `spare` old pfns reserved for the caller (the last free ones).
     pub fn spares(&self, out: &mut [u64]) -> Result<usize, NumberingError> {
-        let usable = self.check()?;
+        let taken = self.check()?;
+        let usable = self.free_pfns().count() as u64;
         let n = (self.spare as usize).min(out.len());
-        for (o, p) in out[..n]
-            .iter_mut()
-            .zip(self.free_pfns().skip((usable - self.spare) as usize))
-        {
+        for (o, p) in out[..n].iter_mut().zip(
+            self.free_pfns()
+                .skip((usable - self.spare).max(taken) as usize),
+        ) {
             *o = p;
         }
         Ok(n)
     }
 
-    /// Fill `new_to_old[k]` = the old pfn that becomes new pfn k, for k < nr_pages.
-    pub fn fill(&self, new_to_old: &mut [u64]) -> Result<(), NumberingError> {
-        self.check()?;
-        let n = self.nr_pages as usize;
-        let out = new_to_old
-            .get_mut(..n)
-            .ok_or(NumberingError::TableTooSmall)?;
-        let fresh = self.fresh_end - 2;
-        let mut free = self.free_pfns();
-        for (k, o) in out.iter_mut().enumerate().take(self.fresh_end as usize) {
-            let k = k as u64;
-            *o = if k == self.store.1 {
-                self.store.0
-            } else if k == self.console.1 {
-                self.console.0
-            } else {
-                free.next().unwrap_or(u64::MAX)
-            };
-        }
+    /// Every (new pfn, old pfn), new pfns 0..nr_pages in order.
+    pub fn pairs(&self) -> Result<impl Iterator<Item = (u64, u64)> + '_, NumberingError> {
+        let taken = self.check()?;
+        let fresh = (0..self.fresh_end).map(|k| self.old_of_checked(k).unwrap_or(u64::MAX));
         // Then every old pfn not used above: the loaders' frames, then the free ones left
         // (the spares last).
-        let mut k = self.fresh_end as usize;
-        let used = (0..self.nr_pages).filter(|&p| !self.is_ring(p) && !self.is_free(p));
-        for p in used.chain(self.free_pfns().skip(fresh as usize)) {
-            out[k] = p;
-            k += 1;
+        let used = (0..self.nr_pages)
+            .filter(|&p| !self.is_ring(p) && !self.is_free(p) && !self.is_fixed_old(p));
+        let rest = self.free_pfns().skip(taken as usize);
+        Ok(fresh
+            .chain(used)
+            .chain(rest)
+            .enumerate()
+            .map(|(k, o)| (k as u64, o)))
+    }
+
+    /// Fill `new_to_old[k]` = the old pfn that becomes new pfn k, for k < nr_pages.
+    pub fn fill(&self, new_to_old: &mut [u64]) -> Result<(), NumberingError> {
+        let out = new_to_old
+            .get_mut(..self.nr_pages as usize)
+            .ok_or(NumberingError::TableTooSmall)?;
+        for (k, o) in self.pairs()? {
+            out[k as usize] = o;
         }
-        debug_assert_eq!(k, n);
         Ok(())
     }
 }

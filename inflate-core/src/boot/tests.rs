@@ -239,6 +239,7 @@ fn numbering_gives_the_bootstrap_region_free_frames_and_keeps_everything() {
         free: &free,
         store: (5, 1500),
         console: (6, 1501),
+        fixed: None,
         fresh_end: 2000,
         spare: 3,
     };
@@ -301,6 +302,56 @@ fn numbering_gives_the_bootstrap_region_free_frames_and_keeps_everything() {
     };
     m.fill(&mut t).unwrap();
     assert_eq!(t.iter().copied().collect::<HashSet<_>>().len(), nr as usize);
+    // The initrd's frames, already in place, keep their contents: a fixed run.
+    let f = Numbering {
+        fixed: Some((1800, 300, 50)),
+        ..n
+    };
+    f.fill(&mut t).unwrap();
+    assert_eq!(t.iter().copied().collect::<HashSet<_>>().len(), nr as usize);
+    assert_eq!(&t[1800..1850], (300..350).collect::<Vec<_>>().as_slice());
+    assert!(t[..1800]
+        .iter()
+        .chain(&t[1850..2000])
+        .all(|&o| o == 5 || o == 6 || is_free(o)));
+    for k in 0..2000 {
+        assert_eq!(f.old_of(k).unwrap(), t[k as usize]);
+    }
+    assert_eq!(
+        t[1850],
+        1000 + 1800 - 2 - 100,
+        "free pfns continue after the run"
+    );
+    let mut sp = [0u64; 3];
+    f.spares(&mut sp).unwrap();
+    assert!(sp.iter().all(|s| !t[..2000].contains(s) && is_free(*s)));
+    assert_eq!(
+        Numbering {
+            fixed: Some((1800, 150, 10)),
+            ..n
+        }
+        .fill(&mut t),
+        Err(NumberingError::BadFixed),
+        "free frames"
+    );
+    assert_eq!(
+        Numbering {
+            fixed: Some((1990, 300, 20)),
+            ..n
+        }
+        .fill(&mut t),
+        Err(NumberingError::BadFixed),
+        "past fresh_end"
+    );
+    assert_eq!(
+        Numbering {
+            fixed: Some((1490, 300, 20)),
+            ..n
+        }
+        .fill(&mut t),
+        Err(NumberingError::BadFixed),
+        "over a ring"
+    );
 }
 
 // ---- synthetic ELFs ----
