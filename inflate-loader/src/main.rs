@@ -14,11 +14,11 @@ mod console;
 mod entry;
 mod events;
 mod gnttab;
-mod memfuncs;
 mod mm;
 mod net;
 mod netfront;
 mod restore;
+mod stage1;
 mod startinfo;
 mod xenstore;
 
@@ -154,7 +154,13 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         dry_run: cfg.restore_dry_run,
         armed: None,
     };
-    let rec = match net::serve(&nf, &cfg, &mut rx, boot_ns, &mut inplace) {
+    let devices = stage1::Devices {
+        si,
+        xs: &mut xs,
+        gt: &mut gt,
+        first_free,
+    };
+    let rec = match net::serve(&nf, &cfg, &mut rx, boot_ns, &mut inplace, devices) {
         net::Outcome::Verified(rec) => rec,
         net::Outcome::Commit(rec) => {
             let armed = inplace.armed.take().expect("commit without phase A");
@@ -164,7 +170,7 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
                 rec.bytes
             );
             status(&mut xs, "committed");
-            let nf = nf.into_inner();
+            let mut nf = nf.into_inner();
             // Devices first: the resuming guest's netfront connects to a backend in InitWait.
             if let Err(e) = nf.disconnect(&mut xs, &mut gt) {
                 // Still before the point of no return: the source gets no arrival and
@@ -187,7 +193,7 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
     status(&mut xs, "verified");
 
     // Hand-over: what a guest resuming in this domain needs (docs/inflate-loader.md).
-    let nf = nf.into_inner();
+    let mut nf = nf.into_inner();
     let (rxp, txp, rxe) = (nf.rx_packets, nf.tx_packets, nf.rx_errors);
     match nf.disconnect(&mut xs, &mut gt) {
         Ok(st) => kprintln!("inflate-loader: netfront disconnected, backend state {st}"),
@@ -199,7 +205,7 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         // A fresh frontend against the backend we left: it must connect, then we leave it
         // handed-over again.
         match netfront::Netfront::connect(&mut xs, &mut gt) {
-            Ok(nf) => match nf.disconnect(&mut xs, &mut gt) {
+            Ok(mut nf) => match nf.disconnect(&mut xs, &mut gt) {
                 Ok(st) => kprintln!("inflate-loader: handover-check ok: a fresh netfront connected and disconnected, backend state {st}, grants active {}", gt.active),
                 Err(e) => kprintln!("inflate-loader: handover-check FAILED at disconnect: {e}"),
             },

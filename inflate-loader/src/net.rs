@@ -1,5 +1,5 @@
 //! smoltcp over netfront, and the server: one listening socket serves the checkpoint
-//! connection; a second socket on the same port answers any concurrent connection with a
+//! connection (or hands a stage-2 upload to `stage1`); a second socket on the same port answers any concurrent connection with a
 //! "busy" result record and closes it.
 use crate::netfront::Netfront;
 use crate::{events, kprintln, mm};
@@ -128,7 +128,9 @@ pub fn serve(
     rx: &mut Receiver<'_>,
     boot_ns: u64,
     restorer: &mut dyn Restorer,
+    stage1: crate::stage1::Devices<'_>,
 ) -> Outcome {
+    let mut stage1 = Some(stage1);
     let mut mac = nf.borrow().mac;
     // Our own frames use the vif's MAC with the locally-administered bit flipped: the
     // xenstore MAC is the guest's, which may still be alive on the same segment while its
@@ -199,7 +201,7 @@ pub fn serve(
             let serving_elsewhere = roles
                 .iter()
                 .enumerate()
-                .any(|(k, r)| k != i && matches!(r, Role::Serve | Role::Decide { .. }));
+                .any(|(k, r)| k != i && matches!(r, Role::Serve { .. } | Role::Decide { .. }));
             let s = sockets.get_mut::<tcp::Socket>(handles[i]);
             match &mut roles[i] {
                 Role::Listen => {
@@ -207,7 +209,7 @@ pub fn serve(
                         if !serving_elsewhere && rx.state() == State::Idle {
                             kprintln!("inflate-loader: connection from {:?}", s.remote_endpoint());
                             rx.begin(now_us());
-                            roles[i] = Role::Serve;
+                            roles[i] = Role::Serve { sniffed: false };
                         } else {
                             kprintln!(
                                 "inflate-loader: refusing connection from {:?}: busy",
@@ -224,7 +226,32 @@ pub fn serve(
                         }
                     }
                 }
-                Role::Serve => {
+                Role::Serve { sniffed } => {
+                    // The first 8 bytes tell a stage-2 upload from a checkpoint stream
+                    // (docs/bootstrap.md §1); the stream's bytes stay queued for the receiver.
+                    if !*sniffed {
+                        // SynReceived: accepted but not yet established, data still to come.
+                        let more = s.may_recv() || s.state() == tcp::State::SynReceived;
+                        if s.recv_queue() < 8 && more {
+                            continue;
+                        }
+                        let mut head = [0u8; 8];
+                        let n = s.peek_slice(&mut head).unwrap_or(0);
+                        if loader_abi::upload::is_stage1_magic(&head[..n]) {
+                            if let Some(devices) = stage1.take() {
+                                sockets.get_mut::<tcp::Socket>(handles[1 - i]).abort();
+                                let conn = crate::stage1::Conn {
+                                    iface: &mut iface,
+                                    dev: &mut dev,
+                                    sockets: &mut sockets,
+                                    handle: handles[i],
+                                    port,
+                                };
+                                crate::stage1::run(conn, nf, devices);
+                            }
+                        }
+                        *sniffed = true;
+                    }
                     let mut verdict = None;
                     while verdict.is_none() && s.can_recv() {
                         if let Ok(r) = s.recv(|buf| (buf.len(), rx.feed(buf, &mut store, now_us())))
@@ -420,7 +447,10 @@ pub fn serve(
 
 enum Role {
     Listen,
-    Serve,
+    /// Receiving; `sniffed` once the first bytes were seen not to be a stage-2 upload.
+    Serve {
+        sniffed: bool,
+    },
     /// Sending a result record (verdict or busy), then closing.
     Finish {
         rec: ResultRecord,

@@ -431,7 +431,7 @@ impl Netfront {
     /// Disconnect for hand-over: Closing, wait for the backend to close, Closed, end every
     /// grant and close the event channel, then Initialising so the backend re-arms (InitWait)
     /// for the next frontend. Returns the backend state seen last.
-    pub fn disconnect(mut self, xs: &mut Xenstore, gt: &mut GrantTable) -> Result<u64, NetError> {
+    pub fn disconnect(&mut self, xs: &mut Xenstore, gt: &mut GrantTable) -> Result<u64, NetError> {
         let bstate = path!("{}/state", self.backend.as_str());
         let st = |xs: &mut Xenstore, v| {
             xs.write_u64("device/vif/0/state", v)

@@ -4,7 +4,9 @@
 //! Exit codes: 0 ok; 1 failure of the environment (I/O, database, corrupt state);
 //! 2 usage error; 3 refused (bad, forged, replayed or out-of-policy input);
 //! 4 `node consume` took the last tokens and wanted more (balance exhausted); 5 `boot` got no
-//! answer, or the loader did not listen, in time.
+//! answer, or the loader did not listen, in time; 6 `boot --stage2`: the loader refused stage 2
+//! (checksum or malformed upload; the loader domain powered off); 7 `boot --stage2`: stage 2
+//! refused the kernel upload, the kernel did not start, or the connection broke.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,10 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_EXHAUSTED: u8 = 4;
 const EXIT_TIMEOUT: u8 = 5;
+const EXIT_STAGE2_REFUSED: u8 = 6;
+const EXIT_UPLOAD_FAILED: u8 = 7;
 
+mod bootupload;
 mod customer;
 
 #[derive(Parser)]
@@ -45,7 +50,8 @@ Typical flow: broker init, broker add-node, node init (on the node), broker mint
 wallet add, broker boot-token, wallet boot, node verify BOOT, broker sell, wallet add, \
 wallet next-topup, node verify TOPUP, node consume, node redeem, broker redeem.\n\n\
 Exit codes: 0 ok, 1 environment failure (I/O, database), 2 usage, 3 refused input, \
-4 balance exhausted, 5 timeout (boot). Byte formats: docs/tokens.md."
+4 balance exhausted, 5 timeout (boot), 6 stage 2 refused (boot --stage2), 7 kernel upload \
+refused or the kernel did not start (boot --stage2). Byte formats: docs/tokens.md, docs/bootstrap.md."
 )]
 struct Cli {
     /// Print results (and errors) as one JSON object on stdout.
@@ -71,8 +77,12 @@ enum Cmd {
     /// Boot a VM on a node: send the boot token to HOST in an ICMP echo request, wait for
     /// packetd's answer (resending the same token until one arrives), then wait until the
     /// loader domain listens at the address in the answer. Needs CAP_NET_RAW. Exit codes: 0
-    /// accepted (and listening), 3 refused (the reason is the error code), 5 no answer or
-    /// no loader in time. Uploading stage 2 and a kernel is not implemented yet.
+    /// accepted (and listening; with --stage2: the kernel was handed over), 3 refused (the
+    /// reason is the error code), 5 no answer or no loader in time, 6 the loader refused stage
+    /// 2 (its SHA-1 is not the token's, or the upload was malformed) and powered off, 7 stage 2
+    /// refused the kernel upload or could not start the kernel. With --stage2 and --kernel it
+    /// uploads stage 2 on the loader's connection, then the kernel, initramfs and command line
+    /// (docs/bootstrap.md), and reports each step's time.
     Boot {
         /// The node's IPv4 address.
         host: std::net::Ipv4Addr,
@@ -88,6 +98,22 @@ enum Cmd {
         /// Seconds (from the first request) to wait for the loader's TCP port; 0 = do not wait.
         #[arg(long, default_value_t = 120.0)]
         listen_timeout: f64,
+        /// Stage 2 to upload once the loader listens (scripts/build-inflate-stage2's
+        /// inflate-stage2.bin); its SHA-1 must be the token's loader SHA-1.
+        #[arg(long, requires = "kernel")]
+        stage2: Option<PathBuf>,
+        /// The kernel (ELF image) stage 2 is to start.
+        #[arg(long, requires = "stage2")]
+        kernel: Option<PathBuf>,
+        /// The initramfs for the kernel (default: none).
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel's command line (at most 1023 bytes).
+        #[arg(long, requires = "kernel")]
+        cmdline: Option<String>,
+        /// Seconds to wait for each answer of the loader during the uploads.
+        #[arg(long, default_value_t = 120.0)]
+        upload_timeout: f64,
     },
     /// Measure boot-token verifications/s and raw SHA-1 compressions/s (use a release build).
     Bench {
@@ -319,6 +345,9 @@ fn main() -> ExitCode {
                     v["job"] = json!(x.job);
                     v["debit"] = x.debit.clone();
                 }
+                if let Some(u) = e.downcast_ref::<bootupload::UploadFailed>() {
+                    v["steps"] = u.steps.clone();
+                }
                 println!("{v}");
             }
             eprintln!("token-tool: {} ({kind})", format_args!("{e:#}"));
@@ -378,6 +407,16 @@ fn classify(e: &anyhow::Error) -> (u8, &'static str) {
         if c.downcast_ref::<customer::TimedOut>().is_some() {
             return (EXIT_TIMEOUT, "timeout");
         }
+        if let Some(u) = c.downcast_ref::<bootupload::UploadFailed>() {
+            let code = match u.kind {
+                "stage2-refused" => EXIT_STAGE2_REFUSED,
+                _ => EXIT_UPLOAD_FAILED,
+            };
+            return (code, u.kind);
+        }
+        if c.downcast_ref::<bootupload::BadInput>().is_some() {
+            return (EXIT_USAGE, "usage");
+        }
     }
     (EXIT_FAIL, "error")
 }
@@ -413,11 +452,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retry,
             timeout,
             listen_timeout,
+            stage2,
+            kernel,
+            initrd,
+            cmdline,
+            upload_timeout,
         } => {
             let secs = |s: f64, what: &str| {
                 (s.is_finite() && (0.0..=3600.0).contains(&s))
                     .then(|| Duration::from_secs_f64(s))
                     .ok_or_else(|| UsageError(format!("--{what} must be 0..=3600 seconds")))
+            };
+            let upload = match (&stage2, &kernel) {
+                (Some(s), Some(k)) => {
+                    if listen_timeout == 0.0 {
+                        return Err(UsageError(
+                            "--stage2 needs the loader: --listen-timeout must not be 0".into(),
+                        )
+                        .into());
+                    }
+                    let t = secs(upload_timeout, "upload-timeout")?.max(Duration::from_secs(1));
+                    let c = cmdline.as_deref().unwrap_or("");
+                    Some(bootupload::Upload::load(s, k, initrd.as_ref(), c, t)?)
+                }
+                _ => None,
             };
             let a = customer::BootArgs {
                 host,
@@ -425,6 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 retry: secs(retry, "retry")?.max(Duration::from_millis(100)),
                 timeout: secs(timeout, "timeout")?,
                 listen_timeout: secs(listen_timeout, "listen-timeout")?,
+                upload,
             };
             customer::boot(json, a)
         }

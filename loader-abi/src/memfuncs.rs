@@ -1,4 +1,6 @@
-//! memcpy and friends: the host target's prebuilt core calls them, and no libc is linked.
+//! memcpy and friends for the freestanding stages (feature `memfuncs`: inflate-loader and
+//! inflate-stage2 enable it, host builds do not): the host target's prebuilt core calls them,
+//! and no libc is linked there.
 //! Written with string instructions so the compiler cannot turn them back into calls to
 //! themselves.
 use core::arch::asm;
