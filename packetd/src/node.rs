@@ -1,45 +1,39 @@
-//! What packetd does with a packet, a finished `xl create`, a top-up and a clock tick. The
-//! side effects (toolstack, xenstore) go through [`Host`], so tests and the fuzz target run
-//! this code unchanged with a fake host.
+//! What packetd does with a packet, a finished toolstack command and a clock tick. The side
+//! effects (commands, xenstore) go through [`Host`], so tests and the fuzz target run this code
+//! unchanged with a fake host.
 
-use std::path::Path;
+use std::{fs, io};
 
-use token_tool::bootproto::{self as bp, BootReply, Status};
-use token_tool::node::NodeLedger;
-use token_tool::wire::BOOT_MAGIC;
-use token_tool::{BootToken, TopUp};
+use inflate_core::xs::{XS_READ, XS_RM, XS_WRITE};
+use token_tool::{bootproto as bp, bootproto::BootReply, bootproto::Status, node::NodeLedger};
+use token_tool::{wire::BOOT_MAGIC, wire::TOPUP_LEN, BootFields, TopUp};
 
 use crate::config::Config;
 
 /// The toolstack and xenstore, as packetd uses them.
 pub trait Host {
-    /// Start `xl create` of `cfg` (then set the CPU cap); must not block for long.
-    fn create(&mut self, name: &str, cfg: &str, cap: u32) -> Result<(), String>;
-    /// The domid once that creation finished, or why it failed; None while it runs.
-    fn created(&mut self, name: &str) -> Option<Result<u32, String>>;
-    fn alive(&mut self, domid: u32) -> bool;
-    fn destroy(&mut self, name: &str);
-    /// Write `data/KEY` of the domain; watch its `data/lm-topup`.
-    fn write(&mut self, domid: u32, key: &str, value: &str);
-    fn watch(&mut self, domid: u32);
-    /// The domid of a running domain, by name.
-    fn lookup(&mut self, name: &str) -> Option<u32>;
+    /// Start `sh -c SCRIPT` for a job; must not block for long.
+    fn spawn(&mut self, job: u64, script: &str) -> Result<(), String>;
+    /// A finished command: its job, and its last line of output or why it failed.
+    fn done(&mut self) -> Option<(u64, Result<String, String>)>;
+    /// A xenstore request, `XS_READ`, `XS_WRITE` (of `value`) or `XS_RM`: the value read;
+    /// None if the node does not exist.
+    fn xs(&mut self, ty: u32, path: &str, value: &str) -> io::Result<Option<String>>;
 }
 
 /// An ICMP message to send: destination and the ICMP bytes.
 pub type Out = ([u8; 4], Vec<u8>);
+/// Where an answer goes: source address, echo identifier and sequence number.
+type Dest = ([u8; 4], u16, u16);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Job {
-    job_id: u64,
-    echo: [u8; 20],
-    /// Where the answer goes (the latest copy of the request).
-    to: ([u8; 4], u16, u16),
+    id: u64,
+    /// The token's MAC (None for a job adopted after a restart): a resent token is this job.
+    echo: Option<[u8; 20]>,
+    to: Dest,
     slot: usize,
-    name: String,
-    memory_mib: u32,
     domid: Option<u32>,
-    reply: Option<BootReply>,
     owed_mib_ms: u64,
     warned_at: Option<u64>,
 }
@@ -50,369 +44,278 @@ pub struct Node<H: Host> {
     pub host: H,
     jobs: Vec<Job>,
     /// Per-source token buckets: (source, tokens x 1000, last refill ms). Fixed size; a new
-    /// source evicts the one that was refilled longest ago.
+    /// source evicts the one refilled longest ago.
     buckets: [([u8; 4], u64, u64); 64],
     last_tick: u64,
 }
 
-fn refusal(status: Status, reason: &str, job_id: u64, echo: [u8; 20]) -> BootReply {
+fn answer(status: Status, reason: &str, job_id: u64, echo: [u8; 20]) -> BootReply {
     let reason = bp::reason_code(reason).unwrap_or(6);
-    BootReply {
-        status,
-        reason,
-        job_id,
-        addr: [0; 4],
-        port: 0,
-        domid: 0,
-        balance: 0,
-        echo,
-    }
+    BootReply { status, reason, job_id, addr: [0; 4], port: 0, domid: 0, balance: 0, echo }
 }
 
-fn reply_msg(to: ([u8; 4], u16, u16), payload: &[u8]) -> Option<Out> {
+fn message(to: Dest, payload: &[u8]) -> Option<Out> {
     let mut buf = [0u8; bp::IP_PACKET_MAX];
     let n = bp::write_echo(bp::ICMP_ECHO_REPLY, to.1, to.2, payload, &mut buf)?;
-    Some((to.0, buf[..n].to_vec()))
+    (to.0 != [0; 4]).then(|| (to.0, buf[..n].to_vec()))
+}
+
+fn name(job: u64) -> String {
+    format!("lm-job{job}")
 }
 
 impl<H: Host> Node<H> {
     pub fn new(cfg: Config, ledger: NodeLedger, host: H, now_ms: u64) -> Self {
-        Node {
-            cfg,
-            ledger,
-            host,
-            jobs: Vec::new(),
-            buckets: [([0; 4], 0, 0); 64],
-            last_tick: now_ms,
-        }
+        let buckets = [([0; 4], 0, 0); 64];
+        Node { cfg, ledger, host, jobs: vec![], buckets, last_tick: now_ms }
     }
 
-    /// At start: take over the open jobs of the ledger whose loader domain still runs (after a
-    /// restart of packetd they keep paying); close the others with a certificate.
+    /// At start: the ledger's open jobs whose loader domain still runs are taken over (after
+    /// a restart of packetd they go on paying); the others are closed with a certificate.
     pub fn adopt(&mut self, unix: u64) {
-        let open: Vec<_> = self.ledger.jobs().filter(|j| !j.closed).cloned().collect();
-        for js in open {
-            let name = format!("lm-job{}", js.job_id);
-            let cfg = std::fs::read_to_string(self.cfg.run_dir.join(format!("{name}.cfg")));
+        let open: Vec<u64> = self.ledger.jobs().filter(|j| !j.closed).map(|j| j.job_id).collect();
+        for id in open {
+            // The job's address, read back from the xl config packetd wrote for it.
+            let cfg = fs::read_to_string(self.cfg.run_dir.join(format!("{}.cfg", name(id))));
             let slot = cfg.ok().and_then(|c| {
-                let ip = c.split("ip=").nth(1)?.split_whitespace().next()?;
-                let off = u32::from(ip.parse::<std::net::Ipv4Addr>().ok()?)
-                    .checked_sub(u32::from(self.cfg.pool_first))?;
-                (off < self.cfg.pool_len as u32).then_some(off as usize)
+                let ip: std::net::Ipv4Addr =
+                    c.split("ip=").nth(1)?.split(' ').next()?.parse().ok()?;
+                let off = u32::from(ip).checked_sub(u32::from(self.cfg.pool.0))?;
+                (off < self.cfg.pool.1 as u32).then_some(off as usize)
             });
-            let job = Job {
-                job_id: js.job_id,
-                echo: [0; 20],
-                to: ([0; 4], 0, 0),
-                slot: slot.unwrap_or(usize::MAX),
-                name,
-                memory_mib: js.memory_mib,
-                domid: None,
-                reply: None,
-                owed_mib_ms: 0,
-                warned_at: None,
-            };
-            match (self.host.lookup(&job.name), slot) {
-                (Some(domid), Some(_)) => {
-                    eprintln!("packetd: job {} adopted: domain {domid}", job.job_id);
-                    self.host.watch(domid);
-                    let reply = refusal(Status::Accepted, "ok", job.job_id, job.echo);
-                    self.jobs.push(Job {
-                        domid: Some(domid),
-                        reply: Some(reply),
-                        ..job
-                    });
-                }
-                (domid, _) => {
-                    if domid.is_some() {
-                        self.host.destroy(&job.name);
-                    }
-                    self.finish(job, unix, "not running after a restart");
-                }
+            match slot.map(|slot| (slot, self.host.spawn(id, &format!("xl domid {}", name(id))))) {
+                Some((slot, Ok(()))) => self.jobs.push(Job { id, slot, ..Job::default() }),
+                _ => self.end(id, true, unix, "not running after a restart"),
             }
         }
     }
 
     fn allow(&mut self, src: [u8; 4], now_ms: u64) -> bool {
-        let (burst, rate) = (
-            self.cfg.rate_burst as u64 * 1000,
-            self.cfg.rate_per_second as u64,
-        );
-        let i = match self.buckets.iter().position(|b| b.0 == src) {
-            Some(i) => i,
-            None => {
-                let i = (0..64).min_by_key(|&i| (self.buckets[i].0 != [0; 4], self.buckets[i].2));
-                let i = i.unwrap_or(0);
-                self.buckets[i] = (src, burst, now_ms);
-                i
-            }
-        };
+        let burst = self.cfg.rate_burst * 1000;
+        let i = self.buckets.iter().position(|b| b.0 == src).unwrap_or_else(|| {
+            let i = (0..64).min_by_key(|&i| (self.buckets[i].0 != [0; 4], self.buckets[i].2));
+            self.buckets[i.unwrap_or(0)] = (src, burst, now_ms);
+            i.unwrap_or(0)
+        });
         let b = &mut self.buckets[i];
-        b.1 = (b.1 + now_ms.saturating_sub(b.2).saturating_mul(rate)).min(burst);
-        b.2 = now_ms;
-        if b.1 < 1000 {
-            return false;
-        }
-        b.1 -= 1000;
-        true
+        let refill = now_ms.saturating_sub(b.2).saturating_mul(self.cfg.rate_per_second);
+        (b.1, b.2) = ((b.1 + refill).min(burst), now_ms);
+        b.1.checked_sub(1000).map(|left| b.1 = left).is_some()
     }
 
     /// One IPv4 packet from the raw socket. Returns the echo reply to send, if any.
     pub fn on_packet(&mut self, pkt: &[u8], now_ms: u64, unix: u64) -> Option<Out> {
         let e = bp::parse_echo(pkt).filter(|e| e.kind == bp::ICMP_ECHO_REQUEST)?;
-        if !self.allow(e.src, now_ms) {
-            return None;
-        }
+        self.allow(e.src, now_ms).then_some(())?;
         let to = (e.src, e.id, e.seq);
-        if !e.payload.starts_with(&BOOT_MAGIC) {
-            // An ordinary ping: the node answers it like any host (RFC 1122).
-            return reply_msg(to, e.payload);
+        if e.payload.starts_with(&BOOT_MAGIC) {
+            return message(to, &self.boot(e.payload, to, unix)?.encode());
         }
-        let r = self.boot(e.payload, to, unix)?;
-        reply_msg(to, &r.encode())
+        if let Some(job) = bp::parse_cert_query(e.payload) {
+            return message(to, &self.certificate(job));
+        }
+        // An ordinary ping: the node answers it like any host (RFC 1122).
+        message(to, e.payload)
+    }
+
+    /// A closed job's certificate, or why not.
+    fn certificate(&self, job: u64) -> Vec<u8> {
+        let open = self.ledger.job(job).is_some_and(|j| !j.closed);
+        let cert = fs::read(self.cfg.state.join(format!("certs/{job}.lmrc"))).ok();
+        match (open, cert) {
+            (false, Some(c)) => c,
+            (true, _) => answer(Status::Later, "job-open", job, [0; 20]).encode().into(),
+            _ => answer(Status::Refused, "unknown-job", job, [0; 20]).encode().into(),
+        }
+    }
+
+    /// The answer for a running job.
+    fn accepted(&self, j: &Job) -> Option<BootReply> {
+        let balance = self.ledger.job(j.id).map_or(0, |s| s.balance.min(u32::MAX as u64) as u32);
+        let (addr, port, domid) = (self.cfg.addr(j.slot).octets(), self.cfg.port, j.domid?);
+        let ok = answer(Status::Accepted, "ok", j.id, j.echo.unwrap_or_default());
+        Some(BootReply { addr, port, domid, balance, ..ok })
     }
 
     /// A boot token: refuse it, or start the loader domain (the answer follows in `poll`).
-    fn boot(&mut self, payload: &[u8], to: ([u8; 4], u16, u16), unix: u64) -> Option<BootReply> {
+    fn boot(&mut self, payload: &[u8], to: Dest, unix: u64) -> Option<BootReply> {
         let echo = bp::echo_of(payload);
-        if let Some(j) = self.jobs.iter_mut().find(|j| j.echo == echo) {
-            // The same token again (a retry): answer with what we know, or later.
-            j.to = to;
-            return j.reply.clone();
+        if let Some(i) = self.jobs.iter().position(|j| j.echo == Some(echo)) {
+            // The same token again (a resend): answer with what we know, or later.
+            self.jobs[i].to = to;
+            return self.accepted(&self.jobs[i]);
         }
-        let t = match BootToken::decode_unverified(payload) {
+        let refuse = |status, reason: &str, job| Some(answer(status, reason, job, echo));
+        let t = match BootFields::parse(payload) {
             Ok((t, _)) => t,
-            Err(e) => return Some(refusal(Status::Refused, e.code(), 0, echo)),
+            Err(e) => return refuse(Status::Refused, e.code(), 0),
         };
-        let c = &self.cfg;
+        let (c, id) = (&self.cfg, t.job_id);
         let over =
             t.memory_mib > c.max_memory_mib || t.vcpus > c.max_vcpus || t.count > c.max_boot_count;
         if t.node_id == self.ledger.node_id() && over {
-            return Some(refusal(Status::Refused, "over-limit", t.job_id, echo));
+            return refuse(Status::Refused, "over-limit", id);
         }
-        let Some(slot) = (0..c.pool_len as usize).find(|s| self.jobs.iter().all(|j| j.slot != *s))
-        else {
-            return Some(refusal(Status::Later, "node-full", t.job_id, echo));
-        };
+        let free = (0..c.pool.1 as usize).find(|s| self.jobs.iter().all(|j| j.slot != *s));
+        let Some(slot) = free else { return refuse(Status::Later, "node-full", id) };
         if let Err(e) = self.ledger.accept_boot(payload, unix) {
-            let (status, code) = match e.is_refusal() {
-                true => (Status::Refused, e.code()),
-                false => (Status::Failed, "ledger-failure"),
-            };
-            return Some(refusal(status, code, t.job_id, echo));
+            let failed = (Status::Failed, "ledger-failure");
+            let (st, code) = if e.is_refusal() { (Status::Refused, e.code()) } else { failed };
+            return refuse(st, code, id);
         }
-        let name = format!("lm-job{}", t.job_id);
-        let cfg = self.loader_cfg(&name, slot, &t);
-        let cap = c.cap_percent.saturating_mul(t.vcpus as u32);
-        let mut job = Job {
-            job_id: t.job_id,
-            echo,
-            to,
-            slot,
-            name,
-            memory_mib: t.memory_mib,
-            domid: None,
-            reply: None,
-            owed_mib_ms: 0,
-            warned_at: None,
-        };
-        if let Err(e) = self.host.create(&job.name, &cfg, cap) {
-            eprintln!("packetd: job {}: cannot start xl create: {e}", t.job_id);
-            job.reply = Some(refusal(Status::Failed, "create-failed", t.job_id, echo));
-            let r = job.reply.clone();
-            self.finish(job, unix, "create-failed");
-            return r;
+        let path = c.run_dir.join(format!("{}.cfg", name(id)));
+        let script = format!("xl create -q {} && xl domid {}", path.display(), name(id));
+        let started = self.loader_cfg(slot, &t).and_then(|cfg| {
+            fs::write(&path, cfg).map_err(|e| e.to_string())?;
+            self.host.spawn(id, &script)
+        });
+        if let Err(e) = started {
+            eprintln!("packetd: job {id}: cannot start xl create: {e}");
+            self.end(id, false, unix, "create-failed");
+            return refuse(Status::Failed, "create-failed", id);
         }
-        eprintln!(
-            "packetd: job {} accepted from {:?}: creating {}",
-            t.job_id, to.0, job.name
-        );
-        self.jobs.push(job);
+        eprintln!("packetd: job {id} accepted from {:?}: creating {}", to.0, name(id));
+        self.jobs.push(Job { id, echo: Some(echo), to, slot, ..Job::default() });
         None
     }
 
-    fn loader_cfg(&self, name: &str, slot: usize, t: &BootToken) -> String {
-        let ip = self.cfg.addr(slot);
-        let o = ip.octets();
-        // stage2-sha1: what the loader's stage 1 is to check an uploaded stage 2 against (the
-        // token's loader SHA-1); today's loader ignores the word.
-        let extra = format!(
-            "ip={ip} netmask={} port={} stage2-sha1={}",
-            self.cfg.netmask,
-            self.cfg.port,
-            token_tool::to_hex(&t.loader_sha1)
-        );
-        self.cfg
-            .template
-            .replace("@NAME@", name)
-            .replace("@KERNEL@", &self.cfg.loader.display().to_string())
+    fn loader_cfg(&self, slot: usize, t: &BootFields) -> Result<String, String> {
+        let (c, ip) = (&self.cfg, self.cfg.addr(slot));
+        let [.., o2, o3] = ip.octets();
+        // stage2-sha1: what the loader's stage 1 checks an uploaded stage 2 against.
+        let sha = token_tool::to_hex(&t.loader_sha1);
+        let extra = format!("ip={ip} netmask={} port={} stage2-sha1={sha}", c.netmask, c.port);
+        let cap = c.cap_percent.saturating_mul(t.vcpus as u32);
+        let template = fs::read_to_string(&c.template).map_err(|e| format!("template: {e}"))?;
+        Ok(template
+            .replace("@NAME@", &name(t.job_id))
+            .replace("@KERNEL@", &c.loader.display().to_string())
             .replace("@EXTRA@", &extra)
             .replace("@MEMORY@", &t.memory_mib.to_string())
             .replace("@VCPUS@", &t.vcpus.to_string())
-            .replace("@MAC@", &format!("00:16:3e:4c:{:02x}:{:02x}", o[2], o[3]))
+            .replace("@CAP@", &cap.to_string())
+            .replace("@MAC@", &format!("00:16:3e:4c:{o2:02x}:{o3:02x}")))
     }
 
-    /// Close the job: its unspent balance becomes a redemption certificate in the state
-    /// directory (certs/JOB.lmrc), which the broker refunds once.
-    fn finish(&mut self, job: Job, unix: u64, why: &str) {
-        match self.ledger.redeem(job.job_id, unix) {
-            Ok((c, bytes)) => {
-                let dir = self.cfg.state.join("certs");
-                let path = dir.join(format!("{}.lmrc", job.job_id));
-                let w = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, bytes));
-                eprintln!(
-                    "packetd: job {} closed at {unix} ({why}): certificate for {} unspent tokens {}",
-                    job.job_id,
-                    c.balance,
-                    w.map_or_else(|e| format!("NOT written: {e}"), |_| path_str(&path))
-                );
-            }
-            Err(e) => eprintln!(
-                "packetd: job {} closed at {unix} ({why}), no certificate: {e}",
-                job.job_id
-            ),
-        }
+    /// Close the job (destroying its domain first if `destroy`): its unspent balance becomes a
+    /// redemption certificate in state/certs/JOB.lmrc, which the customer fetches with a
+    /// certificate query and the broker refunds once.
+    fn end(&mut self, job: u64, destroy: bool, unix: u64, why: &str) {
+        destroy.then(|| self.host.spawn(job, &format!("xl destroy {}", name(job))));
+        let dir = self.cfg.state.join("certs");
+        let what = self.ledger.redeem(job, unix).map_err(|e| e.to_string()).and_then(|(c, b)| {
+            let path = dir.join(format!("{job}.lmrc"));
+            let w = fs::create_dir_all(&dir).and_then(|_| fs::write(&path, b));
+            w.map_err(|e| format!("certificate NOT written: {e}"))?;
+            Ok(format!("certificate for {} unspent tokens {}", c.balance, path.display()))
+        });
+        eprintln!("packetd: job {job} closed at {unix} ({why}): {}", what.unwrap_or_else(|e| e));
     }
 
-    /// Finished creations: answer their customers. Call often.
+    /// Finished commands: answer the customers of finished creations. Call often.
     pub fn poll(&mut self, unix: u64) -> Vec<Out> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.jobs.len() {
-            if self.jobs[i].domid.is_some() || self.jobs[i].reply.is_some() {
-                i += 1;
-                continue;
-            }
-            let Some(res) = self.host.created(&self.jobs[i].name) else {
-                i += 1;
+        let mut out = vec![];
+        while let Some((id, res)) = self.host.done() {
+            // Other commands (`xl destroy`) are done with.
+            let Some(i) = self.jobs.iter().position(|j| j.id == id && j.domid.is_none()) else {
                 continue;
             };
-            let balance = self
-                .ledger
-                .job(self.jobs[i].job_id)
-                .map_or(0, |j| j.balance);
             let j = &mut self.jobs[i];
-            match res {
+            match res.and_then(|o| o.trim().parse().map_err(|_| format!("output {o:?}"))) {
                 Ok(domid) => {
-                    eprintln!("packetd: job {} running as domain {domid}", j.job_id);
-                    let addr = self.cfg.addr(j.slot).octets();
-                    let balance = balance.min(u32::MAX as u64) as u32;
-                    let r = BootReply {
-                        addr,
-                        port: self.cfg.port,
-                        domid,
-                        balance,
-                        ..refusal(Status::Accepted, "ok", j.job_id, j.echo)
-                    };
+                    eprintln!("packetd: job {id} running as domain {domid}");
                     j.domid = Some(domid);
-                    j.reply = Some(r.clone());
-                    out.extend(reply_msg(j.to, &r.encode()));
-                    self.host.watch(domid);
-                    i += 1;
+                    let r = self.accepted(&self.jobs[i]).map(|r| r.encode());
+                    out.extend(r.and_then(|r| message(self.jobs[i].to, &r)));
                 }
                 Err(e) => {
-                    eprintln!("packetd: job {}: xl create failed: {e}", j.job_id);
-                    let r = refusal(Status::Failed, "create-failed", j.job_id, j.echo);
-                    out.extend(reply_msg(j.to, &r.encode()));
-                    let job = self.jobs.remove(i);
-                    self.host.destroy(&job.name);
-                    self.finish(job, unix, "create-failed");
+                    eprintln!("packetd: job {id}: xl create failed: {e}");
+                    let r = answer(Status::Failed, "create-failed", id, j.echo.unwrap_or_default());
+                    out.extend(message(j.to, &r.encode()));
+                    let adopted = self.jobs.remove(i).echo.is_none();
+                    let why = if adopted { "not running after a restart" } else { "create-failed" };
+                    self.end(id, true, unix, why);
                 }
             }
         }
         out
     }
 
-    /// A value the guest wrote to its `data/lm-topup` (hex of a top-up).
-    pub fn on_topup(&mut self, domid: u32, hex: &str) {
-        let Some(j) = self.jobs.iter_mut().find(|j| j.domid == Some(domid)) else {
-            return;
-        };
-        // Whitespace aside, a top-up is 88 hex digits; anything much longer is refused unread.
-        let res = match hex.len() <= 4 * token_tool::wire::TOPUP_LEN {
-            true => token_tool::from_hex(hex).and_then(|b| TopUp::decode(&b).map(|t| (t, b))),
-            false => Err(token_tool::TokenError::Oversized {
-                what: "top-up",
-                max: 4 * token_tool::wire::TOPUP_LEN,
-                got: hex.len(),
-            }),
-        };
-        let msg = match res {
-            Ok((t, _)) if t.job_id != j.job_id => "refused wrong-job".to_string(),
-            Ok((_, b)) => match self.ledger.accept_topup(&b) {
-                Ok(s) => {
-                    if s.balance > 0 && j.warned_at.take().is_some() {
-                        self.host.write(domid, "lm-warning", "");
-                    }
-                    format!("accepted balance {}", s.balance)
-                }
-                Err(e) => format!("refused {}", e.code()),
-            },
-            Err(e) => format!("refused {}", e.code()),
-        };
-        eprintln!("packetd: job {} top-up: {msg}", j.job_id);
-        self.host.write(domid, "lm-topup-result", &msg);
-    }
-
-    /// Once a second: bill memory x time, warn, purge after the grace period, close the
-    /// jobs whose domain is gone.
+    /// Once a second, for each running job: close it if its domain is gone; take the top-up
+    /// the guest wrote to its `data/lm-topup`; bill memory x time; warn when the balance ran
+    /// out; purge after the grace period.
     pub fn tick(&mut self, now_ms: u64, unix: u64) {
-        let dt = now_ms.saturating_sub(self.last_tick);
-        self.last_tick = now_ms;
-        let price = self.cfg.mib_seconds_per_token.saturating_mul(1000);
-        let mut i = 0;
-        while i < self.jobs.len() {
-            let Some(domid) = self.jobs[i].domid else {
-                i += 1;
-                continue;
-            };
-            if !self.host.alive(domid) {
-                let job = self.jobs.remove(i);
-                self.finish(job, unix, "domain gone");
+        let dt = now_ms.saturating_sub(std::mem::replace(&mut self.last_tick, now_ms));
+        let (price, grace) =
+            (self.cfg.mib_seconds_per_token.saturating_mul(1000), self.cfg.grace_seconds);
+        let mut ended = vec![];
+        for j in self.jobs.iter_mut() {
+            let (Some(d), h, id) = (j.domid, &mut self.host, j.id) else { continue };
+            let key = |k: &str| format!("/local/domain/{d}/{k}");
+            // Only a definite "no such node" means gone: a failed read keeps the guest.
+            if let Ok(None) = h.xs(XS_READ, &key("name"), "") {
+                ended.push((id, false, "domain gone"));
                 continue;
             }
-            let j = &mut self.jobs[i];
-            j.owed_mib_ms = j
-                .owed_mib_ms
-                .saturating_add(dt.saturating_mul(j.memory_mib as u64));
-            let tokens = j.owed_mib_ms / price;
-            j.owed_mib_ms %= price;
-            let debit = match self.ledger.consume(j.job_id, tokens) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("packetd: job {}: cannot debit: {e}", j.job_id);
-                    i += 1;
-                    continue;
+            let hex = h.xs(XS_READ, &key("data/lm-topup"), "").ok().flatten();
+            if let Some(hex) = hex.filter(|v| !v.is_empty()) {
+                let _ = h.xs(XS_RM, &key("data/lm-topup"), "");
+                let res = topup(&mut self.ledger, id, &hex);
+                eprintln!("packetd: job {id} top-up: {res}");
+                if res.starts_with("accepted") && j.warned_at.take().is_some() {
+                    put(h, &key("data/lm-warning"), "");
                 }
-            };
-            self.host
-                .write(domid, "lm-balance", &debit.balance.to_string());
-            if debit.exhausted && j.warned_at.is_none() {
-                let g = self.cfg.grace_seconds;
-                eprintln!(
-                    "packetd: job {}: balance exhausted at {unix}, {g} s of grace",
-                    j.job_id
-                );
+                put(h, &key("data/lm-topup-result"), &res);
+            }
+            let memory = self.ledger.job(id).map_or(0, |s| s.memory_mib as u64);
+            j.owed_mib_ms = j.owed_mib_ms.saturating_add(dt.saturating_mul(memory));
+            let debit = self.ledger.consume(id, j.owed_mib_ms / price);
+            j.owed_mib_ms %= price;
+            match &debit {
+                Err(e) => eprintln!("packetd: job {id}: cannot debit: {e}"),
+                Ok(b) => put(h, &key("data/lm-balance"), &b.balance.to_string()),
+            }
+            if debit.is_ok_and(|b| b.exhausted) && j.warned_at.is_none() {
+                eprintln!("packetd: job {id}: balance exhausted at {unix}, {grace} s of grace");
                 j.warned_at = Some(unix);
-                self.host.write(
-                    domid,
-                    "lm-warning",
-                    &format!("exhausted: destroyed at {}", unix + g),
+                put(
+                    h,
+                    &key("data/lm-warning"),
+                    &format!("exhausted: destroyed at {}", unix + grace),
                 );
             }
-            if j.warned_at
-                .is_some_and(|w| unix >= w + self.cfg.grace_seconds)
-            {
-                let job = self.jobs.remove(i);
-                self.host.destroy(&job.name);
-                self.finish(job, unix, "purged: did not pay");
-                continue;
+            if j.warned_at.is_some_and(|w| unix >= w + grace) {
+                ended.push((id, true, "purged: did not pay"));
             }
-            i += 1;
+        }
+        for (id, destroy, why) in ended {
+            self.jobs.retain(|j| j.id != id);
+            self.end(id, destroy, unix, why);
         }
     }
 }
 
-fn path_str(p: &Path) -> String {
-    p.display().to_string()
+fn put(h: &mut impl Host, path: &str, value: &str) {
+    if let Err(e) = h.xs(XS_WRITE, path, value) {
+        eprintln!("packetd: {e}");
+    }
+}
+
+/// The outcome of a top-up a guest wrote (hex): "accepted balance N" or "refused CODE".
+fn topup(ledger: &mut NodeLedger, job: u64, hex: &str) -> String {
+    // Whitespace aside, a top-up is 88 hex digits; anything much longer is refused unread.
+    let res = match hex.len() <= 4 * TOPUP_LEN {
+        true => token_tool::from_hex(hex)
+            .and_then(|b| Ok((TopUp::decode(&b)?, b)))
+            .map_err(|e| e.code()),
+        false => Err("oversized"),
+    };
+    match res {
+        Err(code) => format!("refused {code}"),
+        Ok((t, _)) if t.job_id != job => "refused wrong-job".into(),
+        Ok((_, b)) => match ledger.accept_topup(&b) {
+            Ok(s) => format!("accepted balance {}", s.balance),
+            Err(e) => format!("refused {}", e.code()),
+        },
+    }
 }

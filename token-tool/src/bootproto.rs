@@ -17,7 +17,7 @@ pub const REPLY_LEN: usize = 52;
 
 /// Reason codes on the wire (byte 6 of a reply); the index is the code. The names are the
 /// token library's refusal codes plus packetd's own.
-pub const REASONS: [&str; 17] = [
+pub const REASONS: [&str; 19] = [
     "ok",
     "truncated",
     "oversized",
@@ -35,6 +35,8 @@ pub const REASONS: [&str; 17] = [
     "node-full",
     "create-failed",
     "ledger-failure",
+    "unknown-job",
+    "job-open",
 ];
 
 /// Reason code of a refusal name (None for a name that has no code).
@@ -160,6 +162,29 @@ impl BootReply {
             echo,
         })
     }
+}
+
+/// A certificate query (docs/packetd.md §2.1): the payload of an echo request that asks a
+/// node for the redemption certificate of a closed job. 16 bytes: magic `LMCQ`, version 1,
+/// three zero bytes, the job id (big-endian). The answer's payload is the certificate itself
+/// (docs/tokens.md §2.3, magic `LMRC`), or a [`BootReply`]: later/`job-open` while the job
+/// runs, refused/`unknown-job` when the node has no certificate for it.
+pub const CERT_QUERY_MAGIC: [u8; 4] = *b"LMCQ";
+pub const CERT_QUERY_LEN: usize = 16;
+
+pub fn cert_query(job_id: u64) -> [u8; CERT_QUERY_LEN] {
+    let mut q = [0u8; CERT_QUERY_LEN];
+    q[..4].copy_from_slice(&CERT_QUERY_MAGIC);
+    q[4] = 1;
+    q[8..].copy_from_slice(&job_id.to_be_bytes());
+    q
+}
+
+/// The job id of a well-formed certificate query, else None.
+pub fn parse_cert_query(p: &[u8]) -> Option<u64> {
+    let q: &[u8; CERT_QUERY_LEN] = p.try_into().ok()?;
+    let ok = q[..4] == CERT_QUERY_MAGIC && q[4..8] == [1, 0, 0, 0];
+    ok.then(|| u64::from_be_bytes([q[8], q[9], q[10], q[11], q[12], q[13], q[14], q[15]]))
 }
 
 /// The last 20 bytes of a request payload, zero-filled when it is shorter.
@@ -323,9 +348,21 @@ mod tests {
         assert!(write_echo(0, 0, 0, &[0; 100], &mut icmp).is_none());
     }
 
+    #[test]
+    fn cert_query_roundtrip() {
+        let q = cert_query(0x0102_0304_0506_0708);
+        assert_eq!(&q[..8], b"LMCQ\x01\0\0\0");
+        assert_eq!(parse_cert_query(&q), Some(0x0102_0304_0506_0708));
+        assert_eq!(parse_cert_query(&q[..15]), None);
+        let mut v2 = q;
+        v2[4] = 2;
+        assert_eq!(parse_cert_query(&v2), None);
+    }
+
     proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_cert_query(&bytes);
             let _ = parse_echo(&bytes);
             let _ = BootReply::decode(&bytes);
         }

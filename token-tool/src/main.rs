@@ -33,6 +33,7 @@ const EXIT_STAGE2_REFUSED: u8 = 6;
 const EXIT_UPLOAD_FAILED: u8 = 7;
 
 mod bootupload;
+mod certq;
 mod customer;
 
 #[derive(Parser)]
@@ -114,6 +115,25 @@ enum Cmd {
         /// Seconds to wait for each answer of the loader during the uploads.
         #[arg(long, default_value_t = 120.0)]
         upload_timeout: f64,
+    },
+    /// Fetch the redemption certificate of an ended job from the node that ran it, by ICMP
+    /// (a certificate query, docs/packetd.md §2.1), and write it to OUT for `broker redeem`.
+    /// While the job still runs the node answers "later" and the query is resent. Needs
+    /// CAP_NET_RAW. Exit codes: 0 written, 3 the node has no certificate for the job
+    /// (`unknown-job`), 5 none in time.
+    Certificate {
+        /// The node's IPv4 address.
+        host: std::net::Ipv4Addr,
+        #[arg(long)]
+        job: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Resend the query after this many seconds without a certificate.
+        #[arg(long, default_value_t = 1.0)]
+        retry: f64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Measure boot-token verifications/s and raw SHA-1 compressions/s (use a release build).
     Bench {
@@ -446,6 +466,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(a) => node(json, a),
         Cmd::Inspect { file } => inspect(json, &file),
         Cmd::Bench { seconds, count } => bench(json, seconds, count),
+        Cmd::Certificate {
+            host,
+            job,
+            out,
+            retry,
+            timeout,
+        } => {
+            let secs = |s: f64, what: &str| {
+                (s.is_finite() && (0.1..=3600.0).contains(&s))
+                    .then(|| Duration::from_secs_f64(s))
+                    .ok_or_else(|| UsageError(format!("--{what} must be 0.1..=3600 seconds")))
+            };
+            let cert = certq::fetch(host, job, secs(retry, "retry")?, secs(timeout, "timeout")?)?;
+            std::fs::write(&out, &cert).with_context(|| format!("writing {}", out.display()))?;
+            let (c, _) = Certificate::decode_unverified(&cert)?;
+            emit(
+                json,
+                json!({"ok": true, "job": job, "certificate": c, "out": out}),
+                || {
+                    format!(
+                        "job {job}: certificate for {} unspent tokens written to {}",
+                        c.balance,
+                        out.display()
+                    )
+                },
+            );
+            Ok(())
+        }
         Cmd::Boot {
             host,
             token,

@@ -3,34 +3,46 @@
 //! is a fake (named as such: it records toolstack calls and creates every domain at once).
 //! Input: byte 0 selects what the rest is: 0 = an ICMP echo payload from source bytes 1..5
 //! (wrapped in a valid IPv4/ICMP packet so the checks behind the checksum are reached), 1 = a
-//! raw packet, 2 = a guest's top-up text, 3 = a clock tick. Never panics, every answer is a
-//! well-formed echo reply.
+//! raw packet, 2 = a guest's top-up text (written to domain 5's xenstore area, then a tick),
+//! 3 = a clock tick. Certificate queries come as echo payloads (mode 0). Never panics, every
+//! answer is a well-formed echo reply.
 #![no_main]
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
+use clap::Parser;
+use inflate_core::xs::{XS_READ, XS_WRITE};
 use libfuzzer_sys::fuzz_target;
 use packetd::config::Config;
 use packetd::node::{Host, Node};
 use token_tool::bootproto as bp;
 use token_tool::node::NodeLedger;
 
-struct FakeHost;
+/// Fake host: every command succeeds at once and prints domid 5; domain 5 always exists.
+#[derive(Default)]
+struct FakeHost {
+    pending: Vec<u64>,
+    store: BTreeMap<String, String>,
+}
 impl Host for FakeHost {
-    fn create(&mut self, _: &str, cfg: &str, _: u32) -> Result<(), String> {
-        assert!(cfg.len() < 4096);
+    fn spawn(&mut self, job: u64, script: &str) -> Result<(), String> {
+        assert!(script.len() < 4096);
+        self.pending.push(job);
         Ok(())
     }
-    fn created(&mut self, _: &str) -> Option<Result<u32, String>> {
-        Some(Ok(5))
+    fn done(&mut self) -> Option<(u64, Result<String, String>)> {
+        self.pending.pop().map(|j| (j, Ok("5".into())))
     }
-    fn alive(&mut self, _: u32) -> bool {
-        true
-    }
-    fn destroy(&mut self, _: &str) {}
-    fn write(&mut self, _: u32, _: &str, _: &str) {}
-    fn watch(&mut self, _: u32) {}
-    fn lookup(&mut self, _: &str) -> Option<u32> {
-        None
+    fn xs(&mut self, ty: u32, path: &str, value: &str) -> std::io::Result<Option<String>> {
+        if path == "/local/domain/5/name" {
+            return Ok(Some("x".into()));
+        }
+        match ty {
+            XS_READ => return Ok(self.store.get(path).cloned()),
+            XS_WRITE => self.store.insert(path.into(), value.into()),
+            _ => self.store.remove(path),
+        };
+        Ok(None)
     }
 }
 
@@ -42,12 +54,13 @@ thread_local! {
         let _ = std::fs::remove_dir_all(&dir);
         let ledger = NodeLedger::create(&dir, 2, SECRET).unwrap();
         std::fs::write(dir.join("t.in"), "name=@NAME@ memory=@MEMORY@ extra=\"@EXTRA@\"").unwrap();
-        let cfg = format!(
-            "state = {0}\nloader = /l\ntemplate = {0}/t.in\npool = 10.0.0.120/4\n\
-             rate_per_second = 1000\nrate_burst = 100000\nmax_memory_mib = 256\n",
-            dir.display()
+        let d = dir.display();
+        let args = format!(
+            "packetd --state {d} --loader /l --template {d}/t.in --pool 10.0.0.120/4 \
+             --rate-per-second 1000 --rate-burst 100000 --max-memory-mib 256 --run-dir {d}"
         );
-        (Node::new(Config::parse(&cfg).unwrap(), ledger, FakeHost, 0), 0)
+        let cfg = Config::try_parse_from(args.split_whitespace()).unwrap();
+        (Node::new(cfg, ledger, FakeHost::default(), 0), 0)
     });
 }
 
@@ -68,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
         match mode % 4 {
             0 if rest.len() >= 4 => {
                 let mut icmp = [0u8; bp::IP_PACKET_MAX];
-                let Some(len) = bp::write_echo(bp::ICMP_ECHO_REQUEST, 1, 2, &rest[4..], &mut icmp[..1480]) else {
+                let Some(len) =
+                    bp::write_echo(bp::ICMP_ECHO_REQUEST, 1, 2, &rest[4..], &mut icmp[..1480])
+                else {
                     return;
                 };
                 let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
@@ -80,7 +95,11 @@ fuzz_target!(|data: &[u8]| {
                 check(node.on_packet(&pkt, *clock, unix));
             }
             1 => check(node.on_packet(rest, *clock, unix)),
-            2 => node.on_topup(5, &String::from_utf8_lossy(rest)),
+            2 => {
+                let v = String::from_utf8_lossy(rest).into_owned();
+                node.host.store.insert("/local/domain/5/data/lm-topup".into(), v);
+                node.tick(*clock, unix);
+            }
             _ => node.tick(*clock, unix),
         }
         for out in node.poll(unix) {
