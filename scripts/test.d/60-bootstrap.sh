@@ -215,7 +215,7 @@ read -r n_adopted b1 b2 <<<"$adopted"
 [ "$n_adopted" = 2 ] && [ "$b2" -lt "$b1" ] || fail "after a restart: $n_adopted jobs adopted, balance $b1 -> $b2"
 [ "$(x 1 "grep -c 'packetd exited' /var/log/packetd.log")" = 1 ] || fail "packetd exited more than once on host 1"
 
-lines=$(cat "$REPO_ROOT"/packetd/src/*.rs | grep -cv '^\s*\(//.*\)\?$')
+lines=$(bash "$REPO_ROOT/scripts/packetd-lines" --json | jq .packetd_lines)
 printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
     "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
     "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$n_adopted" "$b1" "$b2" "$lines"
