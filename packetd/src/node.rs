@@ -223,7 +223,8 @@ impl<H: Host> Node<H> {
             let j = &mut self.jobs[i];
             match res.and_then(|o| o.trim().parse().map_err(|_| format!("output {o:?}"))) {
                 Ok(domid) => {
-                    eprintln!("packetd: job {id} running as domain {domid}");
+                    let how = if j.echo.is_none() { " (adopted after a restart)" } else { "" };
+                    eprintln!("packetd: job {id} running as domain {domid}{how}");
                     j.domid = Some(domid);
                     let r = self.accepted(&self.jobs[i]).map(|r| r.encode());
                     out.extend(r.and_then(|r| message(self.jobs[i].to, &r)));
@@ -271,10 +272,9 @@ impl<H: Host> Node<H> {
             j.owed_mib_ms = j.owed_mib_ms.saturating_add(dt.saturating_mul(memory));
             let debit = self.ledger.consume(id, j.owed_mib_ms / price);
             j.owed_mib_ms %= price;
-            match &debit {
-                Err(e) => eprintln!("packetd: job {id}: cannot debit: {e}"),
-                Ok(b) => put(h, &key("data/lm-balance"), &b.balance.to_string()),
-            }
+            let shown =
+                debit.as_ref().map(|b| put(h, &key("data/lm-balance"), &b.balance.to_string()));
+            shown.unwrap_or_else(|e| eprintln!("packetd: job {id}: cannot debit: {e}"));
             if debit.is_ok_and(|b| b.exhausted) && j.warned_at.is_none() {
                 eprintln!("packetd: job {id}: balance exhausted at {unix}, {grace} s of grace");
                 j.warned_at = Some(unix);

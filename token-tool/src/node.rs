@@ -312,7 +312,10 @@ impl NodeLedger {
             balance: j.balance,
             exhausted: tokens > debited,
         };
-        self.commit(next)?;
+        // Nothing changed (a node bills every second, mostly less than a token): no write.
+        if debited > 0 {
+            self.commit(next)?;
+        }
         Ok(d)
     }
 

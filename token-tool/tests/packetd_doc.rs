@@ -69,3 +69,10 @@ fn doc_examples_decode_and_reencode() {
     assert_eq!(refused.reason, 8);
     check("reply-refused", refused);
 }
+
+#[test]
+fn certificate_query_example() {
+    let q = example("cert-query");
+    assert_eq!(q, bp::cert_query(42));
+    assert_eq!(bp::parse_cert_query(&q), Some(42));
+}
