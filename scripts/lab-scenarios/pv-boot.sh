@@ -10,6 +10,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_NAME:-pvboot}
+. "$REPO_ROOT/scripts/lib/lab.sh"
 lab="$REPO_ROOT/scripts/lab"
 mem=${PVBOOT_MEM:-128}
 ip=$LAB_SUBNET.131 peer_ip=$LAB_SUBNET.132 port=7000
@@ -30,7 +31,6 @@ trap 'rm -rf "$work"' EXIT
 strip -o "$work/vmlinux" "$vmlinux"
 cmdline="console=hvc0 lab.ip=$ip"
 
-. "$REPO_ROOT/scripts/lib/lab.sh"
 if [ "$(lab_hosts)" -lt 1 ]; then
     [ "${PVBOOT_KEEP:-0}" = 1 ] || trap '"$lab" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
     "$lab" up 1 >&2 || fail "lab up"
