@@ -6,7 +6,7 @@
 # first console line, to the initramfs's marker (CKPT-MODULE-LOADED: /init ran, the network is
 # configured) and to the first ping answer; for the loader also the upload's steps. One JSON
 # line at the end. Env: LAB_NAME (default pvboot), PVBOOT_MEM (MiB, default 128),
-# PVBOOT_KEEP=1 keeps the host up.
+# PVBOOT_KEEP=1 keeps the host up, PVBOOT_VMLINUX and PVBOOT_INITRD (below).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_NAME:-pvboot}
@@ -23,8 +23,12 @@ fail() {
 
 loader=$(bash "$REPO_ROOT/scripts/build-inflate-loader")/inflate-loader || fail "build inflate-loader"
 s2=$(bash "$REPO_ROOT/scripts/build-inflate-stage2") || fail "build inflate-stage2"
-vmlinux=$(bash "$REPO_ROOT/scripts/build-guest-kernel" | sed -n 's/^VMLINUX=//p')
-img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest") || fail "build the checkpoint guest image"
+# PVBOOT_VMLINUX / PVBOOT_INITRD: an already built guest kernel ELF and initramfs (default: the
+# project's guest kernel and the checkpoint guest's initramfs, built or taken from the cache).
+vmlinux=${PVBOOT_VMLINUX:-$(bash "$REPO_ROOT/scripts/build-guest-kernel" | sed -n 's/^VMLINUX=//p')}
+initrd=${PVBOOT_INITRD:-$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")/initrd.gz} \
+    || fail "build the checkpoint guest image"
+[ -f "$vmlinux" ] && [ -f "$initrd" ] || fail "no guest kernel ($vmlinux) or initramfs ($initrd)"
 work=$(mktemp -d "${TMPDIR:-/tmp}/pv-boot.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # The upload carries the ELF without its symbol table (what a customer would send).
@@ -36,7 +40,7 @@ if [ "$(lab_hosts)" -lt 1 ]; then
     "$lab" up 1 >&2 || fail "lab up"
 fi
 for f in "$loader:/root/inflate-loader" "$s2/inflate-stage2.bin:/root/stage2.bin" \
-         "$work/vmlinux:/root/vmlinux" "$img/initrd.gz:/root/initrd.gz" \
+         "$work/vmlinux:/root/vmlinux" "$initrd:/root/initrd.gz" \
          "$REPO_ROOT/scripts/lab-scenarios/pv-boot-client.py:/root/pv-boot-client.py"; do
     "$lab" push 1 "${f%%:*}" "${f#*:}" >/dev/null || fail "push ${f%%:*}"
 done
