@@ -49,7 +49,7 @@ mac() { printf '00:16:3e:4c:%02x:%02x' "$(cut -d. -f3 <<<"$1")" "$(cut -d. -f4 <
 
 # Console watcher in dom0: prints ms (since its start) of the first console line, of the
 # marker and of the first ping answer for guest NAME at IP.
-x "cat >/root/watch.sh" <<'W' || fail "push watcher"
+"$lab" exec -i 1 "cat >/root/watch.sh" <<'W' || fail "push watcher"
 name=$1 ip=$2 t0=$3 first=0 marker=0 ping=0 log=/var/log/xen/console/guest-$1.log
 now() { echo $(( ($(date +%s%N) - t0) / 1000000 )); }
 for i in $(seq 1500); do
@@ -78,9 +78,11 @@ ours=$(T=400 x "t0=\$(date +%s%N); xl create -q /etc/xen/pvb.cfg || exit 3
 echo "$ours" >&2
 read -r o_listen o_upload o_first o_marker o_ping <<<"$(head -n1 <<<"$ours")"
 client=$(tail -n1 <<<"$ours")
-[ "$o_marker" != 0 ] || fail "the kernel booted by stage 2 never reached its initramfs marker"
-[ "$o_ping" != 0 ] || fail "the kernel booted by stage 2 never answered ping"
 x "grep -a 'boot: ' /var/log/xen/console/guest-pvb.log | head -n 20; grep -a -m3 -E 'Linux version|CKPT-MODULE|Hypervisor detected' /var/log/xen/console/guest-pvb.log" >&2
+num() { [[ ${1:-} =~ ^[0-9]+$ ]] && [ "$1" != 0 ]; }
+num "$o_first" || fail "the kernel booted by stage 2 printed nothing"
+num "$o_marker" || fail "the kernel booted by stage 2 never reached its initramfs marker"
+num "$o_ping" || fail "the kernel booted by stage 2 never answered ping"
 
 # --- peer: stock xl create of the same kernel, initramfs and command line ------------------
 cat >"$work/peer.cfg" <<C
@@ -99,6 +101,7 @@ C
 peer=$(T=400 x "t0=\$(date +%s%N); xl create -q /etc/xen/pvbpeer.cfg || exit 3; t1=\$(date +%s%N)
   echo \$(( (t1 - t0) / 1000000 )) \$(bash /root/watch.sh pvbpeer $peer_ip \$t0)") || fail "peer: $peer"
 read -r p_create p_first p_marker p_ping <<<"$peer"
+num "$p_marker" && num "$p_ping" || fail "xl create of the same kernel did not reach its marker and ping: $peer"
 x "xl destroy pvb; xl destroy pvbpeer" >/dev/null 2>&1 || true
 printf '{"scenario":"pv-boot","memory_mib":%s,"loader_listening_ms":%s,"upload_done_ms":%s,"upload":%s,"ours_after_upload":{"first_console_ms":%s,"marker_ms":%s,"ping_ms":%s},"ours_from_xl_create":{"marker_ms":%s,"ping_ms":%s},"xl_create":{"returned_ms":%s,"first_console_ms":%s,"marker_ms":%s,"ping_ms":%s},"ok":true}\n' \
     "$mem" "$o_listen" "$o_upload" "$client" "$o_first" "$o_marker" "$o_ping" \
