@@ -52,10 +52,10 @@ mac() { printf '00:16:3e:4c:%02x:%02x' "$(cut -d. -f3 <<<"$1")" "$(cut -d. -f4 <
 "$lab" exec -i 1 "cat >/root/watch.sh" <<'W' || fail "push watcher"
 name=$1 ip=$2 t0=$3 first=0 marker=0 ping=0 log=/var/log/xen/console/guest-$1.log
 now() { echo $(( ($(date +%s%N) - t0) / 1000000 )); }
-for i in $(seq 1500); do
+while [ "$(now)" -lt 240000 ]; do
     [ "$first" != 0 ] || { grep -qaE 'Linux version|Booting' "$log" 2>/dev/null && first=$(now); }
     [ "$marker" != 0 ] || { grep -qa 'CKPT-MODULE-' "$log" 2>/dev/null && marker=$(now); }
-    if [ "$marker" != 0 ] && ping -c1 -W1 "$ip" >/dev/null 2>&1; then ping=$(now); break; fi
+    if [ "$marker" != 0 ] && busybox ping -c1 -W1 "$ip" >/dev/null 2>&1; then ping=$(now); break; fi
     sleep 0.1
 done
 echo "$first $marker $ping"
