@@ -19,7 +19,9 @@ use core::convert::Infallible;
 use core::fmt::{self, Write};
 use core::ops::Range;
 use inflate_core::boot::layout::{Layout, PAGE};
-use inflate_core::boot::{startinfo, ElfError, Kernel, LayoutError, Numbering, NumberingError, Rings};
+use inflate_core::boot::{
+    startinfo, ElfError, Kernel, LayoutError, Numbering, NumberingError, Rings,
+};
 use loader_abi::Services;
 use xen_pv::hypercall as hc;
 use xen_pv::{jump, mmu, shared_info};
@@ -125,12 +127,13 @@ struct Arena {
 
 impl Arena {
     fn page_va(&self, old_pfn: u64) -> Option<u64> {
-        (old_pfn >= self.first && old_pfn < self.end).then(|| self.va + (old_pfn - self.first) * PAGE)
+        (old_pfn >= self.first && old_pfn < self.end)
+            .then(|| self.va + (old_pfn - self.first) * PAGE)
     }
     fn page(&self, old_pfn: u64) -> Result<&'static mut [u8; 4096], BootError> {
-        let va = self
-            .page_va(old_pfn)
-            .ok_or(BootError::Domain("a frame of the new layout is outside the arena"))?;
+        let va = self.page_va(old_pfn).ok_or(BootError::Domain(
+            "a frame of the new layout is outside the arena",
+        ))?;
         // SAFETY: the arena is ours (stage 1 maps it for stage 2 alone); each frame is written
         // through one such reference at a time, which the caller drops before the next.
         Ok(unsafe { &mut *(va as *mut [u8; 4096]) })
@@ -266,7 +269,12 @@ pub fn boot_kernel(
         console_mfn: own.console_mfn,
         console_evtchn: own.console_evtchn,
     };
-    startinfo::write(&l, &rings, cmdline.as_bytes(), arena.page(old(l.start_info_pfn)?)?);
+    startinfo::write(
+        &l,
+        &rings,
+        cmdline.as_bytes(),
+        arena.page(old(l.start_info_pfn)?)?,
+    );
     // A5: the initial page tables, then the boot stack.
     for (pfn, _) in l.page_tables() {
         if !l.write_table(pfn, &mfn, arena.page(old(pfn)?)?) {
@@ -300,9 +308,15 @@ pub fn boot_kernel(
         }
         unmapped += 1;
     }
-    say!(svc, "boot: A7 arena view of {unmapped} table frames removed: first rc {unmap_rc}");
+    say!(
+        svc,
+        "boot: A7 arena view of {unmapped} table frames removed: first rc {unmap_rc}"
+    );
     if unmap_rc != 0 {
-        return Err(BootError::Xen("unmapping the new tables' arena view", unmap_rc));
+        return Err(BootError::Xen(
+            "unmapping the new tables' arena view",
+            unmap_rc,
+        ));
     }
     // A8: the trampoline at its kernel address in our tables (L4 slot 511).
     let tramp_va = l.va(tramp_pfn);
@@ -330,7 +344,10 @@ pub fn boot_kernel(
         "boot: A8 trampoline at {tramp_va:#x} (pfn {tramp_pfn}) in our L4 slot {slot}: unmap rc {rc_unmap_chain}, mmu_update rc {rc_hook}"
     );
     if rc_unmap_chain != 0 || rc_hook != 0 {
-        return Err(BootError::Xen("mapping the trampoline", rc_unmap_chain | rc_hook));
+        return Err(BootError::Xen(
+            "mapping the trampoline",
+            rc_unmap_chain | rc_hook,
+        ));
     }
     // A9: pin the new L4: Xen validates every table and entry of the new tree now, while we
     // can still say no to the client.
@@ -355,20 +372,35 @@ pub fn boot_kernel(
     say!(svc, "boot: B1 devices released");
     let pairs = num.pairs().map_err(BootError::Numbering)?;
     let (rc, n) = mmu::machphys(pairs.map(|(new, o)| (own.mfn(o), new)));
-    say!(svc, "boot: B2 machphys updates: rc {rc}, {n} of {} done", own.nr_pages);
+    say!(
+        svc,
+        "boot: B2 machphys updates: rc {rc}, {n} of {} done",
+        own.nr_pages
+    );
     if rc != 0 || n != own.nr_pages {
         fatal(svc, "B2 machphys updates", rc);
     }
     let shinfo = &raw mut SHARED_INFO_VA as u64;
     let rc = hc::update_va_mapping(
         shinfo,
-        own.shared_info | mmu::_PAGE_PRESENT | mmu::_PAGE_RW | mmu::_PAGE_ACCESSED | mmu::_PAGE_DIRTY,
+        own.shared_info
+            | mmu::_PAGE_PRESENT
+            | mmu::_PAGE_RW
+            | mmu::_PAGE_ACCESSED
+            | mmu::_PAGE_DIRTY,
     );
     check(svc, "B3 map shared_info", rc);
     // SAFETY: the page now maps this domain's shared_info, writable.
     unsafe { shared_info::reset_events(shinfo as *mut u8, 0) };
-    say!(svc, "boot: B3 shared_info: no event pending, every channel masked, upcalls masked");
-    check(svc, "B4 stack_switch", hc::stack_switch(FLAT_KERNEL_SS, l.boot_rsp()));
+    say!(
+        svc,
+        "boot: B3 shared_info: no event pending, every channel masked, upcalls masked"
+    );
+    check(
+        svc,
+        "B4 stack_switch",
+        hc::stack_switch(FLAT_KERNEL_SS, l.boot_rsp()),
+    );
     if k.features_required & 1 != 0 {
         check(
             svc,
@@ -398,6 +430,9 @@ fn check(svc: &Services, step: &str, rc: i64) {
 }
 
 fn fatal(svc: &Services, step: &str, rc: i64) -> ! {
-    say!(svc, "boot: {step} FAILED (rc {rc}) after the point of no return; crashing the domain");
+    say!(
+        svc,
+        "boot: {step} FAILED (rc {rc}) after the point of no return; crashing the domain"
+    );
     svc.shutdown(3)
 }
