@@ -159,6 +159,7 @@ extern "C" fn kmain(si: *const startinfo::StartInfo) -> ! {
         xs: &mut xs,
         gt: &mut gt,
         first_free,
+        ip: cfg.ip,
     };
     let rec = match net::serve(&nf, &cfg, &mut rx, boot_ns, &mut inplace, devices) {
         net::Outcome::Verified(rec) => rec,

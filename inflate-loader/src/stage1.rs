@@ -26,6 +26,8 @@ pub struct Devices<'a> {
     pub xs: &'a mut Xenstore,
     pub gt: &'a mut GrantTable,
     pub first_free: u64,
+    /// Our address, for the gratuitous ARP at the hand-over.
+    pub ip: [u8; 4],
 }
 
 /// The accepted connection and the network stack that carries it.
@@ -160,7 +162,7 @@ pub fn run<'n>(mut conn: Conn<'_, 'n, '_>, nf: &'n RefCell<Netfront>, dev: Devic
     let t0 = mm::system_time_ns();
     let remote = conn.sock().remote_endpoint();
     kprintln!("inflate-loader: stage-2 upload from {remote:?}");
-    let want = match expected_sha1(dev.si.cmdline()) {
+    let want = match upload::cmdline_stage2_sha1(dev.si.cmdline()) {
         Some(w) => w,
         None => refuse(
             &mut conn,
@@ -237,14 +239,6 @@ pub fn run<'n>(mut conn: Conn<'_, 'n, '_>, nf: &'n RefCell<Netfront>, dev: Devic
     // (docs/bootstrap.md §3); its region is mapped executable.
     let entry: extern "C" fn(*const Services) -> ! = unsafe { core::mem::transmute(STAGE2_VA) };
     entry(&table)
-}
-
-/// The SHA-1 packetd put on our command line (`stage2-sha1=HEX`).
-fn expected_sha1(cmdline: &str) -> Option<[u8; 20]> {
-    cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix("stage2-sha1="))
-        .and_then(|h| upload::parse_hex20(h.as_bytes()))
 }
 
 /// Tell the client and the console why, then power off.
@@ -434,6 +428,7 @@ unsafe extern "C" fn svc_release(c: *mut c_void) -> i64 {
     }
     c.conn.close();
     c.released = true;
+    announce(c.nf, c.dev.ip, c.conn.port);
     let r = c.nf.borrow_mut().disconnect(c.dev.xs, c.dev.gt);
     let rc = match r {
         Ok(st) => {
@@ -451,6 +446,33 @@ unsafe extern "C" fn svc_release(c: *mut c_void) -> i64 {
     };
     console::flush();
     rc
+}
+
+/// One gratuitous ARP request from our address with the vif's own MAC. Stage 1 talks with a
+/// locally administered MAC (net.rs), so peers have that one cached for our address; the
+/// kernel that comes next uses the vif's MAC and would stay unreachable until their entries
+/// go stale. Linux peers update an existing entry from a gratuitous ARP.
+fn announce(nf: &RefCell<Netfront>, ip: [u8; 4], port: u32) {
+    let mut nf = nf.borrow_mut();
+    if !nf.can_send() {
+        kprintln!("inflate-loader: no room for the gratuitous ARP");
+        return;
+    }
+    let mac = nf.mac;
+    nf.send(42, |f| {
+        f[..6].fill(0xff);
+        f[6..12].copy_from_slice(&mac);
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        // Ethernet, IPv4, 6-byte MACs, 4-byte addresses, request.
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f[22..28].copy_from_slice(&mac);
+        f[28..32].copy_from_slice(&ip);
+        f[32..38].fill(0);
+        f[38..42].copy_from_slice(&ip);
+    });
+    drop(nf);
+    // Give the backend a moment to take it off the ring before the disconnect.
+    events::wait(&[port], mm::system_time_ns() + 20_000_000);
 }
 
 unsafe extern "C" fn svc_shutdown(_: *mut c_void, reason: u32) -> ! {

@@ -361,6 +361,15 @@ pub fn hex20(d: &[u8; 20]) -> [u8; 40] {
     out
 }
 
+/// The stage-2 SHA-1 on a loader's command line: the word `stage2-sha1=HEX` (40 hex digits),
+/// which packetd writes from the boot token. None when absent or malformed.
+pub fn cmdline_stage2_sha1(cmdline: &str) -> Option<[u8; 20]> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("stage2-sha1="))
+        .and_then(|h| parse_hex20(h.as_bytes()))
+}
+
 /// Parse 40 hex digits (either case) into a digest.
 pub fn parse_hex20(s: &[u8]) -> Option<[u8; 20]> {
     if s.len() != 40 {
@@ -488,6 +497,17 @@ mod tests {
         assert_eq!(l.as_bytes().last(), Some(&b'\n'));
         let l = Line::new(format_args!("a\nb"));
         assert_eq!(l.as_bytes(), b"a b\n");
+    }
+
+    #[test]
+    fn stage2_sha1_comes_from_the_command_line() {
+        let h = "32685857d8d3ad465aa8fe93fc53e67cde874ae4";
+        let want = parse_hex20(h.as_bytes()).unwrap();
+        let line = std::format!("console=hvc0 ip=10.0.0.120 port=7000 stage2-sha1={h}");
+        assert_eq!(cmdline_stage2_sha1(&line), Some(want));
+        assert_eq!(cmdline_stage2_sha1("ip=1.2.3.4"), None);
+        assert_eq!(cmdline_stage2_sha1("stage2-sha1=1234"), None);
+        assert_eq!(cmdline_stage2_sha1(&std::format!("xstage2-sha1={h}")), None);
     }
 
     #[test]
