@@ -77,15 +77,12 @@ struct Own {
 
 impl Own {
     fn read(va: u64) -> Own {
-        let p = va as *const u8;
         // SAFETY: stage 1 hands the address of Xen's start_info page, mapped read-only in its
-        // boot mapping; the offsets are public/xen.h's x86_64 layout, inside the page.
-        let (q, d) = unsafe {
-            (
-                |o: usize| core::ptr::read_volatile(p.add(o) as *const u64),
-                |o: usize| core::ptr::read_volatile(p.add(o) as *const u32),
-            )
-        };
+        // boot mapping for the domain's life; the page is 4 KiB, copied out in one read.
+        let page = unsafe { core::ptr::read_volatile(va as *const [u8; 4096]) };
+        let q = |o: usize| u64::from_le_bytes(page[o..o + 8].try_into().unwrap_or([0; 8]));
+        let d = |o: usize| u32::from_le_bytes(page[o..o + 4].try_into().unwrap_or([0; 4]));
+        // Offsets: public/xen.h `struct start_info`, x86_64.
         Own {
             nr_pages: q(32),
             shared_info: q(40),
