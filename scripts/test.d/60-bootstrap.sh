@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Lab stage `bootstrap` (docs/packetd.md §7): boot tokens -> packetd -> loader domains on two
-# emulated Xen hosts, beside stock `xl create` of the same loader configuration in the same run.
+# Lab stage `bootstrap` (docs/packetd.md §7): boot tokens -> packetd -> loader domains -> the
+# customer's kernel on two emulated Xen hosts, beside stock `xl create` in the same run.
 #   1. broker (here, on the machine running the lab): two nodes, one chain per job, tokens;
 #      each node's state and packetd go into a dom0 overlay, and packetd starts at dom0 boot;
-#   2. peer: `xl create` of the loader config, 2 at once on each host, timed inside that dom0
-#      until the loader accepts a TCP connection; then destroyed (and again after step 3);
+#   2. peer: `xl create`, 2 at once on each host, timed inside that dom0 until the domain runs
+#      (and again after step 3, so neither side always goes first);
 #   3. ours: 4 customers at once, each in the *other* host's dom0 (the lab's hosts are not
-#      reachable from this machine's network): `token-tool boot` sends the token by ICMP and
-#      waits until the loader accepts a TCP connection;
+#      reachable from this machine's network): `token-tool boot` sends the token by ICMP, and
+#      is timed from its first request until the domain runs. Kernel mode (stage 2's PV
+#      builder present): both rows boot the lab's guest kernel with the busybox-workload
+#      initramfs and "runs" means it answers ping; otherwise both rows are loader domains and
+#      "runs" means the loader accepts TCP. Prints the table and the wall-clock ratio;
 #   4. refusals: forged, expired, other-node tokens, then a replay of a used token: each
 #      answered with its reason; a resent running token gets the same answer, no new domain;
 #      the node keeps serving (a further token is accepted);
 #   5. paying: a top-up written to a guest's xenstore area is credited; a guest that stops
-#      paying is warned, then destroyed after its grace period; its certificate is refunded by
-#      the broker once (a second time refused); a guest that ends leaves its unspent balance
-#      on a certificate the broker refunds; the customer fetches each certificate from the
-#      node by ICMP (`token-tool certificate`), not from the node's disk;
+#      paying is warned, then destroyed after its grace period; the customer fetches its
+#      certificate from the node by ICMP (`token-tool certificate`) and the broker refunds it
+#      once (a second time refused); a guest that ends leaves its unspent balance on a
+#      certificate, fetched and refunded the same way;
 #   6. packetd never exited on either host; killed on purpose, it is restarted by its rc loop,
-#      takes over the running jobs and goes on billing them. Prints one JSON line with the
-#      timing table.
-# Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up.
+#      takes over the running jobs and goes on billing them. Prints one JSON line.
+# Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up,
+# BOOTSTRAP_KERNEL=0|1 forces loader or kernel mode (default: kernel mode when stage 2 can boot).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_BOOTSTRAP_NAME:-ci-boot}
@@ -36,6 +39,24 @@ need_pkgs cpio jq
 cargo build -q --release --locked -j2 -p packetd -p token-tool >&2 || fail "cargo build"
 rel=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
 loader=$(bash "$REPO_ROOT/scripts/build-inflate-loader")/inflate-loader || fail "build inflate-loader"
+# Kernel mode: the 4 token guests and the `xl create` peers boot the lab's guest kernel with the
+# busybox-workload initramfs (its /init brings eth0 up with lab.ip=), and "running" means the
+# guest answers ping. It needs stage 2's PV builder (inflate-stage2/src/boot.rs); until that is
+# in, the stage boots loader domains and "running" means the loader accepts TCP.
+kernel_mode=${BOOTSTRAP_KERNEL:-auto}
+if [ "$kernel_mode" = auto ]; then
+    kernel_mode=1
+    grep -q "not yet available" "$REPO_ROOT/inflate-stage2/src/boot.rs" 2>/dev/null && kernel_mode=0
+fi
+guest_mem=64
+if [ "$kernel_mode" = 1 ]; then
+    stage2=$(bash "$REPO_ROOT/scripts/build-inflate-stage2")/inflate-stage2.bin || fail "build stage 2"
+    eval "$(bash "$REPO_ROOT/scripts/build-guest-kernel")" || fail "build the guest kernel"
+    . "$REPO_ROOT/scripts/lib/lab.sh"
+    . "$REPO_ROOT/scripts/lib/lab-guest.sh"
+    guest_img=$(lab_image busybox-workload) || fail "busybox-workload image"
+    guest_mem=128
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/bootstrap.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 T_="$rel/token-tool"
@@ -56,11 +77,15 @@ job() {
     j=$(tt broker --db "$db" mint --node-id "$node" --length 10000 --max-topup 100 | jq -r .job.job_id)
     tt broker --db "$db" sell --job "$j" --count "$count" --payment-ref "p$j-0" --out "$work/s$j-0.json" >/dev/null
     tt wallet --wallet "$work/w.json" add "$work/s$j-0.json" >/dev/null
-    tt broker --db "$db" boot-token --job "$j" --memory-mib 64 --loader-file "$loader" --out "$work/j$j.bin" "$@" >/dev/null
+    tt broker --db "$db" boot-token --job "$j" --memory-mib "${JOB_MEM:-64}" --loader-file "${JOB_LOADER:-$loader}" \
+        --out "$work/j$j.bin" "$@" >/dev/null
     tt wallet --wallet "$work/w.json" boot "$work/j$j.bin" >/dev/null   # its tokens are now spent
     echo "$j"
 }
-A=$(job 2 300) B=$(job 2 300) C=$(job 1 300) D=$(job 1 300)   # the four guests
+# The four guests: in kernel mode their tokens carry stage 2's SHA-1.
+[ "$kernel_mode" = 1 ] && export JOB_LOADER=$stage2 JOB_MEM=$guest_mem
+A=$(job 2 300) B=$(job 2 300) C=$(job 1 300) D=$(job 1 300)
+unset JOB_LOADER JOB_MEM
 P=$(job 2 10)                                                   # stops paying
 F=$(job 2 10) E=$(job 2 10 --expires-at 1000000000) O=$(job 1 10)  # forged, expired, other node
 printf '\xff' | dd of="$work/j$F.bin" bs=1 seek=40 conv=notrunc status=none   # flip the nonce
@@ -71,6 +96,29 @@ install -m 755 "$REPO_ROOT/packetd/node/rc" "$root/etc/packetd/rc"
 install -m 644 "$REPO_ROOT/xen-configs/packetd-loader.cfg.in" "$root/etc/packetd/loader.cfg.in"
 install -m 644 "$loader" "$root/etc/packetd/inflate-loader"
 for f in "$work"/j*.bin; do install -m 644 "$f" "$root/etc/packetd/customer-$(basename "$f")"; done
+if [ "$kernel_mode" = 1 ]; then
+    install -m 644 "$stage2" "$root/etc/packetd/stage2.bin"
+    strip -o "$root/etc/packetd/vmlinux" "$VMLINUX"
+    install -m 644 "$guest_img/initrd.gz" "$root/etc/packetd/initrd.gz"
+fi
+# customer-boot NODE_IP JOB: the customer's side, run in a dom0: boot through the token (with
+# stage 2 and the kernel in kernel mode), then wait until the guest answers ping at the address
+# in the node's answer. Prints token-tool's JSON with running_ms (first request -> running).
+kargs=""
+[ "$kernel_mode" = 1 ] && kargs="--stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux --initrd /etc/packetd/initrd.gz --cmdline 'console=hvc0 lab.ip=@ADDR@'"
+cat >"$root/etc/packetd/customer-boot" <<EOF
+#!/bin/bash
+s=\$(date +%s%N)
+out=\$(token-tool --json boot "\$1" --token /etc/packetd/customer-j\$2.bin --listen-timeout 300 $kargs) || { echo "\$out"; exit 1; }
+ms() { echo \$(( (\$(date +%s%N) - s) / 1000000 )); }
+[ $kernel_mode = 1 ] || { echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0; }
+addr=\$(echo "\$out" | sed -n 's/.*"addr":"\([0-9.]*\)".*/\1/p')
+for i in \$(seq 600); do
+    busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0; }
+done
+echo "\$out"; exit 4
+EOF
+chmod 755 "$root/etc/packetd/customer-boot"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
 
 # --- boot the hosts: packetd starts from /etc/packetd/rc at dom0 boot --------------------------
@@ -84,16 +132,23 @@ done
 sched=$(x 1 "xl info | sed -n 's/^xen_scheduler *: *//p'")
 
 # --- peer: stock xl create of the same loader config, 2 at once per host -----------------------
-# peer HOST I: fill the template as packetd does (64 MiB, 1 vCPU), create, wait for TCP.
+# peer HOST I: what packetd's node would run, by hand with stock `xl create`, 1 vCPU, cap 50:
+# the loader configuration (loader mode), or the same kernel, initramfs and command line as
+# the token guests (kernel mode); then wait until it runs as the customer's side does.
 peer_cmd() {
-    local h=$1 i=$2 ip=10.0.0.$((150 + 10 * $1 + $2))
+    local h=$1 i=$2 ip=10.0.0.$((150 + 10 * $1 + $2)) kernel=/etc/packetd/inflate-loader
+    local extra="ip=$ip netmask=255.255.255.0 port=7000" probe="timeout 1 bash -c 'exec 3<>/dev/tcp/$ip/7000'"
+    if [ "$kernel_mode" = 1 ]; then
+        kernel=/etc/packetd/vmlinux extra="console=hvc0 lab.ip=$ip" probe="busybox ping -c1 -W1 $ip"
+    fi
     cat <<EOF
-sed -e 's|@NAME@|peer$i|' -e 's|@KERNEL@|/etc/packetd/inflate-loader|' -e 's|@EXTRA@|ip=$ip netmask=255.255.255.0 port=7000|' \
-    -e 's|@MEMORY@|64|' -e 's|@VCPUS@|1|' -e 's|@CAP@|50|' -e 's|@MAC@|00:16:3e:4c:00:$(printf %02x $((150 + 10 * h + i)))|' \
+sed -e 's|@NAME@|peer$i|' -e 's|@KERNEL@|$kernel|' -e 's|@EXTRA@|$extra|' \
+    -e 's|@MEMORY@|$guest_mem|' -e 's|@VCPUS@|1|' -e 's|@CAP@|50|' -e 's|@MAC@|00:16:3e:4c:00:$(printf %02x $((150 + 10 * h + i)))|' \
     /etc/packetd/loader.cfg.in >/run/peer$i.cfg
+[ $kernel_mode = 1 ] && echo 'ramdisk = "/etc/packetd/initrd.gz"' >>/run/peer$i.cfg
 s=\$(date +%s%N); xl create -q /run/peer$i.cfg || exit 3
 for k in \$(seq 1200); do
-    timeout 1 bash -c 'exec 3<>/dev/tcp/$ip/7000' 2>/dev/null && { echo \$(( (\$(date +%s%N) - s) / 1000000 )); exit 0; }
+    $probe >/dev/null 2>&1 && { echo \$(( (\$(date +%s%N) - s) / 1000000 )); exit 0; }
     sleep 0.2
 done; exit 4
 EOF
@@ -109,7 +164,7 @@ peer_batch() {
     printf -v "peer_wall_$1" %d $(( ($(date +%s%N) - t0) / 1000000 ))
     for h in 1 2; do for i in 1 2; do
         v=$(tail -n1 "$work/peer$h$i"); [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
-        peers+=("{\"batch\":\"$1\",\"node\":$h,\"listening_ms\":$v}")
+        peers+=("{\"batch\":\"$1\",\"node\":$h,\"running_ms\":$v}")
         x "$h" "xl destroy peer$i" || fail "destroy peer$i"
     done; done
 }
@@ -117,7 +172,7 @@ peer_batch before
 
 # --- ours: 4 customers at once, each on the other host ----------------------------------------
 t0=$(date +%s%N)
-boot() { x "$1" "token-tool --json boot 10.0.0.$2 --token /etc/packetd/customer-j$3.bin --listen-timeout 300"; }
+boot() { x "$1" "/etc/packetd/customer-boot 10.0.0.$2 $3"; }
 boot 1 2 "$A" >"$work/boot$A" 2>&1 &
 boot 1 2 "$B" >"$work/boot$B" 2>&1 &
 boot 2 1 "$C" >"$work/boot$C" 2>&1 &
@@ -128,7 +183,7 @@ ours=()
 for j in "$A" "$B" "$C" "$D"; do
     r=$(tail -n1 "$work/boot$j")
     [ "$(jq -r .ok <<<"$r" 2>/dev/null)" = true ] || fail "boot of job $j: $(cat "$work/boot$j")"
-    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, tries}' <<<"$r")")
+    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, running_ms, tries}' <<<"$r")")
 done
 echo "token boots: ${ours[*]} (wall $ours_wall ms)" >&2
 # The same batch of xl create again, now beside the 4 running loaders, so neither side always
@@ -216,6 +271,18 @@ read -r n_adopted b1 b2 <<<"$adopted"
 [ "$(x 1 "grep -c 'packetd exited' /var/log/packetd.log")" = 1 ] || fail "packetd exited more than once on host 1"
 
 lines=$(bash "$REPO_ROOT/scripts/packetd-lines" --json | jq .packetd_lines)
-printf '{"scenario":"bootstrap","scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
-    "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
+# The timing table: per node and wall clock, token boots beside both `xl create` batches.
+rows=$(printf '%s\n' "${ours[@]}" | jq -s -c .) prow=$(printf '%s\n' "${peers[@]}" | jq -s -c .)
+ratio=$(jq -n "$ours_wall / (($peer_wall_before + $peer_wall_after) / 2) * 100 | round / 100")
+per() { jq -r --argjson n "$2" "[.[] | select(.node == \$n $3) | .running_ms | floor] | join(\", \")" <<<"$1"; }
+{
+    echo "bootstrap timing ($( [ "$kernel_mode" = 1 ] && echo "kernel + initramfs, until the guest answers ping" || echo "loader domains, until the loader accepts TCP"), ms; 2 at once per node):"
+    printf '  %-22s %-16s %-16s %s\n' "" "node 1" "node 2" "wall, 4 at once"
+    printf '  %-22s %-16s %-16s %s\n' "token boot" "$(per "$rows" 1)" "$(per "$rows" 2)" "$ours_wall"
+    printf '  %-22s %-16s %-16s %s\n' "xl create (before)" "$(per "$prow" 1 'and .batch == "before"')" "$(per "$prow" 2 'and .batch == "before"')" "$peer_wall_before"
+    printf '  %-22s %-16s %-16s %s\n' "xl create (after)" "$(per "$prow" 1 'and .batch == "after"')" "$(per "$prow" 2 'and .batch == "after"')" "$peer_wall_after"
+    echo "  ratio: token wall / mean xl create wall = $ratio (target <= 1.0)"
+} >&2
+printf '{"scenario":"bootstrap","kernel_mode":%d,"ratio":%s,"scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
+    "$kernel_mode" "$ratio" "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
     "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$n_adopted" "$b1" "$b2" "$lines"
