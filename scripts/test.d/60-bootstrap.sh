@@ -13,6 +13,7 @@
 #      "runs" means the loader accepts TCP. Prints the table and the wall-clock ratio;
 #   4. refusals: forged, expired, other-node tokens, then a replay of a used token: each
 #      answered with its reason; a resent running token gets the same answer, no new domain;
+#      a stage 2 whose SHA-1 is not the token's is refused by the loader, which powers off;
 #      the node keeps serving (a further token is accepted);
 #   5. paying: a top-up written to a guest's xenstore area is credited; a guest that stops
 #      paying is warned, then destroyed after its grace period; the customer fetches its
@@ -49,8 +50,8 @@ if [ "$kernel_mode" = auto ]; then
     grep -q "not yet available" "$REPO_ROOT/inflate-stage2/src/boot.rs" 2>/dev/null && kernel_mode=0
 fi
 guest_mem=64
+stage2=$(bash "$REPO_ROOT/scripts/build-inflate-stage2")/inflate-stage2.bin || fail "build stage 2"
 if [ "$kernel_mode" = 1 ]; then
-    stage2=$(bash "$REPO_ROOT/scripts/build-inflate-stage2")/inflate-stage2.bin || fail "build stage 2"
     eval "$(bash "$REPO_ROOT/scripts/build-guest-kernel")" || fail "build the guest kernel"
     . "$REPO_ROOT/scripts/lib/lab.sh"
     . "$REPO_ROOT/scripts/lib/lab-guest.sh"
@@ -89,6 +90,9 @@ unset JOB_LOADER JOB_MEM
 P=$(job 2 10)                                                   # stops paying
 F=$(job 2 10) E=$(job 2 10 --expires-at 1000000000) O=$(job 1 10)  # forged, expired, other node
 printf '\xff' | dd of="$work/j$F.bin" bs=1 seek=40 conv=notrunc status=none   # flip the nonce
+G=$(JOB_LOADER=$stage2 job 2 10)                                  # uploads a wrong stage 2
+cp "$stage2" "$work/stage2-bad.bin"
+printf '\xff' | dd of="$work/stage2-bad.bin" bs=1 seek=100 conv=notrunc status=none
 
 strip -o "$root/usr/local/sbin/packetd" "$rel/packetd"
 strip -o "$root/usr/local/bin/token-tool" "$rel/token-tool"
@@ -96,27 +100,35 @@ install -m 755 "$REPO_ROOT/packetd/node/rc" "$root/etc/packetd/rc"
 install -m 644 "$REPO_ROOT/xen-configs/packetd-loader.cfg.in" "$root/etc/packetd/loader.cfg.in"
 install -m 644 "$loader" "$root/etc/packetd/inflate-loader"
 for f in "$work"/j*.bin; do install -m 644 "$f" "$root/etc/packetd/customer-$(basename "$f")"; done
+install -m 644 "$stage2" "$root/etc/packetd/stage2.bin"
+install -m 644 "$work/stage2-bad.bin" "$root/etc/packetd/stage2-bad.bin"
 if [ "$kernel_mode" = 1 ]; then
-    install -m 644 "$stage2" "$root/etc/packetd/stage2.bin"
     strip -o "$root/etc/packetd/vmlinux" "$VMLINUX"
     install -m 644 "$guest_img/initrd.gz" "$root/etc/packetd/initrd.gz"
 fi
-# customer-boot NODE_IP JOB: the customer's side, run in a dom0: boot through the token (with
-# stage 2 and the kernel in kernel mode), then wait until the guest answers ping at the address
-# in the node's answer. Prints token-tool's JSON with running_ms (first request -> running).
-kargs=""
-[ "$kernel_mode" = 1 ] && kargs="--stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux --initrd /etc/packetd/initrd.gz --cmdline 'console=hvc0 lab.ip=@ADDR@'"
+# customer-boot NODE_IP JOB: the customer's side, run in a dom0: the boot token by ICMP, then
+# (kernel mode) stage 2, the kernel, the initramfs and a command line carrying the address in
+# the node's answer (a resent token gets the same answer, so a second `token-tool boot` does the
+# upload); then wait until the guest answers ping. Prints the answer's JSON with running_ms
+# (first request -> running) and the upload's JSON as `boot`. The loader answered ARP for that
+# address with its own MAC, so the customer forgets that entry before pinging the kernel.
 cat >"$root/etc/packetd/customer-boot" <<EOF
 #!/bin/bash
-s=\$(date +%s%N)
-out=\$(token-tool --json boot "\$1" --token /etc/packetd/customer-j\$2.bin --listen-timeout 300 $kargs) || { echo "\$out"; exit 1; }
+s=\$(date +%s%N) t="--token /etc/packetd/customer-j\$2.bin"
 ms() { echo \$(( (\$(date +%s%N) - s) / 1000000 )); }
-[ $kernel_mode = 1 ] || { echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0; }
+if [ $kernel_mode = 0 ]; then
+    out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300) || { echo "\$out"; exit 1; }
+    echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0
+fi
+out=\$(token-tool --json boot "\$1" \$t --listen-timeout 0) || { echo "\$out"; exit 1; }
 addr=\$(echo "\$out" | sed -n 's/.*"addr":"\([0-9.]*\)".*/\1/p')
+up=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
+    --initrd /etc/packetd/initrd.gz --cmdline "console=hvc0 lab.ip=\$addr") || { echo "\$up"; exit 1; }
+ip neigh flush to "\$addr" 2>/dev/null
 for i in \$(seq 600); do
-    busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0; }
+    busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms),\"boot\":\$up}"; exit 0; }
 done
-echo "\$out"; exit 4
+echo "\$out \$up"; exit 4
 EOF
 chmod 755 "$root/etc/packetd/customer-boot"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
@@ -208,6 +220,16 @@ r_other=$(refused "$O" wrong-node)
 again=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$A.bin --listen-timeout 0") || fail "resent token: $again"
 [ "$(jq -r .domid <<<"$again")" = "$domA" ] || fail "a resent running token got another domain: $again"
 [ "$(x 2 "xl list | grep -c '^lm-job'")" = 2 ] || fail "a resent token created a domain"
+# A stage 2 whose SHA-1 is not the token's: the loader (stage 1) refuses it and powers off;
+# packetd sees the domain gone and closes the job.
+rc=0; out=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$G.bin --listen-timeout 300 \
+    --stage2 /etc/packetd/stage2-bad.bin --kernel /etc/packetd/stage2.bin") || rc=$?
+[ "$rc" = 6 ] || fail "wrong stage 2: want exit 6, got $rc: $out"
+r_stage2=$(jq -r .error <<<"$out")
+x 2 "for i in \$(seq 150); do xl list lm-job$G >/dev/null 2>&1 || exit 0; sleep 0.2; done; exit 1" \
+    || fail "the loader that refused stage 2 still runs"
+x 2 "for i in \$(seq 50); do grep -q 'job $G closed' /var/log/packetd.log && exit 0; sleep 0.2; done; exit 1" \
+    || fail "packetd did not close job $G"
 p=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$P.bin --listen-timeout 300") || fail "node 2 stopped serving: $p"
 domP=$(jq -r .domid <<<"$p")
 
@@ -283,6 +305,6 @@ per() { jq -r --argjson n "$2" "[.[] | select(.node == \$n $3) | .running_ms | f
     printf '  %-22s %-16s %-16s %s\n' "xl create (after)" "$(per "$prow" 1 'and .batch == "after"')" "$(per "$prow" 2 'and .batch == "after"')" "$peer_wall_after"
     echo "  ratio: token wall / mean xl create wall = $ratio (target <= 1.0)"
 } >&2
-printf '{"scenario":"bootstrap","kernel_mode":%d,"ratio":%s,"scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
+printf '{"scenario":"bootstrap","kernel_mode":%d,"ratio":%s,"scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s","wrong_stage2":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
     "$kernel_mode" "$ratio" "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \
-    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$n_adopted" "$b1" "$b2" "$lines"
+    "$r_forged" "$r_expired" "$r_other" "$r_replay" "$r_stage2" "$before" "$after" "$grace_s" "$grace_ms" "$refund" "$n_adopted" "$b1" "$b2" "$lines"
