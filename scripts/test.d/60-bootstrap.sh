@@ -221,9 +221,9 @@ again=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$A.b
 [ "$(jq -r .domid <<<"$again")" = "$domA" ] || fail "a resent running token got another domain: $again"
 [ "$(x 2 "xl list | grep -c '^lm-job'")" = 2 ] || fail "a resent token created a domain"
 # A stage 2 whose SHA-1 is not the token's: the loader (stage 1) refuses it and powers off;
-# packetd sees the domain gone and closes the job.
+# packetd sees the domain gone and closes the job. (The kernel is never sent; any ELF will do.)
 rc=0; out=$(x 1 "token-tool --json boot 10.0.0.2 --token /etc/packetd/customer-j$G.bin --listen-timeout 300 \
-    --stage2 /etc/packetd/stage2-bad.bin --kernel /etc/packetd/stage2.bin") || rc=$?
+    --stage2 /etc/packetd/stage2-bad.bin --kernel /usr/local/sbin/packetd") || rc=$?
 [ "$rc" = 6 ] || fail "wrong stage 2: want exit 6, got $rc: $out"
 r_stage2=$(jq -r .error <<<"$out")
 x 2 "for i in \$(seq 150); do xl list lm-job$G >/dev/null 2>&1 || exit 0; sleep 0.2; done; exit 1" \
