@@ -23,7 +23,8 @@
 #   6. packetd never exited on either host; killed on purpose, it is restarted by its rc loop,
 #      takes over the running jobs and goes on billing them. Prints one JSON line.
 # Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up,
-# BOOTSTRAP_KERNEL=0|1 forces loader or kernel mode (default: kernel mode when stage 2 can boot).
+# BOOTSTRAP_KERNEL=0|1 forces loader or kernel mode (default: kernel mode when stage 2 can boot),
+# BOOTSTRAP_VMLINUX=FILE an already built guest kernel ELF (default: scripts/build-guest-kernel).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_BOOTSTRAP_NAME:-ci-boot}
@@ -52,7 +53,8 @@ fi
 guest_mem=64
 stage2=$(bash "$REPO_ROOT/scripts/build-inflate-stage2")/inflate-stage2.bin || fail "build stage 2"
 if [ "$kernel_mode" = 1 ]; then
-    eval "$(bash "$REPO_ROOT/scripts/build-guest-kernel")" || fail "build the guest kernel"
+    VMLINUX=${BOOTSTRAP_VMLINUX:-$(bash "$REPO_ROOT/scripts/build-guest-kernel" | sed -n 's/^VMLINUX=//p')}
+    [ -f "$VMLINUX" ] || fail "no guest kernel ($VMLINUX)"
     . "$REPO_ROOT/scripts/lib/lab.sh"
     . "$REPO_ROOT/scripts/lib/lab-guest.sh"
     guest_img=$(lab_image busybox-workload) || fail "busybox-workload image"
