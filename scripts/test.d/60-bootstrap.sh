@@ -113,8 +113,7 @@ fi
 # (kernel mode) stage 2, the kernel, the initramfs and a command line carrying the address in
 # the node's answer (a resent token gets the same answer, so a second `token-tool boot` does the
 # upload); then wait until the guest answers ping. Prints the answer's JSON with running_ms
-# (first request -> running) and the upload's JSON as `boot`. The loader answered ARP for that
-# address with its own MAC, so the customer forgets that entry before pinging the kernel.
+# (first request -> running) and the upload's JSON as `boot`.
 cat >"$root/etc/packetd/customer-boot" <<EOF
 #!/bin/bash
 s=\$(date +%s%N) t="--token /etc/packetd/customer-j\$2.bin"
@@ -127,7 +126,6 @@ out=\$(token-tool --json boot "\$1" \$t --listen-timeout 0) || { echo "\$out"; e
 addr=\$(echo "\$out" | sed -n 's/.*"addr":"\([0-9.]*\)".*/\1/p')
 up=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
     --initrd /etc/packetd/initrd.gz --cmdline "console=hvc0 lab.ip=\$addr") || { echo "\$up"; exit 1; }
-ip neigh flush to "\$addr" 2>/dev/null
 for i in \$(seq 600); do
     busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms),\"boot\":\$up}"; exit 0; }
 done
