@@ -178,7 +178,8 @@ peer_batch() {
     wait || true
     printf -v "peer_wall_$1" %d $(( ($(date +%s%N) - t0) / 1000000 ))
     for h in 1 2; do for i in 1 2; do
-        read -r v r < <(tail -n1 "$work/peer$h$i")
+        # `lab exec` returns stdout before stderr: the figures are the line "MS RETRIED".
+        read -r v r < <(grep -E '^[0-9]+ [01]$' "$work/peer$h$i" | tail -n1)
         [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
         peers+=("{\"batch\":\"$1\",\"node\":$h,\"running_ms\":$v,\"retried\":$([ "$r" = 1 ] && echo true || echo false)}")
         x "$h" "xl destroy peer$i" || fail "destroy peer$i"
