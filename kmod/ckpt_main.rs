@@ -4,14 +4,22 @@
 //! docs/checkpoint-abi.md; this file implements it. The misc device and one-line wrappers
 //! for kernel inlines are in ckpt_shim.c; the capture hook is kmod/patches/.
 //!
-//! Concurrency: every entry point (ioctl, read, release) runs under the shim's mutex, and
-//! the capture routine runs in stop_machine while the ioctl that started it waits under
-//! that mutex. So all module state lives in one `static mut STATE` that only those paths
-//! touch, through `st()`.
+//! State and locking: all module state is one [`State`] inside a kernel [`Mutex`], pinned
+//! in a `KBox` that the module object ([`Checkpoint`]) owns. The shim gets a pointer to that
+//! mutex when the device is registered and hands it to every entry point (ioctl, read,
+//! release); the device is deregistered before the module object is dropped, and every open
+//! file holds a reference on the module, so the pointer outlives every call. The shim also
+//! serialises callers with an interruptible mutex of its own (a process waiting for a long
+//! capture must stay freezable, or Linux's suspend sequence could not freeze it), so the
+//! Rust mutex is never contended; it is what hands out `&mut State`. The capture routine
+//! runs in stop_machine while the ioctl that started it holds the guard and waits: it gets
+//! `&mut State` through the `arg` pointer of `xen_checkpoint_suspend` (exclusive because
+//! its owner is blocked and every other CPU is stopped).
 
 use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use core::ptr;
 use kernel::prelude::*;
+use kernel::sync::{new_mutex, Mutex};
 
 module! {
     type: Checkpoint,
@@ -28,10 +36,11 @@ mod checkpoint_abi {
     include!("checkpoint_abi.rs");
 }
 use checkpoint_abi::dev::{
-    Capture as CaptureArg, Facts, Hold as HoldArg, Round, Table, Track, ABI_VERSION, HOLD_ARM,
-    IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START,
-    IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES,
-    TABLE_PAGE_TYPES,
+    Capture as CaptureArg, Facts, Hold as HoldArg, Round, Table, Throttle as ThrottleArg, Track,
+    ABI_VERSION, HOLD_ARM, IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD,
+    IOC_READ_TABLE, IOC_THROTTLE, IOC_TRACK_START, IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID,
+    TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES, THROTTLE_SET,
+    TRACK_ELIDE_FREE,
 };
 use checkpoint_abi::page_type::{PINNED as TYPE_PINNED, UNPOPULATED as TYPE_NOT_RAM};
 use checkpoint_abi::vcpu_ctx;
@@ -40,15 +49,13 @@ const PAGE: usize = checkpoint_abi::dev::PAGE_SIZE;
 const VCPU_CTX_BYTES: usize = vcpu_ctx::SIZE;
 
 // errnos
-const EPERM: c_long = 1;
 const EIO: c_long = 5;
+const ENOMEM: c_long = 12;
 const EFAULT: c_long = 14;
 const EBUSY: c_long = 16;
-const ENODEV: c_long = 19;
 const EINVAL: c_long = 22;
 const ENOTTY: c_long = 25;
 const ENOSPC: c_long = 28;
-const ENOMEM: c_long = 12;
 const ENODATA: c_long = 61;
 const EOPNOTSUPP: c_long = 95;
 
@@ -59,26 +66,19 @@ const REF_EXCLUDED: u64 = u64::MAX;
 // Xen MMUEXT commands used to ask Xen whether a table page is pinned.
 const MMUEXT_PIN_L1_TABLE: c_uint = 0;
 
+/// Throttle period bounds (ms): below 10 the work item's tick cannot follow, above 10 s a
+/// process would look hung.
+const THROTTLE_PERIOD_MIN: u32 = 10;
+const THROTTLE_PERIOD_MAX: u32 = 10_000;
+
 /// Xen's `struct vcpu_guest_context` (x86_64), kept as bytes: the asm capture entry and
 /// the kernel's xen_checkpoint_vcpu_context() fill it at the offsets of Xen's layout.
+/// 64-byte aligned for FXSAVE (16 would do).
 #[repr(C, align(64))]
 pub struct VcpuCtx([u8; VCPU_CTX_BYTES]);
 
-/// The capture's vCPU context. Written by the asm entry and the capture routine (in
-/// stop_machine), read by the ioctl after it; never concurrently.
-#[no_mangle]
-pub static mut ckpt_ctx: VcpuCtx = VcpuCtx([0; VCPU_CTX_BYTES]);
-/// start_info gfn handed to the capture hook (stored by the asm entry).
-#[no_mangle]
-pub static mut ckpt_start_info_gfn: u64 = 0;
-/// r9 at the resume label: the machine frame of the L4 that inflate-loader ran on when it
-/// jumped into this guest (0 under `xl restore`). The loader's final hypercall switched away
-/// from it but it stays pinned; unpinning it here lets Xen free the loader's leftover frames.
-#[no_mangle]
-pub static mut ckpt_loader_l4: u64 = 0;
-
 extern "C" {
-    fn ckpt_shim_register() -> c_int;
+    fn ckpt_shim_register(dev: *const c_void) -> c_int;
     fn ckpt_shim_deregister();
     fn ckpt_vzalloc(size: c_ulong) -> *mut c_void;
     fn ckpt_vfree(p: *mut c_void);
@@ -98,9 +98,18 @@ extern "C" {
     fn ckpt_read_cr0() -> c_ulong;
     fn ckpt_read_cr4() -> c_ulong;
     fn ckpt_unpin_table(mfn: c_ulong) -> c_int;
+    fn ckpt_free_run(pfn: c_ulong) -> c_ulong;
     fn ckpt_hold_arm(saddr: u32, daddr: u32, sport: u16, dport: u16) -> c_int;
     fn ckpt_hold_disarm();
     fn ckpt_hold_release() -> u64;
+    fn ckpt_throttle_set(
+        pid: c_int,
+        stop_ms: c_uint,
+        period_ms: c_uint,
+        stopped: *mut u64,
+    ) -> c_int;
+    fn ckpt_throttle_release(pid: c_int, stopped: *mut u64) -> c_int;
+    fn ckpt_throttle_release_all();
     fn copy_from_kernel_nofault(dst: *mut c_void, src: *const c_void, size: usize) -> c_long;
     static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
@@ -115,15 +124,18 @@ extern "C" {
     ) -> c_int;
     fn xen_checkpoint_vcpu_context(ctxt: *mut VcpuCtx);
     /// The asm entry below.
-    fn ckpt_capture_entry(start_info_gfn: c_ulong, arg: *mut c_void) -> c_int;
+    fn ckpt_capture_entry(start_info_gfn: c_ulong, state: *mut c_void) -> c_int;
 }
 
-// The capture entry: what xen_suspend calls instead of the suspend hypercall. A setjmp-like
-// save of this vCPU's registers into ckpt_ctx.user_regs, with rip = label 1 and rax = 0,
-// so a guest revived from the checkpoint continues at 1 and returns 0 ("resumed in a new
-// domain") to xen_suspend. The first pass calls ckpt_capture_rest (deeper on the stack,
-// below the saved rsp, so this frame — callee-saved registers and return address — stays
-// as captured) and returns its result (1 = cancelled, the source carries on).
+// The capture entry: what xen_suspend calls instead of the suspend hypercall, with rdi = the
+// start_info gfn and rsi = the `arg` given to xen_checkpoint_suspend, i.e. the `State`. A
+// setjmp-like save of this vCPU's registers into `State::ctx` (user_regs), with rip = label
+// 1 and rax = 0, so a guest revived from the checkpoint continues at 1 and returns 0
+// ("resumed in a new domain") to xen_suspend. rbx holds the State pointer before it is
+// saved, so the revived copy finds its State in rbx at 1. The first pass calls
+// ckpt_capture_rest(gfn, state) deeper on the stack, below the saved rsp, so this frame
+// (callee-saved registers and return address) stays as captured, and returns its result
+// (1 = cancelled, the source carries on).
 core::arch::global_asm!(
     ".pushsection .text.ckpt_capture_entry,\"ax\"",
     ".globl ckpt_capture_entry",
@@ -138,8 +150,8 @@ core::arch::global_asm!(
     "push r14",
     "push r15",
     "sub rsp, 8",
-    "mov [rip + {gfn}], rdi",
-    "lea rax, [rip + {ctx}]",
+    "mov rbx, rsi",
+    "lea rax, [rsi + {ctx}]",
     "fxsave64 [rax]",
     "mov [rax + {r15}], r15",
     "mov [rax + {r14}], r14",
@@ -167,14 +179,16 @@ core::arch::global_asm!(
     "mov [rax + {fs}], rcx",
     "mov cx, gs",
     "mov [rax + {gs}], rcx",
-    "call {rest}",
+    "call {rest}", // rdi = gfn, rsi = state, both untouched since entry
     "jmp 2f",
     // The pad: inflate-loader enters a restored guest by jumping here with eax = mmuext_op
     // and rdi = {NEW_BASEPTR, guest L4}; Xen switches page tables and returns to rcx = 1:
     // with rax = 0. It must stay the 2 bytes right before 1: (the loader finds it at rip - 2).
     "syscall",
     "1:",
-    "mov [rip + {l4}], r9",
+    // r9: the loader's L4 mfn (0 under `xl restore`), see ckpt_capture_resumed.
+    "mov rdi, rbx",
+    "mov rsi, r9",
     "call {resumed}",
     "xor eax, eax",
     "2:",
@@ -188,8 +202,7 @@ core::arch::global_asm!(
     "ret",
     ".size ckpt_capture_entry, .-ckpt_capture_entry",
     ".popsection",
-    gfn = sym ckpt_start_info_gfn,
-    ctx = sym ckpt_ctx,
+    ctx = const core::mem::offset_of!(State, ctx),
     rest = sym ckpt_capture_rest,
     resumed = sym ckpt_capture_resumed,
     r15 = const vcpu_ctx::R15,
@@ -208,14 +221,16 @@ core::arch::global_asm!(
     ds = const vcpu_ctx::DS,
     fs = const vcpu_ctx::FS,
     gs = const vcpu_ctx::GS,
-    l4 = sym ckpt_loader_l4,
 );
 
-/// A vmalloc'd array that knows its size. Freed explicitly (state is a static).
+/// A vmalloc'd, zeroed array that knows its size; freed when dropped.
 struct VBuf {
     ptr: *mut u8,
     bytes: usize,
 }
+
+// SAFETY: a VBuf owns its vmalloc area exclusively; vmalloc memory has no thread affinity.
+unsafe impl Send for VBuf {}
 
 impl VBuf {
     const fn empty() -> Self {
@@ -233,12 +248,8 @@ impl VBuf {
             Some(VBuf { ptr: p, bytes })
         }
     }
-    fn free(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: ptr came from vzalloc and is freed once (then nulled).
-            unsafe { ckpt_vfree(self.ptr as *mut c_void) };
-        }
-        *self = VBuf::empty();
+    fn is_empty(&self) -> bool {
+        self.ptr.is_null()
     }
     fn u64s(&self) -> *mut u64 {
         self.ptr as *mut u64
@@ -254,12 +265,32 @@ impl VBuf {
     }
 }
 
+impl Drop for VBuf {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: ptr came from vzalloc and is freed once (drop runs once).
+            unsafe { ckpt_vfree(self.ptr as *mut c_void) };
+        }
+    }
+}
+
+/// Everything the module knows. `ctx` first: the asm entry addresses it from the State
+/// pointer.
+#[repr(C)]
 struct State {
+    ctx: VcpuCtx,
     owner: usize,
     max_pfn: u64,
+    /// TRACK_START flags of the session (TRACK_ELIDE_FREE).
+    track_flags: u64,
     refs: VBuf,
     round: u64,
+    /// One page for pread's copies (allocated at load, excluded while a session exists).
     bounce: VBuf,
+    /// One page the scan copies each page into (fault-tolerantly) before hashing it.
+    scan: VBuf,
+    /// Pages pread could not read since the last round (reported by the next round).
+    read_faults: u64,
     // capture
     held: bool,
     snap: VBuf,
@@ -272,43 +303,63 @@ struct State {
     n_frames: u64,
     ran: bool,
     resumed: bool,
+    loader_l4: u64,
     overflow: bool,
     walk_err: bool,
     pt_pages: u64,
     scanned: u64,
+    cap_unreadable: u64,
+    cap_free: u64,
     clk_in: u64,
     clk_out: u64,
 }
 
-static mut STATE: State = State {
-    owner: 0,
-    max_pfn: 0,
-    refs: VBuf::empty(),
-    round: 0,
-    bounce: VBuf::empty(),
-    held: false,
-    snap: VBuf::empty(),
-    snap_pfns: VBuf::empty(),
-    snap_cap: 0,
-    snap_n: 0,
-    cap_p2m: VBuf::empty(),
-    cap_types: VBuf::empty(),
-    cap_frames: VBuf::empty(),
-    n_frames: 0,
-    ran: false,
-    resumed: false,
-    overflow: false,
-    walk_err: false,
-    pt_pages: 0,
-    scanned: 0,
-    clk_in: 0,
-    clk_out: 0,
-};
+impl State {
+    fn new() -> Self {
+        State {
+            ctx: VcpuCtx([0; VCPU_CTX_BYTES]),
+            owner: 0,
+            max_pfn: 0,
+            track_flags: 0,
+            refs: VBuf::empty(),
+            round: 0,
+            bounce: VBuf::empty(),
+            scan: VBuf::empty(),
+            read_faults: 0,
+            held: false,
+            snap: VBuf::empty(),
+            snap_pfns: VBuf::empty(),
+            snap_cap: 0,
+            snap_n: 0,
+            cap_p2m: VBuf::empty(),
+            cap_types: VBuf::empty(),
+            cap_frames: VBuf::empty(),
+            n_frames: 0,
+            ran: false,
+            resumed: false,
+            loader_l4: 0,
+            overflow: false,
+            walk_err: false,
+            pt_pages: 0,
+            scanned: 0,
+            cap_unreadable: 0,
+            cap_free: 0,
+            clk_in: 0,
+            clk_out: 0,
+        }
+    }
+}
 
-fn st() -> &'static mut State {
-    // SAFETY: see the module comment: callers are serialised by the shim's mutex or run in
-    // stop_machine under the ioctl that holds it; no two references are used at once.
-    unsafe { &mut *ptr::addr_of_mut!(STATE) }
+type Dev = Mutex<State>;
+
+/// The state behind the pointer the shim passes to every entry point.
+///
+/// # Safety
+/// `dev` must be the pointer given to `ckpt_shim_register` by [`Checkpoint::init`]; it stays
+/// valid until the module object drops (after deregistration, with no file open).
+unsafe fn dev<'a>(dev: *const c_void) -> &'a Dev {
+    // SAFETY: the caller's contract.
+    unsafe { &*(dev as *const Dev) }
 }
 
 fn max_pfn() -> u64 {
@@ -322,8 +373,8 @@ fn p2m(pfn: u64) -> u64 {
         return P2M_INVALID;
     }
     // SAFETY: pfn < xen_p2m_size; the p2m array is mapped for its whole size (missing
-    // ranges point at Linux's shared "missing" page).
-    unsafe { *xen_p2m_addr.add(pfn as usize) as u64 }
+    // ranges point at Linux's shared "missing" page) and never unmapped.
+    unsafe { ptr::read_volatile(xen_p2m_addr.add(pfn as usize)) as u64 }
 }
 
 fn is_ram(e: u64) -> bool {
@@ -335,7 +386,19 @@ fn page_ptr(pfn: u64) -> *const u8 {
     unsafe { ckpt_pfn_to_virt(pfn as c_ulong) }
 }
 
-/// True if the page's direct mapping can be read (checked without faulting).
+/// Copies page `pfn` through its direct mapping into `dst` (one page) without faulting:
+/// false if the mapping is gone (the balloon driver unmaps a page before it clears its p2m
+/// entry, and nothing here holds it off).
+fn copy_page_nofault(pfn: u64, dst: *mut u8) -> bool {
+    // SAFETY: dst is one writable page (caller); copy_from_kernel_nofault tolerates an
+    // unmapped source and returns non-zero instead of faulting.
+    unsafe {
+        copy_from_kernel_nofault(dst as *mut c_void, page_ptr(pfn) as *const c_void, PAGE) == 0
+    }
+}
+
+/// True if the page's direct mapping can be read (checked without faulting). Only used in
+/// stop_machine, where nothing can unmap the page between this probe and the read.
 fn page_readable(pfn: u64) -> bool {
     let mut probe = 0u64;
     // SAFETY: copy_from_kernel_nofault tolerates unmapped addresses.
@@ -348,17 +411,27 @@ fn page_readable(pfn: u64) -> bool {
     }
 }
 
+/// Pages of the free block starting at `pfn` (0 if pfn does not start one). A hint outside
+/// stop_machine (no zone lock is taken); exact inside it, where no CPU holds a zone lock.
+fn free_run(pfn: u64) -> u64 {
+    // SAFETY: reads struct page of a valid pfn only (the shim checks pfn_valid).
+    unsafe { ckpt_free_run(pfn as c_ulong) as u64 }
+}
+
 /// 64-bit hash of one page: four lanes of xor-rotate-multiply, then a final mix. Never
 /// returns REF_NEVER_READ or REF_EXCLUDED.
-fn hash_page(p: *const u8) -> u64 {
+///
+/// # Safety
+/// `p` must point at 4096 readable bytes that stay mapped during the call (a module buffer,
+/// or a page read in stop_machine after `page_readable`).
+unsafe fn hash_page(p: *const u8) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let w = p as *const u64;
     let (mut a, mut b, mut c, mut d) = (K, K ^ 1, K ^ 2, K ^ 3);
     let mut i = 0;
     while i < PAGE / 8 {
-        // SAFETY: p points at a readable 4096-byte page (caller checked); reads are
-        // volatile because the page may change under us (a torn read is fine: the next
-        // round sees the difference).
+        // SAFETY: the caller's contract; volatile because a live page may change under us
+        // (a torn read is fine: the next round sees the difference).
         unsafe {
             a = (a ^ ptr::read_volatile(w.add(i)))
                 .rotate_left(31)
@@ -390,7 +463,8 @@ fn to_user<T>(dst: u64, v: &T) -> Result<(), c_long> {
 }
 
 fn to_user_bytes(dst: u64, src: *const u8, n: usize) -> Result<(), c_long> {
-    // SAFETY: copy_to_user checks the user range; src is n readable kernel bytes.
+    // SAFETY: copy_to_user checks the user range; src is n readable kernel bytes (callers
+    // pass module buffers or a reference).
     if unsafe { ckpt_copy_to_user(dst as *mut c_void, src as *const c_void, n as c_ulong) } != 0 {
         Err(-EFAULT)
     } else {
@@ -400,7 +474,8 @@ fn to_user_bytes(dst: u64, src: *const u8, n: usize) -> Result<(), c_long> {
 
 fn from_user<T: Default>(src: u64) -> Result<T, c_long> {
     let mut v = T::default();
-    // SAFETY: copy_from_user checks the user range; v is a plain repr(C) struct.
+    // SAFETY: copy_from_user checks the user range; v is a plain repr(C) struct of integers
+    // (any bit pattern is valid).
     if unsafe {
         ckpt_copy_from_user(
             ptr::addr_of_mut!(v) as *mut c_void,
@@ -414,88 +489,132 @@ fn from_user<T: Default>(src: u64) -> Result<T, c_long> {
     Ok(v)
 }
 
-fn bitmap_bytes(max_pfn: u64) -> u64 {
-    max_pfn.div_ceil(64) * 8
-}
-
-/// Sets the reference of every page of b to r (module buffers are excluded from tracking:
-/// their content is meaningless in a checkpoint and a revived module discards them).
-fn mark_refs(s: &State, b: &VBuf, r: u64) {
-    if s.refs.ptr.is_null() {
+/// Sets `refs[pfn] = r` for the pfn of every page of `b` (refs: one u64 per pfn below
+/// `max_pfn`, or empty).
+fn mark_refs(refs: &VBuf, max_pfn: u64, b: &VBuf, r: u64) {
+    if refs.is_empty() {
         return;
     }
-    let refs = s.refs.u64s();
-    let max = s.max_pfn;
+    let p = refs.u64s();
     b.for_each_pfn(|pfn| {
-        if pfn < max {
-            // SAFETY: refs holds max_pfn entries.
-            unsafe { *refs.add(pfn as usize) = r };
+        if pfn < max_pfn {
+            // SAFETY: refs holds max_pfn entries; vmalloc memory written through its raw
+            // pointer, no Rust reference to it exists.
+            unsafe { *p.add(pfn as usize) = r };
         }
     });
 }
 
-fn free_capture(s: &mut State) {
-    let (mut a, mut b, mut c, mut d, mut e) = (
-        core::mem::replace(&mut s.snap, VBuf::empty()),
-        core::mem::replace(&mut s.snap_pfns, VBuf::empty()),
-        core::mem::replace(&mut s.cap_p2m, VBuf::empty()),
-        core::mem::replace(&mut s.cap_types, VBuf::empty()),
-        core::mem::replace(&mut s.cap_frames, VBuf::empty()),
-    );
-    for buf in [&a, &b, &c, &d, &e] {
-        mark_refs(s, buf, REF_NEVER_READ);
-    }
-    a.free();
-    b.free();
-    c.free();
-    d.free();
-    e.free();
-    s.held = false;
-    s.snap_n = 0;
-    s.snap_cap = 0;
+fn bitmap_bytes(max_pfn: u64) -> u64 {
+    max_pfn.div_ceil(64) * 8
 }
 
-fn stop_session(s: &mut State) {
-    // The output hold belongs to the session: a migration that ends any way at all
-    // (checkpointd exits, is killed, or stops tracking) lets the guest talk again.
-    // SAFETY: process context (ioctl, release or module exit), as unregistering needs.
-    unsafe { ckpt_hold_release() };
-    free_capture(s);
-    s.refs.free();
-    s.owner = 0;
-    s.round = 0;
+impl State {
+    /// The reference hash of pfn (< max_pfn, session running).
+    fn ref_of(&self, pfn: u64) -> u64 {
+        debug_assert!(pfn < self.max_pfn && !self.refs.is_empty());
+        // SAFETY: refs holds max_pfn entries while a session exists; callers check both.
+        unsafe { *self.refs.u64s().add(pfn as usize) }
+    }
+    fn set_ref(&mut self, pfn: u64, r: u64) {
+        // SAFETY: as in ref_of.
+        unsafe { *self.refs.u64s().add(pfn as usize) = r };
+    }
+
+    /// Sets the reference of every page of b to r (module buffers are excluded from
+    /// tracking: their content is meaningless in a checkpoint and a revived module discards
+    /// them).
+    fn mark_refs(&self, b: &VBuf, r: u64) {
+        mark_refs(&self.refs, self.max_pfn, b, r);
+    }
+
+    fn free_capture(&mut self) {
+        let bufs = [
+            core::mem::replace(&mut self.snap, VBuf::empty()),
+            core::mem::replace(&mut self.snap_pfns, VBuf::empty()),
+            core::mem::replace(&mut self.cap_p2m, VBuf::empty()),
+            core::mem::replace(&mut self.cap_types, VBuf::empty()),
+            core::mem::replace(&mut self.cap_frames, VBuf::empty()),
+        ];
+        for b in &bufs {
+            self.mark_refs(b, REF_NEVER_READ);
+        }
+        drop(bufs);
+        self.held = false;
+        self.snap_n = 0;
+        self.snap_cap = 0;
+    }
+
+    fn stop_session(&mut self) {
+        // The output hold and the throttles belong to the session: a migration that ends
+        // any way at all (checkpointd exits, is killed, or stops tracking) lets the guest
+        // talk again and every throttled process run.
+        // SAFETY: process context (ioctl, release or module exit), as unregistering needs.
+        unsafe {
+            ckpt_hold_release();
+            ckpt_throttle_release_all();
+        }
+        self.free_capture();
+        self.refs = VBuf::empty();
+        self.scan = VBuf::empty();
+        self.owner = 0;
+        self.round = 0;
+        self.track_flags = 0;
+        self.read_faults = 0;
+    }
+
+    fn check_owner(&self, file: usize) -> Result<(), c_long> {
+        if self.owner == 0 {
+            Err(-EINVAL)
+        } else if self.owner != file {
+            Err(-EBUSY)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// release(): ends the session this file owns.
+///
+/// # Safety
+/// Called by the shim with the registered device pointer.
 #[no_mangle]
-pub extern "C" fn ckpt_rs_release(file: c_ulong) {
-    let s = st();
+pub unsafe extern "C" fn ckpt_rs_release(d: *const c_void, file: c_ulong) {
+    // SAFETY: the caller's contract.
+    let mut s = unsafe { dev(d) }.lock();
     if s.owner == file as usize {
-        stop_session(s);
+        s.stop_session();
     }
 }
 
 /// unlocked_ioctl(): the commands of docs/checkpoint-abi.md; negative errno on failure.
+///
+/// # Safety
+/// Called by the shim with the registered device pointer.
 #[no_mangle]
-pub extern "C" fn ckpt_rs_ioctl(file: c_ulong, cmd: c_uint, arg: c_ulong) -> c_long {
+pub unsafe extern "C" fn ckpt_rs_ioctl(
+    d: *const c_void,
+    file: c_ulong,
+    cmd: c_uint,
+    arg: c_ulong,
+) -> c_long {
+    // SAFETY: the caller's contract.
+    let mut guard = unsafe { dev(d) }.lock();
+    let s: &mut State = &mut guard;
     let file = file as usize;
     let arg = arg as u64;
     let r = match cmd {
-        IOC_GET_FACTS => get_facts(arg),
-        IOC_TRACK_START => track_start(file, arg),
-        IOC_TRACK_STOP => {
-            let s = st();
-            if s.owner != file {
-                Err(-EINVAL)
-            } else {
-                stop_session(s);
-                Ok(0)
-            }
-        }
-        IOC_NEXT_ROUND => next_round(file, arg),
-        IOC_CAPTURE => capture(file, arg),
-        IOC_READ_TABLE => read_table(arg),
-        IOC_OUTPUT_HOLD => output_hold(file, arg),
+        IOC_GET_FACTS => get_facts(s, arg),
+        IOC_TRACK_START => track_start(s, file, arg),
+        IOC_TRACK_STOP => s.check_owner(file).map_err(|_| -EINVAL).map(|()| {
+            s.stop_session();
+            0
+        }),
+        IOC_NEXT_ROUND => next_round(s, file, arg),
+        IOC_CAPTURE => capture(s, file, arg),
+        IOC_READ_TABLE => read_table(s, arg),
+        IOC_OUTPUT_HOLD => output_hold(s, file, arg),
+        IOC_THROTTLE => throttle(s, file, arg),
         _ => Err(-ENOTTY),
     };
     match r {
@@ -504,21 +623,23 @@ pub extern "C" fn ckpt_rs_ioctl(file: c_ulong, cmd: c_uint, arg: c_ulong) -> c_l
     }
 }
 
-fn get_facts(arg: u64) -> Result<c_long, c_long> {
-    let s = st();
-    // SAFETY: xen_start_info points at the start_info page for the guest's lifetime; the
-    // offsets are those of Xen's public start_info (x86_64).
-    let si = unsafe { xen_start_info };
+fn get_facts(s: &State, arg: u64) -> Result<c_long, c_long> {
+    let si = {
+        // SAFETY: plain read of an exported pointer, set at boot.
+        unsafe { xen_start_info }
+    };
+    // SAFETY (both): xen_start_info points at the start_info page for the guest's lifetime
+    // (never unmapped); the offsets are those of Xen's public start_info (x86_64).
     let rd64 = |off: usize| -> u64 { unsafe { ptr::read_unaligned(si.add(off) as *const u64) } };
     let rd32 = |off: usize| -> u32 { unsafe { ptr::read_unaligned(si.add(off) as *const u32) } };
     // SAFETY: address arithmetic only.
     let si_pfn = unsafe { ckpt_virt_to_pfn(si as *const c_void) } as u64;
     let mut state = 0;
     if s.owner != 0 {
-        state |= 1;
+        state |= checkpoint_abi::dev::STATE_SESSION;
     }
     if s.held {
-        state |= 2;
+        state |= checkpoint_abi::dev::STATE_CAPTURE_HELD;
     }
     let f = Facts {
         abi_version: ABI_VERSION,
@@ -544,72 +665,94 @@ fn get_facts(arg: u64) -> Result<c_long, c_long> {
     Ok(0)
 }
 
-fn track_start(file: usize, arg: u64) -> Result<c_long, c_long> {
+fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let t: Track = from_user(arg)?;
-    if t.flags != 0 || t.reserved != 0 {
+    if t.flags & !TRACK_ELIDE_FREE != 0 || t.reserved != 0 {
         return Err(-EINVAL);
     }
-    let s = st();
     if s.owner != 0 {
         return Err(-EBUSY);
     }
     let n = max_pfn();
     let refs = VBuf::alloc((n as usize) * 8).ok_or(-ENOMEM)?;
+    let scan = VBuf::alloc(PAGE).ok_or(-ENOMEM)?;
     s.max_pfn = n;
     s.refs = refs;
+    s.scan = scan;
     s.round = 0;
+    s.read_faults = 0;
+    s.track_flags = t.flags;
     s.owner = file;
-    let refs = core::mem::replace(&mut s.refs, VBuf::empty());
-    mark_refs(s, &refs, REF_EXCLUDED);
-    s.refs = refs;
-    let bounce = core::mem::replace(&mut s.bounce, VBuf::empty());
-    mark_refs(s, &bounce, REF_EXCLUDED);
-    s.bounce = bounce;
+    for b in [&s.refs, &s.scan, &s.bounce] {
+        s.mark_refs(b, REF_EXCLUDED);
+    }
     Ok(0)
 }
 
-fn next_round(file: usize, arg: u64) -> Result<c_long, c_long> {
+fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let mut r: Round = from_user(arg)?;
-    let s = st();
-    if s.owner == 0 {
-        return Err(-EINVAL);
-    }
-    if s.owner != file {
-        return Err(-EBUSY);
-    }
+    s.check_owner(file)?;
     let need = bitmap_bytes(s.max_pfn);
-    if r.flags != 0 || r.reserved != 0 || r.bitmap_bytes < need {
+    // oracle_bitmap: only with the fault tracker's oracle mode (not in this module yet).
+    if r.flags != 0 || r.reserved != [0; 3] || r.oracle_bitmap != 0 || r.bitmap_bytes < need {
         return Err(-EINVAL);
     }
-    let mut bm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
+    let bm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
+    // SAFETY: plain clock read.
     let t0 = unsafe { ckpt_now_ns() };
     let words = bm.u64s();
-    let refs = s.refs.u64s();
-    let (mut dirty, mut scanned) = (0u64, 0u64);
-    for pfn in 0..s.max_pfn {
+    let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
+    let (mut dirty, mut scanned, mut unreadable, mut free) = (0u64, 0u64, 0u64, 0u64);
+    let mut pfn = 0;
+    while pfn < s.max_pfn {
         if pfn % 256 == 255 {
-            // SAFETY: process context, no locks held other than our mutex.
+            // SAFETY: process context, no spinlock held (only the mutexes).
             unsafe { ckpt_cond_resched() };
         }
-        // SAFETY: refs has max_pfn entries.
-        let rf = unsafe { *refs.add(pfn as usize) };
-        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) || !page_readable(pfn) {
+        let rf = s.ref_of(pfn);
+        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) {
+            pfn += 1;
             continue;
         }
-        scanned += 1;
-        if hash_page(page_ptr(pfn)) != rf {
+        if elide {
+            let n = free_run(pfn).min(s.max_pfn - pfn);
+            if n > 0 {
+                // A free block: its pages are not sent. One allocated later is written
+                // (its hash then differs from its reference) and shows up as dirty.
+                free += n;
+                pfn += n;
+                continue;
+            }
+        }
+        // The page may be unmapped under us (balloon): copy it without faulting, then hash
+        // the copy. An unreadable RAM page is reported dirty, so it is read (and counted)
+        // again rather than taken as unchanged.
+        let ok = copy_page_nofault(pfn, s.scan.ptr);
+        let changed = if ok {
+            scanned += 1;
+            // SAFETY: the scan buffer is one module-owned page.
+            let h = unsafe { hash_page(s.scan.ptr) };
+            h != rf
+        } else {
+            unreadable += 1;
+            true
+        };
+        if changed {
             dirty += 1;
             // SAFETY: bm has ceil(max_pfn/64) words.
             unsafe { *words.add((pfn / 64) as usize) |= 1 << (pfn % 64) };
         }
+        pfn += 1;
     }
-    let res = to_user_bytes(r.bitmap, bm.ptr, need as usize);
-    bm.free();
-    res?;
+    to_user_bytes(r.bitmap, bm.ptr, need as usize)?;
+    drop(bm);
     s.round += 1;
     r.round = s.round;
     r.dirty = dirty;
     r.scanned = scanned;
+    r.unreadable = unreadable + core::mem::take(&mut s.read_faults);
+    r.free = free;
+    // SAFETY: plain clock read.
     r.scan_ns = unsafe { ckpt_now_ns() } - t0;
     to_user(arg, &r)?;
     Ok(0)
@@ -617,7 +760,7 @@ fn next_round(file: usize, arg: u64) -> Result<c_long, c_long> {
 
 /// Index of pfn in the (ascending) snapshot pfn list.
 fn snap_slot(s: &State, pfn: u64) -> Option<usize> {
-    let (mut lo, mut hi) = (0usize, s.snap_n as usize);
+    let (mut lo, mut hi) = (0usize, s.snap_n.min(s.snap_cap) as usize);
     let pfns = s.snap_pfns.u64s();
     while lo < hi {
         let mid = (lo + hi) / 2;
@@ -635,15 +778,27 @@ fn snap_slot(s: &State, pfn: u64) -> Option<usize> {
 }
 
 /// read(): page contents by pfn (offset = pfn * 4096).
+///
+/// # Safety
+/// Called by the shim with the registered device pointer, a user buffer of `len` bytes and
+/// the file position of this call.
 #[no_mangle]
-pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mut i64) -> c_long {
-    let s = st();
+pub unsafe extern "C" fn ckpt_rs_read(
+    d: *const c_void,
+    file: c_ulong,
+    buf: *mut u8,
+    len: usize,
+    pos: *mut i64,
+) -> c_long {
+    // SAFETY: the caller's contract.
+    let mut guard = unsafe { dev(d) }.lock();
+    let s: &mut State = &mut guard;
     // SAFETY: pos is the kernel's file-position pointer for this call.
     let off = unsafe { *pos };
     if off < 0 || off as usize % PAGE != 0 || len == 0 || len % PAGE != 0 {
         return -EINVAL;
     }
-    if s.bounce.ptr.is_null() {
+    if s.bounce.is_empty() {
         return -ENOMEM;
     }
     let n = max_pfn();
@@ -652,34 +807,26 @@ pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mu
         return 0;
     }
     let pages = (len / PAGE).min(MAX_READ_PAGES).min((n - first) as usize);
-    let owner = s.owner == file as usize && !s.refs.ptr.is_null();
+    let owner = s.owner == file as usize && !s.refs.is_empty();
     let bounce = s.bounce.ptr;
     for i in 0..pages {
         let pfn = first + i as u64;
-        let rf = if owner {
-            // SAFETY: refs has max_pfn entries (max_pfn fixed since boot).
-            unsafe { *s.refs.u64s().add(pfn as usize) }
-        } else {
-            0
-        };
+        let rf = if owner { s.ref_of(pfn) } else { 0 };
         let mut track = owner && rf != REF_EXCLUDED;
         let slot = if s.held { snap_slot(s, pfn) } else { None };
         if let Some(k) = slot {
             // SAFETY: slot k < snap_n, each slot is one page of the snapshot buffer.
             unsafe { ptr::copy_nonoverlapping(s.snap.ptr.add(k * PAGE), bounce, PAGE) };
         } else if rf != REF_EXCLUDED && is_ram(p2m(pfn)) {
-            // SAFETY: nofault copy of one page into the one-page bounce buffer.
-            if unsafe {
-                copy_from_kernel_nofault(
-                    bounce as *mut c_void,
-                    page_ptr(pfn) as *const c_void,
-                    PAGE,
-                )
-            } != 0
-            {
+            if !copy_page_nofault(pfn, bounce) {
+                // Unmapped under us: zeros, the reference stays, so the page stays dirty
+                // and the next round counts it as unreadable.
                 // SAFETY: bounce is one page.
                 unsafe { ptr::write_bytes(bounce, 0, PAGE) };
                 track = false;
+                if owner {
+                    s.read_faults += 1;
+                }
             }
         } else {
             // SAFETY: bounce is one page.
@@ -687,8 +834,9 @@ pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mu
             track = false;
         }
         if track {
-            // SAFETY: as above.
-            unsafe { *s.refs.u64s().add(pfn as usize) = hash_page(bounce) };
+            // SAFETY: bounce is one module-owned page.
+            let h = unsafe { hash_page(bounce) };
+            s.set_ref(pfn, h);
         }
         // SAFETY: buf + i*PAGE lies within the user's len bytes; copy_to_user checks it.
         if unsafe {
@@ -711,12 +859,11 @@ pub extern "C" fn ckpt_rs_read(file: c_ulong, buf: *mut u8, len: usize, pos: *mu
     (pages * PAGE) as c_long
 }
 
-fn read_table(arg: u64) -> Result<c_long, c_long> {
+fn read_table(s: &State, arg: u64) -> Result<c_long, c_long> {
     let mut t: Table = from_user(arg)?;
     if t.reserved != 0 {
         return Err(-EINVAL);
     }
-    let s = st();
     let (size, esz) = match t.table {
         TABLE_P2M => (max_pfn(), 8u64),
         TABLE_P2M_CAPTURED | TABLE_PAGE_TYPES | TABLE_P2M_FRAMES if !s.held => {
@@ -762,18 +909,12 @@ fn read_table(arg: u64) -> Result<c_long, c_long> {
     Ok(0)
 }
 
-fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
+fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let mut c: CaptureArg = from_user(arg)?;
-    let s = st();
-    if s.owner == 0 {
-        return Err(-EINVAL);
-    }
-    if s.owner != file {
-        return Err(-EBUSY);
-    }
+    s.check_owner(file)?;
     let need = bitmap_bytes(s.max_pfn);
     if c.flags != 0
-        || c.reserved != [0; 4]
+        || c.reserved != 0
         || c.max_snapshot_pages == 0
         || c.max_snapshot_pages > s.max_pfn
         || c.bitmap_bytes < need
@@ -785,70 +926,55 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
     if unsafe { ckpt_online_cpus() } != 1 {
         return Err(-EOPNOTSUPP);
     }
-    free_capture(s);
+    s.free_capture();
     let cap = c.max_snapshot_pages;
     let n_frames = s.max_pfn.div_ceil(512);
-    let sizes = [
-        cap as usize * PAGE,
-        cap as usize * 8,
-        s.max_pfn as usize * 8,
-        s.max_pfn as usize,
-        n_frames as usize * 8,
-        need as usize,
-    ];
-    let mut got = [
-        VBuf::empty(),
-        VBuf::empty(),
-        VBuf::empty(),
-        VBuf::empty(),
-        VBuf::empty(),
-        VBuf::empty(),
-    ];
-    for (i, size) in sizes.iter().enumerate() {
-        match VBuf::alloc(*size) {
-            Some(b) => got[i] = b,
-            None => {
-                for g in got.iter_mut() {
-                    g.free();
-                }
-                return Err(-ENOMEM);
-            }
-        }
+    let alloc = |n: usize| VBuf::alloc(n).ok_or(-ENOMEM);
+    // Nothing is kept if one allocation fails (the others drop here).
+    let (snap, snap_pfns, cap_p2m, cap_types, cap_frames, bm) = (
+        alloc(cap as usize * PAGE)?,
+        alloc(cap as usize * 8)?,
+        alloc(s.max_pfn as usize * 8)?,
+        alloc(s.max_pfn as usize)?,
+        alloc(n_frames as usize * 8)?,
+        alloc(need as usize)?,
+    );
+    for b in [&snap, &snap_pfns, &cap_p2m, &cap_types, &cap_frames] {
+        s.mark_refs(b, REF_EXCLUDED);
     }
-    let [a, b, cc, d, e, mut bm] = got;
-    for buf in [&a, &b, &cc, &d, &e] {
-        mark_refs(s, buf, REF_EXCLUDED);
-    }
-    s.snap = a;
-    s.snap_pfns = b;
-    s.cap_p2m = cc;
-    s.cap_types = d;
-    s.cap_frames = e;
+    s.snap = snap;
+    s.snap_pfns = snap_pfns;
+    s.cap_p2m = cap_p2m;
+    s.cap_types = cap_types;
+    s.cap_frames = cap_frames;
     s.n_frames = n_frames;
     s.snap_cap = cap;
     s.snap_n = 0;
     s.ran = false;
     s.resumed = false;
+    s.loader_l4 = 0;
     s.overflow = false;
     s.walk_err = false;
     s.pt_pages = 0;
     s.scanned = 0;
+    s.cap_unreadable = 0;
+    s.cap_free = 0;
+    s.ctx.0.fill(0);
 
-    // SAFETY: nothing else uses ckpt_ctx until the capture is over.
-    unsafe { ptr::write_bytes(ptr::addr_of_mut!(ckpt_ctx) as *mut u8, 0, VCPU_CTX_BYTES) };
     // sched_clock (Xen pvclock), not ktime: CLOCK_MONOTONIC skips the suspended interval.
+    // SAFETY: plain clock read.
     let t0 = unsafe { ckpt_clock_ns() };
+    let sp: *mut State = s;
     // SAFETY: the kernel runs its suspend sequence and calls our entry once, in
-    // stop_machine; the entry follows the C ABI.
-    let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, ptr::null_mut()) };
+    // stop_machine, with `sp` as its second argument; the entry follows the C ABI. `sp` is
+    // exclusive: this thread holds the guard and waits in this call, every other CPU is
+    // stopped while the entry runs. The pointer escapes, so `s` is re-read afterwards.
+    let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, sp as *mut c_void) };
+    // SAFETY: plain clock read.
     let t1 = unsafe { ckpt_clock_ns() };
-    // The capture routine changed the state behind our back: take a fresh reference.
-    let s = st();
-    // SAFETY: plain read of a field the capture routine wrote before we got here.
-    if unsafe { ptr::read_volatile(ptr::addr_of!(s.resumed)) } {
+    if s.resumed {
         // We are a guest revived from this checkpoint: drop the session the source had.
-        // SAFETY: written once by the resume path before we got here, read once.
-        let l4 = unsafe { ptr::replace(ptr::addr_of_mut!(ckpt_loader_l4), 0) };
+        let l4 = core::mem::take(&mut s.loader_l4);
         if l4 != 0 {
             // Revived in place by inflate-loader: its page tables are still pinned.
             // SAFETY: a plain hypercall on a frame of this domain; Xen checks it.
@@ -859,49 +985,47 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
                 rc
             );
         }
-        bm.free();
-        stop_session(s);
+        drop(bm);
+        s.stop_session();
         c.result = 0;
         to_user(arg, &c)?;
         return Ok(0);
     }
-    let fail = |s: &mut State, mut bm: VBuf, e: c_long| -> Result<c_long, c_long> {
-        bm.free();
-        free_capture(s);
-        Err(e)
-    };
     if rc < 0 {
-        return fail(s, bm, rc as c_long);
+        s.free_capture();
+        return Err(rc as c_long);
     }
     if !s.ran || s.walk_err {
-        return fail(s, bm, -EIO);
+        s.free_capture();
+        return Err(-EIO);
     }
     c.result = 1;
     c.snapshot_pages = s.snap_n;
     c.pt_pages = s.pt_pages;
     c.scanned = s.scanned;
+    c.unreadable = s.cap_unreadable;
+    c.free = s.cap_free;
     c.pause_ns = s.clk_out.saturating_sub(s.clk_in);
     // Linux freezes sched_clock from xen_arch_pre_suspend to xen_arch_post_suspend
     // (xen_save/restore_time_memory_area), so t1 - t0 lacks about the capture's own time.
     c.suspend_ns = t1.saturating_sub(t0) + c.pause_ns;
     if s.overflow {
         let _ = to_user(arg, &c);
-        return fail(s, bm, -ENOSPC);
+        s.free_capture();
+        return Err(-ENOSPC);
     }
     let pfns = s.snap_pfns.u64s();
     let words = bm.u64s();
     for k in 0..s.snap_n as usize {
-        // SAFETY: k < snap_n; bitmap covers max_pfn bits.
+        // SAFETY: k < snap_n <= snap_cap; the bitmap covers max_pfn bits.
         unsafe {
             let pfn = *pfns.add(k);
             *words.add((pfn / 64) as usize) |= 1 << (pfn % 64);
         }
     }
-    let r1 = to_user_bytes(c.bitmap, bm.ptr, need as usize);
-    bm.free();
-    r1?;
-    // SAFETY: ckpt_ctx is not written any more.
-    to_user_bytes(c.vcpu, ptr::addr_of!(ckpt_ctx) as *const u8, VCPU_CTX_BYTES)?;
+    to_user_bytes(c.bitmap, bm.ptr, need as usize)?;
+    drop(bm);
+    to_user_bytes(c.vcpu, s.ctx.0.as_ptr(), VCPU_CTX_BYTES)?;
     s.held = true;
     to_user(arg, &c)?;
     Ok(0)
@@ -909,15 +1033,9 @@ fn capture(file: usize, arg: u64) -> Result<c_long, c_long> {
 
 /// CKPT_IOC_OUTPUT_HOLD: arm (flags 1) or release (flags 0) the output hold; the session
 /// owner only. Out: packets dropped since the hold was armed.
-fn output_hold(file: usize, arg: u64) -> Result<c_long, c_long> {
+fn output_hold(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let mut h: HoldArg = from_user(arg)?;
-    let s = st();
-    if s.owner == 0 {
-        return Err(-EINVAL);
-    }
-    if s.owner != file {
-        return Err(-EBUSY);
-    }
+    s.check_owner(file)?;
     if h.flags & !HOLD_ARM != 0 || h.reserved != 0 || h.reserved2 != 0 || h.dropped != 0 {
         return Err(-EINVAL);
     }
@@ -946,14 +1064,56 @@ fn output_hold(file: usize, arg: u64) -> Result<c_long, c_long> {
     Ok(0)
 }
 
-/// Runs on the revived guest's first instructions after the capture point.
+/// CKPT_IOC_THROTTLE: slow a process down (stop it `stop_ms` of every `period_ms`) or
+/// release it; the session owner only. Out: how long the process has been stopped so far.
+/// Every throttle ends with the session.
+fn throttle(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
+    let mut t: ThrottleArg = from_user(arg)?;
+    s.check_owner(file)?;
+    if t.flags & !THROTTLE_SET != 0 || t.reserved != 0 || t.stopped_ns != 0 || t.pid == 0 {
+        return Err(-EINVAL);
+    }
+    let pid = c_int::try_from(t.pid).map_err(|_| -EINVAL)?;
+    let mut stopped = 0u64;
+    let rc = if t.flags & THROTTLE_SET != 0 {
+        if !(THROTTLE_PERIOD_MIN..=THROTTLE_PERIOD_MAX).contains(&t.period_ms)
+            || t.stop_ms >= t.period_ms
+        {
+            return Err(-EINVAL);
+        }
+        // SAFETY: process context; `stopped` is a valid out pointer.
+        unsafe { ckpt_throttle_set(pid, t.stop_ms, t.period_ms, &mut stopped) }
+    } else {
+        if t.stop_ms != 0 || t.period_ms != 0 {
+            return Err(-EINVAL);
+        }
+        // SAFETY: process context; `stopped` is a valid out pointer.
+        unsafe { ckpt_throttle_release(pid, &mut stopped) }
+    };
+    if rc < 0 {
+        return Err(rc as c_long);
+    }
+    t.stopped_ns = stopped;
+    to_user(arg, &t)?;
+    Ok(0)
+}
+
+/// Runs on the revived guest's first instructions after the capture point (stop_machine,
+/// interrupts off), with the State pointer the source's entry saved in rbx.
+///
+/// # Safety
+/// Called only by the asm entry's resume path with that pointer.
 #[no_mangle]
-pub extern "C" fn ckpt_capture_resumed() {
+pub unsafe extern "C" fn ckpt_capture_resumed(state: *mut c_void, loader_l4: u64) {
     // The source armed the output hold before the capture; the copy that resumes must
     // talk at once (the hooks are unregistered when its CAPTURE ioctl returns).
     // SAFETY: a plain flag store, allowed in this atomic context.
     unsafe { ckpt_hold_disarm() };
-    st().resumed = true;
+    // SAFETY: the State of the ioctl blocked in xen_checkpoint_suspend (exclusive, see
+    // capture()); in this copy of the guest that ioctl is blocked at the same point.
+    let s = unsafe { &mut *(state as *mut State) };
+    s.resumed = true;
+    s.loader_l4 = loader_l4;
 }
 
 /// Records the page-table page `pfn` at `level` (1..4) in the type map.
@@ -991,11 +1151,15 @@ fn m2p(mfn: u64) -> Option<u64> {
     }
 }
 
-/// Walks a table page at `level` (4 = L4) and everything below it.
+/// Walks a table page at `level` (4 = L4) and everything below it (stop_machine only).
 fn walk(s: &mut State, pfn: u64, level: u8) {
     // SAFETY: pfn < max_pfn (checked by m2p or the caller).
     if unsafe { *s.cap_types.ptr.add(pfn as usize) } != 0 {
         return; // shared table, already walked
+    }
+    if !page_readable(pfn) {
+        s.walk_err = true; // a table the guest uses is always mapped (read-only)
+        return;
     }
     // Xen decides pinned-ness; ask it (pin succeeds only on an unpinned page, and is undone).
     let mfn = p2m(pfn);
@@ -1011,7 +1175,8 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
         if level == 4 && checkpoint_abi::xen::l4_slot_is_xen(i) {
             continue; // Xen's own slots
         }
-        // SAFETY: the table page is mapped (read-only) in the direct map.
+        // SAFETY: the table page is mapped (probed above; nothing unmaps it in
+        // stop_machine).
         let e = unsafe { ptr::read_volatile(table.add(i)) };
         if e & 1 == 0 {
             continue;
@@ -1030,8 +1195,10 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
     }
 }
 
-extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, _arg: *mut c_void) -> c_int {
-    let s = st();
+extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, arg: *mut c_void) -> c_int {
+    // SAFETY: arg is the State ckpt_capture_rest passed to xen_checkpoint_for_each_pgd,
+    // which calls back synchronously while ckpt_capture_rest lends it out.
+    let s = unsafe { &mut *(arg as *mut State) };
     for p in [pgd, user_pgd] {
         if p.is_null() {
             continue;
@@ -1052,14 +1219,21 @@ extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, _arg: *mut c_void)
 
 /// The capture proper, in stop_machine on CPU 0 with interrupts off, right after the
 /// register save. Returns 1: "cancelled", the source carries on.
+///
+/// # Safety
+/// Called only by the asm entry with the arguments xen_suspend gave it: the start_info gfn
+/// and the State that capture() passed to xen_checkpoint_suspend.
 #[no_mangle]
-pub extern "C" fn ckpt_capture_rest() -> c_int {
-    let s = st();
+pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut c_void) -> c_int {
+    // SAFETY: exclusive, see capture(): its thread waits in xen_checkpoint_suspend and every
+    // other CPU is stopped.
+    let s = unsafe { &mut *(state as *mut State) };
     // SAFETY: sched_clock wrapper (Xen's pvclock: usable while timekeeping is suspended).
     s.clk_in = unsafe { ckpt_clock_ns() };
-    // SAFETY: ckpt_ctx is ours during the capture; the kernel fills its non-register part.
+    let ctx = ptr::addr_of_mut!(s.ctx);
+    // SAFETY: ctx is this State's context buffer (Xen's layout, 5168 bytes); the kernel fills
+    // its non-register part; the offsets written below are inside it.
     unsafe {
-        let ctx = ptr::addr_of_mut!(ckpt_ctx);
         xen_checkpoint_vcpu_context(ctx);
         let b = ctx as *mut u8;
         let flags = b.add(vcpu_ctx::FLAGS) as *mut u64;
@@ -1067,7 +1241,7 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
         *(b.add(vcpu_ctx::RAX) as *mut u64) = 0;
         *(b.add(vcpu_ctx::CR0) as *mut u64) = ckpt_read_cr0() as u64;
         *(b.add(vcpu_ctx::CR4) as *mut u64) = ckpt_read_cr4() as u64;
-        *(b.add(vcpu_ctx::RDX) as *mut u64) = ckpt_start_info_gfn;
+        *(b.add(vcpu_ctx::RDX) as *mut u64) = start_info_gfn as u64;
     }
 
     // Page-type map: not-RAM marks first, then the tables.
@@ -1079,9 +1253,8 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
             *s.cap_types.ptr.add(pfn as usize) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
         }
     }
-    // SAFETY: the kernel calls pgd_cb for each pinned top-level table.
-    unsafe { xen_checkpoint_for_each_pgd(pgd_cb, ptr::null_mut()) };
-    let s = st(); // pgd_cb used the state meanwhile
+    // SAFETY: the kernel calls pgd_cb for each pinned top-level table, passing `state` on.
+    unsafe { xen_checkpoint_for_each_pgd(pgd_cb, state) };
     for i in 0..s.n_frames {
         // SAFETY: xen_p2m_addr spans n_frames pages of the p2m's virtual area.
         unsafe {
@@ -1091,28 +1264,46 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
     }
 
     // Snapshot: every page whose content is not what the owner last read.
-    let refs = s.refs.u64s();
-    for pfn in 0..s.max_pfn {
-        // SAFETY: refs has max_pfn entries.
-        let rf = unsafe { *refs.add(pfn as usize) };
-        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) || !page_readable(pfn) {
+    let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
+    let mut pfn = 0;
+    while pfn < s.max_pfn {
+        let rf = s.ref_of(pfn);
+        if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) {
+            pfn += 1;
+            continue;
+        }
+        if elide {
+            let n = free_run(pfn).min(s.max_pfn - pfn);
+            if n > 0 {
+                // Free at the capture point (exact here: no CPU holds a zone lock). The
+                // revived guest's allocator has these pages free; their content is moot.
+                s.cap_free += n;
+                pfn += n;
+                continue;
+            }
+        }
+        if !page_readable(pfn) {
+            // Counted and reported: the checkpoint holds what the owner last read of it.
+            s.cap_unreadable += 1;
+            pfn += 1;
             continue;
         }
         s.scanned += 1;
         let p = page_ptr(pfn);
-        if hash_page(p) == rf {
-            continue;
-        }
-        if s.snap_n < s.snap_cap {
-            // SAFETY: slot snap_n is inside the snapshot buffer; the page is readable.
-            unsafe {
-                ptr::copy_nonoverlapping(p, s.snap.ptr.add(s.snap_n as usize * PAGE), PAGE);
-                *s.snap_pfns.u64s().add(s.snap_n as usize) = pfn;
+        // SAFETY: readable (probed above; nothing unmaps it in stop_machine).
+        if unsafe { hash_page(p) } != rf {
+            if s.snap_n < s.snap_cap {
+                // SAFETY: slot snap_n is inside the snapshot buffer; the page is readable.
+                unsafe {
+                    ptr::copy_nonoverlapping(p, s.snap.ptr.add(s.snap_n as usize * PAGE), PAGE);
+                    *s.snap_pfns.u64s().add(s.snap_n as usize) = pfn;
+                }
+            } else {
+                s.overflow = true;
             }
-        } else {
-            s.overflow = true;
+            s.snap_n += 1;
         }
-        s.snap_n += 1;
+        pfn += 1;
     }
     s.ran = true;
     // SAFETY: as above.
@@ -1120,21 +1311,25 @@ pub extern "C" fn ckpt_capture_rest() -> c_int {
     1
 }
 
-struct Checkpoint;
+/// The module object: owns the device state.
+struct Checkpoint {
+    dev: Pin<KBox<Dev>>,
+}
 
 impl kernel::Module for Checkpoint {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         // SAFETY: plain query.
         if unsafe { ckpt_xen_pv() } == 0 {
             pr_err!("not a Xen PV guest\n");
-            return Err(kernel::error::Error::from_errno(-(ENODEV as i32)));
+            return Err(ENODEV_ERR);
         }
-        let s = st();
-        s.bounce = VBuf::alloc(PAGE).ok_or(ENOMEM_ERR)?;
-        // SAFETY: registers our misc device; fops are static in the shim.
-        let rc = unsafe { ckpt_shim_register() };
+        let dev = KBox::pin_init(new_mutex!(State::new(), "checkpoint_state"), GFP_KERNEL)?;
+        dev.lock().bounce = VBuf::alloc(PAGE).ok_or(ENOMEM_ERR)?;
+        let p: *const Dev = &*dev;
+        // SAFETY: registers our misc device; the shim keeps `p` for its file operations,
+        // valid until drop() deregisters (the box is pinned and dropped after that).
+        let rc = unsafe { ckpt_shim_register(p as *const c_void) };
         if rc != 0 {
-            s.bounce.free();
             return Err(kernel::error::Error::from_errno(rc));
         }
         pr_info!(
@@ -1142,23 +1337,23 @@ impl kernel::Module for Checkpoint {
             ABI_VERSION,
             max_pfn()
         );
-        Ok(Checkpoint)
+        Ok(Checkpoint { dev })
     }
 }
 
 const ENOMEM_ERR: kernel::error::Error = kernel::error::code::ENOMEM;
+const ENODEV_ERR: kernel::error::Error = kernel::error::code::ENODEV;
 
 impl Drop for Checkpoint {
     fn drop(&mut self) {
-        // SAFETY: deregistering waits for no new opens; open files hold a module ref, so
-        // no file is open here and no session exists.
+        // SAFETY: deregistering stops new opens; open files hold a module reference, so no
+        // file is open and no entry point runs now or later.
         unsafe { ckpt_shim_deregister() };
-        let s = st();
-        stop_session(s);
-        s.bounce.free();
+        let mut s = self.dev.lock();
+        // No session can exist (its file would hold the module), but end one anyway: the
+        // output hold's hooks and the throttled processes must never outlive the module.
+        s.stop_session();
+        s.bounce = VBuf::empty();
         pr_info!("unloaded\n");
     }
 }
-
-#[allow(dead_code)]
-const UNUSED: (c_long, c_long) = (EPERM, EIO);

@@ -18,6 +18,11 @@
 #include <linux/cpumask.h>
 #include <linux/timekeeping.h>
 #include <linux/capability.h>
+#include <linux/mmzone.h>
+#include <linux/page-flags.h>
+#include <linux/pid.h>
+#include <linux/sched/signal.h>
+#include <linux/workqueue.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/ip.h>
@@ -29,13 +34,13 @@
 #include <xen/xen.h>
 #include <xen/interface/xen.h>
 
-/* Implemented in Rust (ckpt_main.rs). */
-long ckpt_rs_ioctl(unsigned long file, unsigned int cmd, unsigned long arg);
-long ckpt_rs_read(unsigned long file, char __user *buf, size_t len, loff_t *pos);
-void ckpt_rs_release(unsigned long file);
+/* Implemented in Rust (ckpt_main.rs); dev is the pointer given to ckpt_shim_register. */
+long ckpt_rs_ioctl(const void *dev, unsigned long file, unsigned int cmd, unsigned long arg);
+long ckpt_rs_read(const void *dev, unsigned long file, char __user *buf, size_t len, loff_t *pos);
+void ckpt_rs_release(const void *dev, unsigned long file);
 
 /* Called from Rust (declared here to keep -Wmissing-prototypes quiet). */
-int ckpt_shim_register(void);
+int ckpt_shim_register(const void *dev);
 void ckpt_shim_deregister(void);
 void *ckpt_vzalloc(unsigned long size);
 void ckpt_vfree(void *p);
@@ -58,7 +63,22 @@ int ckpt_hold_arm(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport);
 void ckpt_hold_disarm(void);
 unsigned long long ckpt_hold_release(void);
 unsigned long ckpt_read_cr4(void);
+unsigned long ckpt_free_run(unsigned long pfn);
+int ckpt_throttle_set(int pid, unsigned int stop_ms, unsigned int period_ms, u64 *stopped);
+int ckpt_throttle_release(int pid, u64 *stopped);
+void ckpt_throttle_release_all(void);
 
+/*
+ * The module's state (a Rust Mutex<State> owned by the module object), set before the
+ * device is registered and valid until it is deregistered.
+ */
+static const void *ckpt_dev_state;
+
+/*
+ * Orders callers before they take the Rust mutex. Interruptible on purpose: a process
+ * waiting here during a capture must stay freezable, or Linux's suspend sequence (which the
+ * capture runs) could not freeze it and the capture would fail.
+ */
 static DEFINE_MUTEX(ckpt_lock);
 
 static int ckpt_open(struct inode *inode, struct file *file)
@@ -69,7 +89,7 @@ static int ckpt_open(struct inode *inode, struct file *file)
 static int ckpt_release(struct inode *inode, struct file *file)
 {
 	mutex_lock(&ckpt_lock);
-	ckpt_rs_release((unsigned long)file);
+	ckpt_rs_release(ckpt_dev_state, (unsigned long)file);
 	mutex_unlock(&ckpt_lock);
 	return 0;
 }
@@ -80,7 +100,7 @@ static long ckpt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	if (mutex_lock_interruptible(&ckpt_lock))
 		return -EINTR;
-	ret = ckpt_rs_ioctl((unsigned long)file, cmd, arg);
+	ret = ckpt_rs_ioctl(ckpt_dev_state, (unsigned long)file, cmd, arg);
 	mutex_unlock(&ckpt_lock);
 	return ret;
 }
@@ -91,7 +111,7 @@ static ssize_t ckpt_read(struct file *file, char __user *buf, size_t len, loff_t
 
 	if (mutex_lock_interruptible(&ckpt_lock))
 		return -EINTR;
-	ret = ckpt_rs_read((unsigned long)file, buf, len, pos);
+	ret = ckpt_rs_read(ckpt_dev_state, (unsigned long)file, buf, len, pos);
 	mutex_unlock(&ckpt_lock);
 	return ret;
 }
@@ -112,7 +132,11 @@ static struct miscdevice ckpt_dev = {
 	.mode = 0600,
 };
 
-int ckpt_shim_register(void) { return misc_register(&ckpt_dev); }
+int ckpt_shim_register(const void *dev)
+{
+	ckpt_dev_state = dev;
+	return misc_register(&ckpt_dev);
+}
 void ckpt_shim_deregister(void) { misc_deregister(&ckpt_dev); }
 
 /* Wrappers for inlines and macros. */
@@ -169,6 +193,170 @@ int ckpt_unpin_table(unsigned long mfn)
  * e.g. CR4.FSGSBASE is off and the first rdfsbase faults). */
 unsigned long ckpt_read_cr0(void) { return read_cr0(); }
 unsigned long ckpt_read_cr4(void) { return __read_cr4(); }
+
+/*
+ * Free-page elision: the number of pages of the buddy allocator's free block that starts at
+ * @pfn, 0 if none starts there. No zone lock: a hint in process context (a block may be
+ * allocated right after; its pages are then written, so the tracker sees them dirty), exact
+ * in stop_machine (no CPU holds a zone lock there). The order is range-checked because an
+ * unlocked read may see a block being split.
+ */
+unsigned long ckpt_free_run(unsigned long pfn)
+{
+	struct page *page;
+	unsigned long order;
+
+	if (!pfn_valid(pfn))
+		return 0;
+	page = pfn_to_page(pfn);
+	if (!PageBuddy(page))
+		return 0;
+	order = READ_ONCE(page->private);	/* the buddy order, see set_buddy_order() */
+	if (order > MAX_PAGE_ORDER || (pfn & ((1UL << order) - 1)))
+		return 0;
+	return 1UL << order;
+}
+
+/*
+ * Throttling (docs/checkpoint-abi.md "Throttle"): a few processes the session owner picked
+ * (the ones dirtying most) are stopped stop_ms out of every period_ms with SIGSTOP/SIGCONT,
+ * sent by a self-rearming work item every tick. Glue over the kernel's signal and workqueue
+ * machinery, which 6.12's Rust crate does not wrap; ckpt_main.rs validates the arguments and
+ * ends every throttle with the session, so a process is never left stopped by a session
+ * that is gone (checkpointd killed, or a revived copy whose session ended).
+ */
+#define CKPT_THROTTLE_MAX 8
+#define CKPT_THROTTLE_TICK_MS 10
+static struct ckpt_throttle {
+	struct pid *pid;		/* NULL: free slot */
+	unsigned int stop_ms, period_ms;
+	bool stopped;
+	u64 phase_start;		/* ns, start of the current stop or run phase */
+	u64 stopped_ns;			/* completed stop phases */
+} ckpt_thr[CKPT_THROTTLE_MAX];
+static DEFINE_MUTEX(ckpt_thr_lock);
+static void ckpt_thr_tick(struct work_struct *w);
+static DECLARE_DELAYED_WORK(ckpt_thr_work, ckpt_thr_tick);
+
+static u64 ckpt_thr_total(const struct ckpt_throttle *t, u64 now)
+{
+	return t->stopped_ns + (t->stopped ? now - t->phase_start : 0);
+}
+
+static void ckpt_thr_run(struct ckpt_throttle *t, u64 now)
+{
+	if (t->stopped) {
+		kill_pid(t->pid, SIGCONT, 1);
+		t->stopped_ns += now - t->phase_start;
+		t->stopped = false;
+		t->phase_start = now;
+	}
+}
+
+static void ckpt_thr_tick(struct work_struct *w)
+{
+	u64 now = ktime_get_ns();
+	bool any = false;
+	int i;
+
+	mutex_lock(&ckpt_thr_lock);
+	for (i = 0; i < CKPT_THROTTLE_MAX; i++) {
+		struct ckpt_throttle *t = &ckpt_thr[i];
+		u64 len;
+
+		if (!t->pid)
+			continue;
+		any = true;
+		len = (u64)(t->stopped ? t->stop_ms : t->period_ms - t->stop_ms) * NSEC_PER_MSEC;
+		if (now - t->phase_start < len)
+			continue;
+		if (t->stopped) {
+			ckpt_thr_run(t, now);
+		} else if (t->stop_ms) {
+			kill_pid(t->pid, SIGSTOP, 1);
+			t->stopped = true;
+			t->phase_start = now;
+		}
+	}
+	if (any)
+		schedule_delayed_work(&ckpt_thr_work, msecs_to_jiffies(CKPT_THROTTLE_TICK_MS));
+	mutex_unlock(&ckpt_thr_lock);
+}
+
+/* Adds or updates @pid's throttle; 0, -ESRCH (no such process) or -ENOSPC (table full). */
+int ckpt_throttle_set(int pid, unsigned int stop_ms, unsigned int period_ms, u64 *stopped)
+{
+	struct pid *p = find_get_pid(pid);
+	struct ckpt_throttle *t = NULL;
+	u64 now = ktime_get_ns();
+	int i;
+
+	if (!p)
+		return -ESRCH;
+	mutex_lock(&ckpt_thr_lock);
+	for (i = 0; i < CKPT_THROTTLE_MAX; i++)
+		if (ckpt_thr[i].pid == p)
+			t = &ckpt_thr[i];
+	if (t) {
+		put_pid(p);	/* the slot holds its own reference */
+	} else {
+		for (i = 0; i < CKPT_THROTTLE_MAX && !t; i++)
+			if (!ckpt_thr[i].pid)
+				t = &ckpt_thr[i];
+		if (!t) {
+			mutex_unlock(&ckpt_thr_lock);
+			put_pid(p);
+			return -ENOSPC;
+		}
+		*t = (struct ckpt_throttle){ .pid = p, .phase_start = now };
+	}
+	t->stop_ms = stop_ms;
+	t->period_ms = period_ms;
+	*stopped = ckpt_thr_total(t, now);
+	mutex_unlock(&ckpt_thr_lock);
+	schedule_delayed_work(&ckpt_thr_work, 0);
+	return 0;
+}
+
+static void ckpt_thr_free(struct ckpt_throttle *t, u64 now, u64 *stopped)
+{
+	ckpt_thr_run(t, now);
+	if (stopped)
+		*stopped = t->stopped_ns;
+	put_pid(t->pid);
+	t->pid = NULL;
+}
+
+/* Lets @pid run freely again; -ESRCH if it is not throttled. */
+int ckpt_throttle_release(int pid, u64 *stopped)
+{
+	struct pid *p = find_get_pid(pid);
+	int i, rc = -ESRCH;
+
+	mutex_lock(&ckpt_thr_lock);
+	for (i = 0; i < CKPT_THROTTLE_MAX; i++)
+		if (p && ckpt_thr[i].pid == p) {
+			ckpt_thr_free(&ckpt_thr[i], ktime_get_ns(), stopped);
+			rc = 0;
+		}
+	mutex_unlock(&ckpt_thr_lock);
+	put_pid(p);
+	return rc;
+}
+
+/* Ends every throttle (session end, module exit). Process context. */
+void ckpt_throttle_release_all(void)
+{
+	int i;
+
+	mutex_lock(&ckpt_thr_lock);
+	for (i = 0; i < CKPT_THROTTLE_MAX; i++)
+		if (ckpt_thr[i].pid)
+			ckpt_thr_free(&ckpt_thr[i], ktime_get_ns(), NULL);
+	mutex_unlock(&ckpt_thr_lock);
+	/* The tick finds no slot and does not rearm; wait for a running one. */
+	cancel_delayed_work_sync(&ckpt_thr_work);
+}
 
 /*
  * Output hold (docs/checkpoint-abi.md "Output hold"): from just before a migration's

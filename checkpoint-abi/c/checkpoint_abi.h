@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CKPT_ABI_VERSION 1
+#define CKPT_ABI_VERSION 2
 #define CKPT_PAGE_SIZE 4096
 #define CKPT_MAX_READ_PAGES 256
 /* Linux's _IOC(dir, 'C', nr, size) on x86_64: dir 1 write, 2 read, 3 both. */
@@ -17,10 +17,11 @@
 #define CKPT_IOC_GET_FACTS 0x80804301U
 #define CKPT_IOC_TRACK_START 0x40104302U
 #define CKPT_IOC_TRACK_STOP 0x00004303U
-#define CKPT_IOC_NEXT_ROUND 0xC0404304U
+#define CKPT_IOC_NEXT_ROUND 0xC0704304U
 #define CKPT_IOC_CAPTURE 0xC0804305U
 #define CKPT_IOC_READ_TABLE 0xC0304306U
 #define CKPT_IOC_OUTPUT_HOLD 0xC0204307U
+#define CKPT_IOC_THROTTLE 0xC0204308U
 
 #define CKPT_TABLE_P2M 1
 #define CKPT_TABLE_P2M_CAPTURED 2
@@ -28,6 +29,11 @@
 #define CKPT_TABLE_P2M_FRAMES 4
 #define CKPT_STATE_SESSION 1
 #define CKPT_STATE_CAPTURE_HELD 2
+#define CKPT_THROTTLE_SET 1
+#define CKPT_THROTTLE_MAX 8
+#define CKPT_TRACK_ELIDE_FREE 1ULL
+#define CKPT_TRACK_FAULT 2ULL
+#define CKPT_TRACK_ORACLE 4ULL
 #define CKPT_P2M_INVALID 0xFFFFFFFFFFFFFFFFULL
 #define CKPT_P2M_IDENTITY 0x4000000000000000ULL
 #define CKPT_P2M_FOREIGN 0x8000000000000000ULL
@@ -135,7 +141,7 @@ _Static_assert(sizeof(struct ckpt_track) == 16, "ckpt_track size");
 _Static_assert(offsetof(struct ckpt_track, flags) == 0, "ckpt_track.flags");
 _Static_assert(offsetof(struct ckpt_track, reserved) == 8, "ckpt_track.reserved");
 
-struct ckpt_round { /* 64 bytes */
+struct ckpt_round { /* 112 bytes */
 	uint64_t bitmap; /* 0 */
 	uint64_t bitmap_bytes; /* 8 */
 	uint64_t flags; /* 16 */
@@ -143,9 +149,13 @@ struct ckpt_round { /* 64 bytes */
 	uint64_t dirty; /* 32 */
 	uint64_t scanned; /* 40 */
 	uint64_t scan_ns; /* 48 */
-	uint64_t reserved; /* 56 */
+	uint64_t unreadable; /* 56 */
+	uint64_t free; /* 64 */
+	uint64_t oracle_bitmap; /* 72 */
+	uint64_t oracle_dirty; /* 80 */
+	uint64_t reserved[3]; /* 88 */
 };
-_Static_assert(sizeof(struct ckpt_round) == 64, "ckpt_round size");
+_Static_assert(sizeof(struct ckpt_round) == 112, "ckpt_round size");
 _Static_assert(offsetof(struct ckpt_round, bitmap) == 0, "ckpt_round.bitmap");
 _Static_assert(offsetof(struct ckpt_round, bitmap_bytes) == 8, "ckpt_round.bitmap_bytes");
 _Static_assert(offsetof(struct ckpt_round, flags) == 16, "ckpt_round.flags");
@@ -153,7 +163,11 @@ _Static_assert(offsetof(struct ckpt_round, round) == 24, "ckpt_round.round");
 _Static_assert(offsetof(struct ckpt_round, dirty) == 32, "ckpt_round.dirty");
 _Static_assert(offsetof(struct ckpt_round, scanned) == 40, "ckpt_round.scanned");
 _Static_assert(offsetof(struct ckpt_round, scan_ns) == 48, "ckpt_round.scan_ns");
-_Static_assert(offsetof(struct ckpt_round, reserved) == 56, "ckpt_round.reserved");
+_Static_assert(offsetof(struct ckpt_round, unreadable) == 56, "ckpt_round.unreadable");
+_Static_assert(offsetof(struct ckpt_round, free) == 64, "ckpt_round.free");
+_Static_assert(offsetof(struct ckpt_round, oracle_bitmap) == 72, "ckpt_round.oracle_bitmap");
+_Static_assert(offsetof(struct ckpt_round, oracle_dirty) == 80, "ckpt_round.oracle_dirty");
+_Static_assert(offsetof(struct ckpt_round, reserved) == 88, "ckpt_round.reserved");
 
 struct ckpt_capture { /* 128 bytes */
 	uint64_t flags; /* 0 */
@@ -168,7 +182,10 @@ struct ckpt_capture { /* 128 bytes */
 	uint64_t suspend_ns; /* 72 */
 	uint64_t pt_pages; /* 80 */
 	uint64_t scanned; /* 88 */
-	uint64_t reserved[4]; /* 96 */
+	uint64_t unreadable; /* 96 */
+	uint64_t free; /* 104 */
+	uint64_t snapshot_hwm; /* 112 */
+	uint64_t reserved; /* 120 */
 };
 _Static_assert(sizeof(struct ckpt_capture) == 128, "ckpt_capture size");
 _Static_assert(offsetof(struct ckpt_capture, flags) == 0, "ckpt_capture.flags");
@@ -183,7 +200,26 @@ _Static_assert(offsetof(struct ckpt_capture, pause_ns) == 64, "ckpt_capture.paus
 _Static_assert(offsetof(struct ckpt_capture, suspend_ns) == 72, "ckpt_capture.suspend_ns");
 _Static_assert(offsetof(struct ckpt_capture, pt_pages) == 80, "ckpt_capture.pt_pages");
 _Static_assert(offsetof(struct ckpt_capture, scanned) == 88, "ckpt_capture.scanned");
-_Static_assert(offsetof(struct ckpt_capture, reserved) == 96, "ckpt_capture.reserved");
+_Static_assert(offsetof(struct ckpt_capture, unreadable) == 96, "ckpt_capture.unreadable");
+_Static_assert(offsetof(struct ckpt_capture, free) == 104, "ckpt_capture.free");
+_Static_assert(offsetof(struct ckpt_capture, snapshot_hwm) == 112, "ckpt_capture.snapshot_hwm");
+_Static_assert(offsetof(struct ckpt_capture, reserved) == 120, "ckpt_capture.reserved");
+
+struct ckpt_throttle { /* 32 bytes */
+	uint32_t pid; /* 0 */
+	uint32_t flags; /* 4 */
+	uint32_t stop_ms; /* 8 */
+	uint32_t period_ms; /* 12 */
+	uint64_t stopped_ns; /* 16 */
+	uint64_t reserved; /* 24 */
+};
+_Static_assert(sizeof(struct ckpt_throttle) == 32, "ckpt_throttle size");
+_Static_assert(offsetof(struct ckpt_throttle, pid) == 0, "ckpt_throttle.pid");
+_Static_assert(offsetof(struct ckpt_throttle, flags) == 4, "ckpt_throttle.flags");
+_Static_assert(offsetof(struct ckpt_throttle, stop_ms) == 8, "ckpt_throttle.stop_ms");
+_Static_assert(offsetof(struct ckpt_throttle, period_ms) == 12, "ckpt_throttle.period_ms");
+_Static_assert(offsetof(struct ckpt_throttle, stopped_ns) == 16, "ckpt_throttle.stopped_ns");
+_Static_assert(offsetof(struct ckpt_throttle, reserved) == 24, "ckpt_throttle.reserved");
 
 struct ckpt_hold { /* 32 bytes */
 	uint32_t flags; /* 0 */

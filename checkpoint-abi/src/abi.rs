@@ -44,8 +44,9 @@ macro_rules! abi_struct {
 pub mod dev {
     /// Path of the device node.
     pub const DEVICE: &str = "/dev/checkpoint";
-    /// `ckpt_facts.abi_version` of this definition.
-    pub const ABI_VERSION: u32 = 1;
+    /// `ckpt_facts.abi_version` of this definition (2: unreadable/free counts, free-page
+    /// elision, throttling).
+    pub const ABI_VERSION: u32 = 2;
     /// Guest page size.
     pub const PAGE_SIZE: usize = 4096;
     /// Most pages one `pread` copies.
@@ -75,6 +76,8 @@ pub mod dev {
     pub const IOC_READ_TABLE: u32 = ioc(IOC_READ | IOC_WRITE, 6, Table::SIZE);
     /// `_IOWR('C', 7, struct ckpt_hold)`.
     pub const IOC_OUTPUT_HOLD: u32 = ioc(IOC_READ | IOC_WRITE, 7, Hold::SIZE);
+    /// `_IOWR('C', 8, struct ckpt_throttle)`.
+    pub const IOC_THROTTLE: u32 = ioc(IOC_READ | IOC_WRITE, 8, Throttle::SIZE);
 
     /// Every ioctl: (C name, value), for the header generator.
     pub const IOCTLS: &[(&str, u32)] = &[
@@ -85,7 +88,22 @@ pub mod dev {
         ("CKPT_IOC_CAPTURE", IOC_CAPTURE),
         ("CKPT_IOC_READ_TABLE", IOC_READ_TABLE),
         ("CKPT_IOC_OUTPUT_HOLD", IOC_OUTPUT_HOLD),
+        ("CKPT_IOC_THROTTLE", IOC_THROTTLE),
     ];
+
+    /// `ckpt_track.flags`: leave pages on the guest's free lists out of rounds and capture.
+    pub const TRACK_ELIDE_FREE: u64 = 1;
+    /// `ckpt_track.flags`: the page-fault tracker instead of the content scan (`EINVAL`
+    /// from a module without one).
+    pub const TRACK_FAULT: u64 = 2;
+    /// `ckpt_track.flags`: with TRACK_FAULT, keep the scan's hashes as well and report the
+    /// scan's dirty set next to the tracker's (`ckpt_round.oracle_bitmap`).
+    pub const TRACK_ORACLE: u64 = 4;
+
+    /// `ckpt_throttle.flags`: throttle the process (0 releases it).
+    pub const THROTTLE_SET: u32 = 1;
+    /// Most processes throttled at once.
+    pub const THROTTLE_MAX: usize = 8;
 
     /// `ckpt_hold.flags`: arm the output hold (0 releases it).
     pub const HOLD_ARM: u32 = 1;
@@ -159,7 +177,7 @@ pub mod dev {
 
     abi_struct! {
         /// `CKPT_IOC_NEXT_ROUND` input/output.
-        Round = "ckpt_round", size 64 {
+        Round = "ckpt_round", size 112 {
             bitmap: u64 = "uint64_t",
             bitmap_bytes: u64 = "uint64_t",
             flags: u64 = "uint64_t",
@@ -167,7 +185,11 @@ pub mod dev {
             dirty: u64 = "uint64_t",
             scanned: u64 = "uint64_t",
             scan_ns: u64 = "uint64_t",
-            reserved: u64 = "uint64_t",
+            unreadable: u64 = "uint64_t",
+            free: u64 = "uint64_t",
+            oracle_bitmap: u64 = "uint64_t",
+            oracle_dirty: u64 = "uint64_t",
+            reserved: [u64; 3] = "uint64_t[3]",
         }
     }
 
@@ -186,7 +208,23 @@ pub mod dev {
             suspend_ns: u64 = "uint64_t",
             pt_pages: u64 = "uint64_t",
             scanned: u64 = "uint64_t",
-            reserved: [u64; 4] = "uint64_t[4]",
+            unreadable: u64 = "uint64_t",
+            free: u64 = "uint64_t",
+            snapshot_hwm: u64 = "uint64_t",
+            reserved: u64 = "uint64_t",
+        }
+    }
+
+    abi_struct! {
+        /// `CKPT_IOC_THROTTLE` input/output: slow one process (its whole thread group) by
+        /// stopping it `stop_ms` out of every `period_ms`, or release it.
+        Throttle = "ckpt_throttle", size 32 {
+            pid: u32 = "uint32_t",
+            flags: u32 = "uint32_t",
+            stop_ms: u32 = "uint32_t",
+            period_ms: u32 = "uint32_t",
+            stopped_ns: u64 = "uint64_t",
+            reserved: u64 = "uint64_t",
         }
     }
 

@@ -19,10 +19,11 @@ mod tests {
         assert_eq!(dev::IOC_GET_FACTS, 0x8080_4301);
         assert_eq!(dev::IOC_TRACK_START, 0x4010_4302);
         assert_eq!(dev::IOC_TRACK_STOP, 0x0000_4303);
-        assert_eq!(dev::IOC_NEXT_ROUND, 0xC040_4304);
+        assert_eq!(dev::IOC_NEXT_ROUND, 0xC070_4304);
         assert_eq!(dev::IOC_CAPTURE, 0xC080_4305);
         assert_eq!(dev::IOC_READ_TABLE, 0xC030_4306);
         assert_eq!(dev::IOC_OUTPUT_HOLD, 0xC020_4307);
+        assert_eq!(dev::IOC_THROTTLE, 0xC020_4308);
     }
 
     /// Offsets from docs/checkpoint-abi.md's vCPU context table.

@@ -66,8 +66,17 @@ fn header() -> String {
         ("CKPT_TABLE_P2M_FRAMES", dev::TABLE_P2M_FRAMES),
         ("CKPT_STATE_SESSION", dev::STATE_SESSION),
         ("CKPT_STATE_CAPTURE_HELD", dev::STATE_CAPTURE_HELD),
+        ("CKPT_THROTTLE_SET", dev::THROTTLE_SET),
+        ("CKPT_THROTTLE_MAX", dev::THROTTLE_MAX as u32),
     ] {
         writeln!(h, "#define {name} {v}").unwrap();
+    }
+    for (name, v) in [
+        ("CKPT_TRACK_ELIDE_FREE", dev::TRACK_ELIDE_FREE),
+        ("CKPT_TRACK_FAULT", dev::TRACK_FAULT),
+        ("CKPT_TRACK_ORACLE", dev::TRACK_ORACLE),
+    ] {
+        writeln!(h, "#define {name} {v}ULL").unwrap();
     }
     writeln!(h, "#define CKPT_P2M_INVALID 0x{:016X}ULL", dev::P2M_INVALID).unwrap();
     writeln!(
@@ -119,6 +128,12 @@ fn header() -> String {
         dev::Capture::C_NAME,
         dev::Capture::SIZE,
         dev::Capture::FIELDS,
+    );
+    c_struct(
+        &mut h,
+        dev::Throttle::C_NAME,
+        dev::Throttle::SIZE,
+        dev::Throttle::FIELDS,
     );
     c_struct(
         &mut h,

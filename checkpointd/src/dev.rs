@@ -1,15 +1,16 @@
 //! The `/dev/checkpoint` ioctl layer (docs/checkpoint-abi.md). The device's unsafe code is
 //! here: ioctls with `#[repr(C)]` argument structs.
 
-use crate::source::{CaptureOutcome, HoldTuple, PageSource};
+use crate::source::{CaptureOutcome, Dirtier, HoldTuple, PageSource, RoundScan};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use checkpoint_abi::dev::{
-    p2m_is_ram, Capture, Hold, Round, Table, Track, ABI_VERSION, CAPTURE_RESUMED, HOLD_ARM,
-    PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+    p2m_is_ram, Capture, Hold, Round, Table, Throttle, Track, ABI_VERSION, CAPTURE_RESUMED,
+    HOLD_ARM, PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
+    THROTTLE_SET, TRACK_ELIDE_FREE,
 };
 pub use checkpoint_abi::dev::{Facts, DEVICE};
 
@@ -24,8 +25,9 @@ pub struct Device {
 /// struct its command encodes (docs/dependencies.md).
 mod ioc {
     use checkpoint_abi::dev::{
-        Capture, Facts, Hold, Round, Table, Track, IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND,
-        IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_TRACK_START, IOC_TRACK_STOP,
+        Capture, Facts, Hold, Round, Table, Throttle, Track, IOC_CAPTURE, IOC_GET_FACTS,
+        IOC_NEXT_ROUND, IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_THROTTLE, IOC_TRACK_START,
+        IOC_TRACK_STOP,
     };
     nix::ioctl_read_bad!(get_facts, IOC_GET_FACTS, Facts);
     nix::ioctl_write_ptr_bad!(track_start, IOC_TRACK_START, Track);
@@ -34,6 +36,7 @@ mod ioc {
     nix::ioctl_readwrite_bad!(capture, IOC_CAPTURE, Capture);
     nix::ioctl_readwrite_bad!(read_table, IOC_READ_TABLE, Table);
     nix::ioctl_readwrite_bad!(output_hold, IOC_OUTPUT_HOLD, Hold);
+    nix::ioctl_readwrite_bad!(throttle, IOC_THROTTLE, Throttle);
 }
 
 fn done(r: nix::Result<i32>) -> io::Result<()> {
@@ -103,11 +106,15 @@ impl PageSource for Device {
     fn kernel(&self) -> String {
         self.kernel.clone()
     }
-    fn start_tracking(&mut self) -> io::Result<()> {
+    fn start_tracking(&mut self, elide_free: bool) -> io::Result<()> {
+        let t = Track {
+            flags: if elide_free { TRACK_ELIDE_FREE } else { 0 },
+            ..Default::default()
+        };
         // SAFETY: the kernel reads the 16-byte Track.
-        done(unsafe { ioc::track_start(self.file.as_raw_fd(), &Track::default()) })
+        done(unsafe { ioc::track_start(self.file.as_raw_fd(), &t) })
     }
-    fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64> {
+    fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<RoundScan> {
         let mut r = Round {
             bitmap: bitmap.as_mut_ptr() as u64,
             bitmap_bytes: (bitmap.len() * 8) as u64,
@@ -115,7 +122,11 @@ impl PageSource for Device {
         };
         // SAFETY: r.bitmap points at `bitmap`, live for this call and r.bitmap_bytes long.
         done(unsafe { ioc::next_round(self.file.as_raw_fd(), &mut r) })?;
-        Ok(r.dirty)
+        Ok(RoundScan {
+            dirty: r.dirty,
+            unreadable: r.unreadable,
+            free: r.free,
+        })
     }
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read_at(buf, pfn * PAGE_SIZE as u64)?;
@@ -143,6 +154,8 @@ impl PageSource for Device {
                 snapshot_pages: c.snapshot_pages,
                 pause_ns: c.pause_ns,
                 suspend_ns: c.suspend_ns,
+                unreadable: c.unreadable,
+                free: c.free,
             }),
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => {
                 Ok(CaptureOutcome::NoSpace {
@@ -182,5 +195,40 @@ impl PageSource for Device {
         // SAFETY: as above.
         done(unsafe { ioc::output_hold(self.file.as_raw_fd(), &mut h) })?;
         Ok(h.dropped)
+    }
+    fn dirtiers(&mut self, dirty: &[u64]) -> io::Result<Vec<Dirtier>> {
+        // Never this process (it carries the stream) nor init.
+        crate::attrib::dirtiers(dirty, &[std::process::id(), 1])
+    }
+    fn throttle(&mut self, pid: u32, stop_ms: u32, period_ms: u32) -> io::Result<u64> {
+        let mut t = Throttle {
+            pid,
+            flags: THROTTLE_SET,
+            stop_ms,
+            period_ms,
+            ..Default::default()
+        };
+        // SAFETY: a plain Throttle, no pointers in it.
+        done(unsafe { ioc::throttle(self.file.as_raw_fd(), &mut t) })?;
+        Ok(t.stopped_ns)
+    }
+    fn unthrottle(&mut self, pid: u32) -> io::Result<u64> {
+        let mut t = Throttle {
+            pid,
+            ..Default::default()
+        };
+        // SAFETY: as above.
+        done(unsafe { ioc::throttle(self.file.as_raw_fd(), &mut t) })?;
+        Ok(t.stopped_ns)
+    }
+    fn snapshot_budget(&self) -> u64 {
+        // The capture's own tables (p2m copy, types, snapshot pfn list) come out of the same
+        // memory.
+        let tables = self.facts.max_pfn * 17;
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| crate::attrib::budget_from_meminfo(&m, tables))
+            .unwrap_or(self.facts.max_pfn / 8)
+            .clamp(1, self.facts.max_pfn)
     }
 }

@@ -2,6 +2,7 @@
 //! `/dev/checkpoint` module), inspect checkpoint files, and export them as xl save images.
 
 mod arrival;
+mod attrib;
 mod dev;
 mod inspect;
 mod loader_config;
@@ -35,11 +36,50 @@ struct Precopy {
     /// Capture once a round's dirty set is at most this many pages.
     #[arg(long, default_value_t = 256)]
     small_dirty: u64,
+    /// Send pages on the guest's free lists too (default: left out; a page allocated later
+    /// is written, hence dirty, hence sent).
+    #[arg(long)]
+    no_elide_free: bool,
+    /// When pre-copy stops converging, slow down the processes that dirty most: `auto` only
+    /// when the dirty set does not fit the snapshot budget, `always` whenever it stops
+    /// shrinking, `off` never (a set over the budget is then an error).
+    #[arg(long, value_enum, default_value_t = save::ThrottleMode::Auto)]
+    throttle: save::ThrottleMode,
+    /// Extra pre-copy rounds allowed while throttling.
+    #[arg(long, default_value_t = 6)]
+    throttle_rounds: u32,
+    /// Cap the capture's snapshot buffer (MiB); half the guest's available memory caps it
+    /// anyway.
+    #[arg(long, value_name = "MIB")]
+    max_snapshot_mib: Option<u64>,
+    /// Give up once the stream is longer than this (MiB); the rounds bound it anyway.
+    #[arg(long, value_name = "MIB")]
+    max_stream_mib: Option<u64>,
+}
+
+impl Precopy {
+    fn convergence(&self) -> save::Convergence {
+        save::Convergence {
+            elide_free: !self.no_elide_free,
+            throttle: self.throttle,
+            throttle_rounds: self.throttle_rounds,
+            max_snapshot_pages: self.max_snapshot_mib.map(|m| (m << 20) / 4096),
+            max_stream_bytes: self.max_stream_mib.map(|m| m << 20),
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Checkpoint this guest into FILE: pre-copy rounds, the capture, the drain.
+    ///
+    /// When the dirty set stops shrinking and does not fit the snapshot budget, the
+    /// processes that dirty most are slowed down (SIGSTOP/SIGCONT duty cycle by the module,
+    /// released after the capture or with the session) and reported.
+    ///
+    /// Exit codes: 0 saved (or this is the restored copy); 1 error; 2 usage; 4 pre-copy did
+    /// not converge within its bounds (nothing captured, the guest runs on).
+    #[command(verbatim_doc_comment)]
     Save {
         /// Output file; `-` writes the stream to stdout (the summary then goes to stderr).
         file: PathBuf,
@@ -218,6 +258,7 @@ fn main() -> Result<()> {
                 arrival_timeout: secs(arrival_timeout),
                 max_rounds: precopy.max_rounds,
                 small_dirty: precopy.small_dirty,
+                conv: precopy.convergence(),
                 progress: !quiet,
             };
             std::process::exit(cmd_migrate(opts, json) as i32)
@@ -305,7 +346,7 @@ fn main() -> Result<()> {
             precopy,
             json,
             quiet,
-        } => cmd_save(&file, precopy.max_rounds, precopy.small_dirty, json, quiet),
+        } => cmd_save(&file, &precopy, json, quiet),
         Cmd::Inspect { file, json } => {
             let c = read_checkpoint(&file)?;
             let s = inspect::summarise(&c);
@@ -468,7 +509,7 @@ fn read_checkpoint(file: &Path) -> Result<FullCheckpoint> {
         .with_context(|| format!("{} is not a valid checkpoint", file.display()))
 }
 
-fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: bool) -> Result<()> {
+fn cmd_save(file: &Path, precopy: &Precopy, json: bool, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let mut dev = dev::Device::open().with_context(|| format!("opening {}", dev::DEVICE))?;
     if !quiet {
@@ -483,18 +524,38 @@ fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: b
         ))
     };
     let policy = save::Policy {
-        max_rounds,
-        small_dirty,
+        max_rounds: precopy.max_rounds,
+        small_dirty: precopy.small_dirty,
+        conv: precopy.convergence(),
         ..Default::default()
     };
-    let outcome = save::save(&mut dev, out, &policy, !quiet)?;
+    let outcome = match save::save(&mut dev, out, &policy, !quiet) {
+        Ok(o) => o,
+        Err(
+            e @ (save::SaveError::DoesNotConverge { .. }
+            | save::SaveError::NoConvergence(_)
+            | save::SaveError::StreamBound { .. }
+            | save::SaveError::SnapshotAlloc { .. }),
+        ) => {
+            // Tracking ends with the device file; the guest runs on as it was.
+            drop(dev);
+            eprintln!("checkpointd save: {e}");
+            eprintln!("peak memory of checkpointd: {} KiB", peak_rss_kib());
+            std::process::exit(EXIT_NO_CONVERGENCE);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut text = String::new();
     match outcome {
         // Running in the revived copy: the file belongs to the source's timeline.
         save::SaveOutcome::Restored => {
             text.push_str("resumed from a checkpoint (this is the restored guest)\n")
         }
-        save::SaveOutcome::Saved(s) if json => text = serde_json::to_string_pretty(&s)? + "\n",
+        save::SaveOutcome::Saved(s) if json => {
+            let mut v = serde_json::to_value(&s)?;
+            v["peak_rss_kib"] = peak_rss_kib().into();
+            text = serde_json::to_string_pretty(&v)? + "\n"
+        }
         save::SaveOutcome::Saved(s) => {
             use std::fmt::Write as _;
             let _ = writeln!(
@@ -520,12 +581,30 @@ fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: b
             }
             let _ = writeln!(
                 text,
-                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages, {} attempt(s)",
+                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages (budget {}), {} attempt(s)",
                 s.capture_pause_ns as f64 / 1e6,
                 s.suspend_ns as f64 / 1e6,
                 s.snapshot_pages,
+                s.snapshot_budget,
                 s.capture_attempts
             );
+            let drain = s.rounds.last();
+            let _ = writeln!(
+                text,
+                "  free-page elision {}: {} free pages left out at the capture; unreadable pages: {} in rounds, {} at the capture",
+                if s.elide_free { "on" } else { "off" },
+                drain.map_or(0, |r| r.free_pages),
+                s.rounds.iter().filter(|r| !r.drain).map(|r| r.unreadable_pages).sum::<u64>(),
+                drain.map_or(0, |r| r.unreadable_pages),
+            );
+            for t in &s.throttled {
+                let _ = writeln!(
+                    text,
+                    "  throttled pid {} ({}): {} dirty pages when picked, up to {}% stopped, {} ms stopped over {} rounds",
+                    t.pid, t.comm, t.dirty_pages, t.stop_pct, t.stopped_ms, t.rounds
+                );
+            }
+            let _ = writeln!(text, "  peak memory of checkpointd: {} KiB", peak_rss_kib());
         }
     }
     // With the stream on stdout the summary must not mix into it.
@@ -535,6 +614,22 @@ fn cmd_save(file: &Path, max_rounds: u32, small_dirty: u64, json: bool, quiet: b
         print!("{text}");
     }
     Ok(())
+}
+
+/// `checkpointd save`'s exit code when pre-copy could not converge within its bounds (the
+/// guest runs on, nothing was captured).
+const EXIT_NO_CONVERGENCE: i32 = 4;
+
+/// This process's peak resident memory (VmHWM), 0 if unknown.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn facts_line(f: &dev::Facts) -> String {

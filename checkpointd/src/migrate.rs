@@ -77,6 +77,8 @@ pub struct Options {
     pub arrival_timeout: Duration,
     pub max_rounds: u32,
     pub small_dirty: u64,
+    /// Bounds, free-page elision and throttling (shared with `save`).
+    pub conv: save::Convergence,
     pub progress: bool,
 }
 
@@ -369,6 +371,7 @@ pub fn migrate<S: PageSource>(src: &mut S, w: World<'_>, opts: &Options, t0: Ins
     let policy = Policy {
         max_rounds: opts.max_rounds,
         small_dirty: opts.small_dirty,
+        conv: opts.conv,
         downtime_ms: Some(opts.downtime_ms),
         deadline: Some(t0 + opts.timeout),
         cancel: Some(cancel),
@@ -822,6 +825,7 @@ mod tests {
             arrival_timeout: Duration::from_secs(5),
             max_rounds: 8,
             small_dirty: 256,
+            conv: save::Convergence::default(),
             progress: false,
         }
     }

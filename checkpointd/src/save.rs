@@ -2,7 +2,7 @@
 //! capture, the drain, written as a checkpoint stream (docs/stream.md). Host-testable: it
 //! only talks to a [`PageSource`] and a writer.
 
-use crate::source::{CaptureOutcome, HoldTuple, PageSource};
+use crate::source::{CaptureOutcome, Dirtier, HoldTuple, PageSource};
 use checkpoint_stream::digest::{leaf_hash, root_of_leaves, ZERO_LEAF};
 use checkpoint_stream::{Encoder, PageRef, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,6 +41,177 @@ pub struct Policy {
     /// release it when the attempt fails), so nothing but the stream leaves the guest
     /// after the capture point. The caller releases it once the migration is decided.
     pub hold: Option<HoldTuple>,
+    /// Bounds and the guest-driven convergence (free-page elision, throttling).
+    pub conv: Convergence,
+}
+
+/// When to slow down the processes that dirty most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleMode {
+    /// Never: a dirty set too big for the snapshot budget is an error.
+    Off,
+    /// Only when pre-copy stopped with a dirty set too big for the snapshot budget.
+    Auto,
+    /// Whenever pre-copy stops converging (not shrinking, or out of rounds).
+    Always,
+}
+
+/// Bounds of a save and how it converges (docs/migrate.md "Convergence").
+#[derive(Debug, Clone, Copy)]
+pub struct Convergence {
+    /// Leave pages on the guest's free lists out of the stream.
+    pub elide_free: bool,
+    pub throttle: ThrottleMode,
+    /// Extra pre-copy rounds allowed once throttling has started.
+    pub throttle_rounds: u32,
+    /// Cap on the snapshot buffer (pages); the guest's own budget (half its available
+    /// memory) applies as well.
+    pub max_snapshot_pages: Option<u64>,
+    /// Give up once the stream is longer than this (bytes). Without it the stream is still
+    /// bounded by the rounds: at most (max_rounds + throttle_rounds + capture_attempts + 1)
+    /// times the guest's memory.
+    pub max_stream_bytes: Option<u64>,
+}
+
+impl Default for Convergence {
+    fn default() -> Self {
+        Convergence {
+            elide_free: true,
+            throttle: ThrottleMode::Auto,
+            throttle_rounds: 6,
+            max_snapshot_pages: None,
+            max_stream_bytes: None,
+        }
+    }
+}
+
+/// Throttle period and the stop share of each escalation step (percent).
+pub const THROTTLE_PERIOD_MS: u32 = 200;
+pub const THROTTLE_LEVELS: [u32; 4] = [50, 75, 90, 97];
+/// Most processes throttled at once.
+const THROTTLE_PROCS: usize = 4;
+
+/// Whether a capture of a `dirty`-page set fits a snapshot buffer of `budget` pages, with
+/// room for what the guest writes between the last round and the capture.
+pub fn fits_budget(dirty: u64, budget: u64) -> bool {
+    dirty.saturating_add(dirty / 4).saturating_add(64) <= budget
+}
+
+/// A process that was slowed down, for the report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Throttled {
+    pub pid: u32,
+    pub comm: String,
+    /// Pages of the dirty set it mapped when first picked.
+    pub dirty_pages: u64,
+    /// The last stop share applied (percent of each period).
+    pub stop_pct: u32,
+    /// How long it was stopped in all.
+    pub stopped_ms: u64,
+    /// Pre-copy rounds it was throttled for.
+    pub rounds: u32,
+}
+
+/// The throttling state of one save.
+#[derive(Debug, Default)]
+struct Throttler {
+    /// Index into THROTTLE_LEVELS of the current step; None before the first.
+    level: Option<usize>,
+    procs: Vec<Throttled>,
+    /// Extra rounds taken while throttling.
+    rounds: u32,
+    /// Nobody to throttle: the dirtying is not attributable to a process.
+    nobody: bool,
+}
+
+impl Throttler {
+    fn active(&self) -> bool {
+        !self.procs.is_empty()
+    }
+
+    /// One step tighter: picks the processes dirtying most of `set` (adding to those already
+    /// throttled) and applies the next stop share to all of them. False if nothing changed.
+    fn escalate<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        set: &[u64],
+        dirty: u64,
+    ) -> Result<bool, SaveError> {
+        let next = self.level.map_or(0, |l| l + 1);
+        if next >= THROTTLE_LEVELS.len() || self.nobody {
+            return Ok(false);
+        }
+        let found = src
+            .dirtiers(set)
+            .map_err(dev("finding the processes that dirty memory"))?;
+        let floor = (dirty / 10).max(64);
+        for d in found.into_iter().filter(|d| d.dirty >= floor) {
+            if self.procs.len() >= THROTTLE_PROCS {
+                break;
+            }
+            if !self.procs.iter().any(|p| p.pid == d.pid) {
+                let Dirtier { pid, comm, dirty } = d;
+                self.procs.push(Throttled {
+                    pid,
+                    comm,
+                    dirty_pages: dirty,
+                    stop_pct: 0,
+                    stopped_ms: 0,
+                    rounds: 0,
+                });
+            }
+        }
+        if self.procs.is_empty() {
+            self.nobody = true;
+            return Ok(false);
+        }
+        let pct = THROTTLE_LEVELS[next];
+        let stop_ms = THROTTLE_PERIOD_MS * pct / 100;
+        self.procs.retain_mut(|p| {
+            // A process that exited meanwhile is dropped from the list.
+            match src.throttle(p.pid, stop_ms, THROTTLE_PERIOD_MS) {
+                Ok(ns) => {
+                    p.stop_pct = pct;
+                    p.stopped_ms = ns / 1_000_000;
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        self.level = Some(next);
+        Ok(!self.procs.is_empty())
+    }
+
+    /// Lets every throttled process run again and records how long each was stopped.
+    fn release<S: PageSource>(&mut self, src: &mut S) {
+        for p in &mut self.procs {
+            if let Ok(ns) = src.unthrottle(p.pid) {
+                p.stopped_ms = ns / 1_000_000;
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.procs.is_empty() {
+            return if self.nobody {
+                "no process could be throttled (the dirtying is not attributable)".into()
+            } else {
+                "nothing throttled".into()
+            };
+        }
+        let v: Vec<String> = self
+            .procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "pid {} ({}) at {}% stopped {} ms",
+                    p.pid, p.comm, p.stop_pct, p.stopped_ms
+                )
+            })
+            .collect();
+        format!("throttled {}", v.join(", "))
+    }
 }
 
 impl Default for Policy {
@@ -55,6 +226,7 @@ impl Default for Policy {
             deadline: None,
             cancel: None,
             hold: None,
+            conv: Convergence::default(),
         }
     }
 }
@@ -134,6 +306,10 @@ pub struct RoundSummary {
     pub zero_pages: u64,
     pub bytes: u64,
     pub millis: u64,
+    /// Free pages the scan (or capture) behind this round's set left out.
+    pub free_pages: u64,
+    /// RAM pages the scan (or capture) behind this round's set could not read.
+    pub unreadable_pages: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +325,13 @@ pub struct SaveSummary {
     pub total_bytes: u64,
     pub pfns: u64,
     pub millis: u64,
+    /// Free-page elision was on.
+    pub elide_free: bool,
+    /// Snapshot pages the guest could afford when the capture was decided.
+    pub snapshot_budget: u64,
+    /// Processes slowed down to converge, and pre-copy rounds taken while throttling.
+    pub throttled: Vec<Throttled>,
+    pub throttle_rounds: u32,
 }
 
 #[derive(Debug)]
@@ -172,6 +355,21 @@ pub enum SaveError {
     ShortRead { pfn: u64 },
     #[error("capture failed {0} times for lack of snapshot space; the guest dirties memory faster than rounds converge")]
     NoConvergence(u32),
+    #[error("pre-copy did not converge: {dirty} pages still dirty after {rounds} rounds, more than the snapshot budget of {budget} pages ({throttle}); nothing was captured, the guest runs on")]
+    DoesNotConverge {
+        dirty: u64,
+        budget: u64,
+        rounds: u32,
+        throttle: String,
+    },
+    #[error("the stream reached {bytes} bytes, over its bound of {limit} ({throttle}); nothing was captured, the guest runs on")]
+    StreamBound {
+        bytes: u64,
+        limit: u64,
+        throttle: String,
+    },
+    #[error("the guest could not allocate a {pages}-page snapshot buffer (out of memory); nothing was captured, the guest runs on")]
+    SnapshotAlloc { pages: u64 },
     #[error("interrupted before the capture")]
     Cancelled,
     #[error("timed out before the capture")]
@@ -361,13 +559,15 @@ pub fn stream<S: PageSource, W: Write>(
         show: show_progress,
     };
 
-    src.start_tracking()
+    let conv = policy.conv;
+    src.start_tracking(conv.elide_free)
         .map_err(dev("starting dirty tracking"))?;
     let mut dirty_set = vec![0u64; words];
     let mut snap_set = vec![0u64; words];
     let mut vcpu = vec![0u8; VCPU_CONTEXT_BYTES];
     let mut rounds = Vec::new();
-    let mut dirty = src.next_round(&mut dirty_set).map_err(dev("first round"))?;
+    let mut scan = src.next_round(&mut dirty_set).map_err(dev("first round"))?;
+    let mut dirty = scan.dirty;
     let mut prev = u64::MAX;
     let mut attempts = 0u32;
     // Pre-copy goes on after a capture that lacked snapshot space (the dirty set just read
@@ -375,25 +575,87 @@ pub fn stream<S: PageSource, W: Write>(
     let mut needed = 0u64;
     let mut index = 0u32;
     let mut drain_estimate;
+    let mut thr = Throttler::default();
+    let mut budget;
+    let stream_limit = conv.max_stream_bytes.unwrap_or(u64::MAX);
     let (stop_reason, captured) = loop {
-        let r = w.round(src, index, false, &dirty_set, dirty, policy)?;
+        let mut r = w.round(src, index, false, &dirty_set, dirty, policy)?;
+        r.free_pages = scan.free;
+        r.unreadable_pages = scan.unreadable;
         let rate = r.bytes as f64 / r.millis.max(1) as f64;
         rounds.push(r);
         index += 1;
+        for p in &mut thr.procs {
+            p.rounds += 1;
+        }
         prev = prev.min(dirty);
         let last = dirty;
         policy.interrupted()?;
-        dirty = src.next_round(&mut dirty_set).map_err(dev("next round"))?;
-        let Some(reason) = policy.stop(index, dirty, last.min(prev), rate) else {
+        if w.enc.bytes() > stream_limit {
+            thr.release(src);
+            return Err(SaveError::StreamBound {
+                bytes: w.enc.bytes(),
+                limit: stream_limit,
+                throttle: thr.describe(),
+            });
+        }
+        scan = src.next_round(&mut dirty_set).map_err(dev("next round"))?;
+        dirty = scan.dirty;
+        // While throttling, the extra rounds are counted by the throttler, not max_rounds.
+        let rounds_done = index.saturating_sub(thr.rounds);
+        let Some(reason) = policy.stop(rounds_done, dirty, last.min(prev), rate) else {
             continue;
         };
         policy.interrupted()?;
+        budget = conv
+            .max_snapshot_pages
+            .unwrap_or(u64::MAX)
+            .min(src.snapshot_budget())
+            .max(1);
+        let fits = fits_budget(dirty, budget);
+        let converging = matches!(
+            reason,
+            StopReason::SmallDirtySet | StopReason::DowntimeTarget
+        );
+        let want = match conv.throttle {
+            ThrottleMode::Off => false,
+            ThrottleMode::Auto => !fits,
+            ThrottleMode::Always => !converging,
+        };
+        if want && thr.rounds < conv.throttle_rounds {
+            // Tighten when the set stopped shrinking (or on the first step); a set that
+            // shrinks under the current step just gets another round.
+            let tightened = if reason == StopReason::NotShrinking || !thr.active() {
+                thr.escalate(src, &dirty_set, dirty)?
+            } else {
+                true
+            };
+            if tightened || thr.active() {
+                thr.rounds += 1;
+                // Throttling changed the workload: judge shrinking from here on.
+                if reason == StopReason::NotShrinking {
+                    prev = u64::MAX;
+                }
+                continue;
+            }
+        }
+        if !fits {
+            thr.release(src);
+            return Err(SaveError::DoesNotConverge {
+                dirty,
+                budget,
+                rounds: index,
+                throttle: thr.describe(),
+            });
+        }
         drain_estimate = drain_estimate_ms(dirty, rate);
         attempts += 1;
-        // After a too-small buffer, at least twice what the failed capture needed.
+        // After a too-small buffer, at least twice what the failed capture needed; never
+        // more than the guest can afford.
         let cap = policy
             .snapshot_size(dirty, pfns)
-            .max(needed.saturating_mul(2).min(pfns));
+            .max(needed.saturating_mul(2).min(pfns))
+            .min(budget);
         if let Some(t) = &policy.hold {
             src.hold_output(t).map_err(dev("arming the output hold"))?;
         }
@@ -402,27 +664,50 @@ pub fn stream<S: PageSource, W: Write>(
             // Not captured (or this is the revived copy, whose hold the module dropped).
             let _ = src.release_output();
         }
-        match outcome.map_err(dev("capture"))? {
-            CaptureOutcome::Restored => return Ok(SaveOutcome::Restored),
-            CaptureOutcome::Captured {
+        match outcome {
+            Err(e) if e.raw_os_error() == Some(12) => {
+                thr.release(src);
+                return Err(SaveError::SnapshotAlloc { pages: cap });
+            }
+            Err(e) => {
+                return Err(SaveError::Device {
+                    what: "capture",
+                    source: e,
+                })
+            }
+            Ok(CaptureOutcome::Restored) => return Ok(SaveOutcome::Restored),
+            Ok(CaptureOutcome::Captured {
                 snapshot_pages,
                 pause_ns,
                 suspend_ns,
-            } => break (reason, (snapshot_pages, pause_ns, suspend_ns)),
-            CaptureOutcome::NoSpace { needed: n } if attempts < policy.capture_attempts => {
+                unreadable,
+                free,
+            }) => {
+                break (
+                    reason,
+                    (snapshot_pages, pause_ns, suspend_ns, unreadable, free),
+                )
+            }
+            Ok(CaptureOutcome::NoSpace { needed: n }) if attempts < policy.capture_attempts => {
                 needed = n
             }
-            CaptureOutcome::NoSpace { .. } => {
+            Ok(CaptureOutcome::NoSpace { .. }) => {
+                thr.release(src);
                 return Err(SaveError::NoConvergence(attempts));
             }
         }
     };
-    let (snapshot_pages, pause_ns, suspend_ns) = captured;
+    // The capture point is behind us: the throttled processes may run freely again.
+    thr.release(src);
+    let (snapshot_pages, pause_ns, suspend_ns, cap_unreadable, cap_free) = captured;
 
     w.enc
         .capture(src.start_info_pfn(), 1, pause_ns)
         .map_err(SaveError::Write)?;
-    rounds.push(w.round(src, index, true, &snap_set, snapshot_pages, policy)?);
+    let mut drain = w.round(src, index, true, &snap_set, snapshot_pages, policy)?;
+    drain.free_pages = cap_free;
+    drain.unreadable_pages = cap_unreadable;
+    rounds.push(drain);
 
     let types = src
         .captured_page_types()
@@ -478,6 +763,10 @@ pub fn stream<S: PageSource, W: Write>(
         total_bytes,
         pfns,
         millis: t0.elapsed().as_millis() as u64,
+        elide_free: conv.elide_free,
+        snapshot_budget: budget,
+        throttled: thr.procs,
+        throttle_rounds: thr.rounds,
     }))
 }
 
@@ -506,6 +795,23 @@ pub(crate) mod tests {
         pub(crate) holds_armed: u32,
         rounds_seen: u32,
         no_space_first: u32,
+        /// Processes that write their own pages, slowed by throttling.
+        pub(crate) procs: Vec<FakeProc>,
+        /// What snapshot_budget() says.
+        pub(crate) budget: u64,
+        /// Pfns on the fake free lists (elided when the session asks).
+        pub(crate) free: std::ops::Range<usize>,
+        elide: bool,
+        pub(crate) released: Vec<u32>,
+    }
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct FakeProc {
+        pub(crate) pid: u32,
+        pub(crate) pages: std::ops::Range<usize>,
+        pub(crate) writes_per_step: usize,
+        pub(crate) stop_pct: u32,
+        pub(crate) stopped_ns: u64,
     }
 
     fn h(p: &[u8; PAGE_SIZE]) -> u64 {
@@ -534,7 +840,28 @@ pub(crate) mod tests {
                 resume_at_capture: false,
                 held: None,
                 holds_armed: 0,
+                procs: Vec::new(),
+                budget: pages as u64,
+                free: 0..0,
+                elide: false,
+                released: Vec::new(),
             }
+        }
+        /// A process writing `writes_per_step` pages of `pages` per step.
+        pub(crate) fn with_proc(
+            mut self,
+            pid: u32,
+            pages: std::ops::Range<usize>,
+            writes_per_step: usize,
+        ) -> Self {
+            self.procs.push(FakeProc {
+                pid,
+                pages,
+                writes_per_step,
+                stop_pct: 0,
+                stopped_ns: 0,
+            });
+            self
         }
         /// The workload: write to a few pages, concentrated in the low quarter (a hot set).
         fn step(&mut self) {
@@ -544,6 +871,19 @@ pub(crate) mod tests {
                 let pfn = ((self.tick.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (n / 4).max(1))
                     as usize;
                 self.mem[pfn][100..108].copy_from_slice(&self.tick.to_le_bytes());
+            }
+            for i in 0..self.procs.len() {
+                let p = &mut self.procs[i];
+                // A throttled process gets (100 - stop_pct)% of its time, so of its writes.
+                let n = p.writes_per_step * (100 - p.stop_pct as usize) / 100;
+                p.stopped_ns += p.stop_pct as u64 * 10_000;
+                let (base, len) = (p.pages.start, p.pages.len());
+                for _ in 0..n {
+                    self.tick += 1;
+                    let pfn =
+                        base + (self.tick.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as usize % len;
+                    self.mem[pfn][200..208].copy_from_slice(&self.tick.to_le_bytes());
+                }
             }
         }
     }
@@ -558,21 +898,24 @@ pub(crate) mod tests {
         fn kernel(&self) -> String {
             "fake".into()
         }
-        fn start_tracking(&mut self) -> io::Result<()> {
+        fn start_tracking(&mut self, elide_free: bool) -> io::Result<()> {
+            self.elide = elide_free;
             Ok(())
         }
-        fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64> {
+        fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<crate::source::RoundScan> {
             self.step();
             self.rounds_seen += 1;
             bitmap.fill(0);
-            let mut n = 0;
+            let mut r = crate::source::RoundScan::default();
             for (pfn, p) in self.mem.iter().enumerate() {
-                if self.reference[pfn] != Some(h(p)) {
+                if self.elide && self.free.contains(&pfn) {
+                    r.free += 1;
+                } else if self.reference[pfn] != Some(h(p)) {
                     bitmap[pfn / 64] |= 1 << (pfn % 64);
-                    n += 1;
+                    r.dirty += 1;
                 }
             }
-            Ok(n)
+            Ok(r)
         }
         fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize> {
             let n = (buf.len() / PAGE_SIZE)
@@ -605,6 +948,7 @@ pub(crate) mod tests {
                 return Ok(CaptureOutcome::Restored);
             }
             let differing: Vec<usize> = (0..self.mem.len())
+                .filter(|&p| !(self.elide && self.free.contains(&p)))
                 .filter(|&p| self.reference[p] != Some(h(&self.mem[p])))
                 .collect();
             if self.no_space_first > 0 || differing.len() as u64 > max {
@@ -629,6 +973,12 @@ pub(crate) mod tests {
                 snapshot_pages: differing.len() as u64,
                 pause_ns: 1234,
                 suspend_ns: 5678,
+                unreadable: 0,
+                free: if self.elide {
+                    self.free.len() as u64
+                } else {
+                    0
+                },
             })
         }
         fn captured_p2m(&mut self) -> io::Result<Vec<u64>> {
@@ -657,6 +1007,43 @@ pub(crate) mod tests {
         fn release_output(&mut self) -> io::Result<u64> {
             self.held = None;
             Ok(7)
+        }
+        fn dirtiers(&mut self, dirty: &[u64]) -> io::Result<Vec<Dirtier>> {
+            let bit = |p: usize| dirty[p / 64] >> (p % 64) & 1 != 0;
+            let mut v: Vec<Dirtier> = self
+                .procs
+                .iter()
+                .map(|p| Dirtier {
+                    pid: p.pid,
+                    comm: format!("fake{}", p.pid),
+                    dirty: p.pages.clone().filter(|&q| bit(q)).count() as u64,
+                })
+                .filter(|d| d.dirty > 0)
+                .collect();
+            v.sort_by_key(|d| std::cmp::Reverse(d.dirty));
+            Ok(v)
+        }
+        fn throttle(&mut self, pid: u32, stop_ms: u32, period_ms: u32) -> io::Result<u64> {
+            let p = self
+                .procs
+                .iter_mut()
+                .find(|p| p.pid == pid)
+                .ok_or_else(|| io::Error::from_raw_os_error(3))?;
+            p.stop_pct = stop_ms * 100 / period_ms;
+            Ok(p.stopped_ns)
+        }
+        fn unthrottle(&mut self, pid: u32) -> io::Result<u64> {
+            let p = self
+                .procs
+                .iter_mut()
+                .find(|p| p.pid == pid)
+                .ok_or_else(|| io::Error::from_raw_os_error(3))?;
+            p.stop_pct = 0;
+            self.released.push(pid);
+            Ok(p.stopped_ns)
+        }
+        fn snapshot_budget(&self) -> u64 {
+            self.budget
         }
     }
 
@@ -828,6 +1215,188 @@ pub(crate) mod tests {
         let (s, _) = run(&mut g, &p);
         assert_eq!(s.stop_reason, StopReason::DowntimeTarget);
         assert_eq!(s.rounds.len(), 2, "round 0 and the drain");
+    }
+
+    /// The checkpoint holds every pfn's capture-point content (free pfns excepted when
+    /// elided: those are zero, never sent).
+    fn assert_capture_point(g: &FakeGuest, c: &FullCheckpoint, elided: bool) {
+        let at = g.at_capture.clone().unwrap();
+        for (pfn, page) in at.iter().enumerate() {
+            let got = c
+                .checkpoint
+                .page(pfn as u64)
+                .copied()
+                .unwrap_or([0; PAGE_SIZE]);
+            if elided && g.free.contains(&pfn) {
+                assert!(got == [0; PAGE_SIZE], "free pfn {pfn} was sent");
+            } else {
+                assert!(
+                    got == *page,
+                    "pfn {pfn} differs from its capture-point content"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_writer_too_fast_for_the_budget_is_throttled_until_it_fits() {
+        // A process in a 4000-page guest writing 30 of its 1500 pages per step: the dirty
+        // set stays ~1500 pages, the budget is 600.
+        let mut g = FakeGuest::new(4000, 0).with_proc(42, 2000..3500, 30);
+        g.budget = 600;
+        let p = Policy {
+            small_dirty: 10,
+            ..Policy::default()
+        };
+        let (s, c) = run(&mut g, &p);
+        assert_eq!(s.throttled.len(), 1, "{s:?}");
+        let t = &s.throttled[0];
+        assert_eq!((t.pid, t.comm.as_str()), (42, "fake42"));
+        assert!(
+            t.stop_pct >= 50 && t.stopped_ms > 0 && t.rounds > 0,
+            "{t:?}"
+        );
+        assert!(s.throttle_rounds >= 1 && s.throttle_rounds <= 6);
+        assert!(s.snapshot_pages <= 600, "{}", s.snapshot_pages);
+        assert_eq!(g.released, vec![42], "released once, after the capture");
+        assert_eq!(g.procs[0].stop_pct, 0, "runs freely after the save");
+        assert_capture_point(&g, &c, false);
+    }
+
+    #[test]
+    fn without_throttling_a_set_over_the_budget_is_a_clear_error_and_no_capture() {
+        let mut g = FakeGuest::new(4000, 0).with_proc(42, 2000..3500, 30);
+        g.budget = 600;
+        let p = Policy {
+            small_dirty: 10,
+            conv: Convergence {
+                throttle: ThrottleMode::Off,
+                ..Convergence::default()
+            },
+            ..Policy::default()
+        };
+        let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, SaveError::DoesNotConverge { budget: 600, .. }),
+            "{msg}"
+        );
+        assert!(msg.contains("the guest runs on") && msg.contains("nothing throttled"));
+        assert!(g.at_capture.is_none(), "no capture");
+    }
+
+    #[test]
+    fn when_even_throttling_cannot_converge_pre_copy_stops_within_its_bound() {
+        // So many writes that even 97% stopped leaves a set over the budget.
+        let mut g = FakeGuest::new(4000, 0).with_proc(7, 500..3900, 2_000);
+        g.budget = 300;
+        let p = Policy::default();
+        let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
+        let SaveError::DoesNotConverge {
+            rounds, throttle, ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert!(
+            *rounds <= p.max_rounds + p.conv.throttle_rounds + 1,
+            "{rounds}"
+        );
+        assert!(throttle.contains("pid 7 (fake7) at 97%"), "{throttle}");
+        assert_eq!(g.released, vec![7], "the process runs freely again");
+        assert!(g.at_capture.is_none());
+    }
+
+    #[test]
+    fn always_throttles_a_set_that_stops_shrinking_even_if_it_fits() {
+        let mut g = FakeGuest::new(4000, 0).with_proc(9, 1000..1800, 400);
+        let p = Policy {
+            small_dirty: 10,
+            conv: Convergence {
+                throttle: ThrottleMode::Always,
+                ..Convergence::default()
+            },
+            ..Policy::default()
+        };
+        let (s, c) = run(&mut g, &p);
+        assert_eq!(s.throttled.first().map(|t| t.pid), Some(9), "{s:?}");
+        assert_capture_point(&g, &c, false);
+        // Auto leaves it alone: the set fits the budget.
+        let mut g = FakeGuest::new(4000, 0).with_proc(9, 1000..1800, 400);
+        let (s, _) = run(
+            &mut g,
+            &Policy {
+                small_dirty: 10,
+                ..Policy::default()
+            },
+        );
+        assert!(s.throttled.is_empty());
+    }
+
+    #[test]
+    fn nobody_to_throttle_ends_in_the_error_not_a_loop() {
+        // The hot set is written by "the kernel" (no process maps it).
+        let mut g = FakeGuest::new(4000, 800);
+        g.budget = 100;
+        let e = save(&mut g, Vec::new(), &Policy::default(), false).unwrap_err();
+        assert!(e.to_string().contains("not attributable"), "{e}");
+    }
+
+    #[test]
+    fn the_stream_is_bounded() {
+        let mut g = FakeGuest::new(2000, 0).with_proc(3, 0..1900, 5000);
+        g.budget = 100_000;
+        let p = Policy {
+            small_dirty: 0,
+            conv: Convergence {
+                throttle: ThrottleMode::Off,
+                max_stream_bytes: Some(3000 * 4096),
+                ..Convergence::default()
+            },
+            ..Policy::default()
+        };
+        let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
+        assert!(matches!(e, SaveError::StreamBound { .. }), "{e}");
+    }
+
+    #[test]
+    fn free_pages_are_left_out_and_the_checkpoint_stays_exact() {
+        let mk = || {
+            let mut g = FakeGuest::new(3000, 20);
+            g.free = 1500..2700;
+            g
+        };
+        let mut g = mk();
+        let (with, c) = run(&mut g, &Policy::default());
+        assert!(with.elide_free);
+        assert_eq!(with.rounds[0].free_pages, 1200);
+        assert_eq!(with.rounds.last().unwrap().free_pages, 1200, "capture");
+        assert_capture_point(&g, &c, true);
+        let mut g = mk();
+        let off = Policy {
+            conv: Convergence {
+                elide_free: false,
+                ..Convergence::default()
+            },
+            ..Policy::default()
+        };
+        let (without, c) = run(&mut g, &off);
+        assert_capture_point(&g, &c, false);
+        assert!(
+            with.total_bytes + 700 * 4096 < without.total_bytes,
+            "{} vs {}",
+            with.total_bytes,
+            without.total_bytes
+        );
+    }
+
+    #[test]
+    fn budget_fit() {
+        assert!(fits_budget(0, 64));
+        assert!(!fits_budget(0, 63));
+        assert!(fits_budget(800, 1064));
+        assert!(!fits_budget(800, 1063));
+        assert!(!fits_budget(u64::MAX, u64::MAX - 1));
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub enum CaptureOutcome {
         snapshot_pages: u64,
         pause_ns: u64,
         suspend_ns: u64,
+        /// RAM pages the capture could not read (the checkpoint holds their last read).
+        unreadable: u64,
+        /// Pages on the free lists at the capture point, left out (free-page elision).
+        free: u64,
     },
     /// The snapshot buffer was too small; `needed` pages differed so far.
     NoSpace { needed: u64 },
@@ -26,6 +30,25 @@ pub struct HoldTuple {
     pub remote: std::net::SocketAddrV4,
 }
 
+/// What one pre-copy round's scan found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundScan {
+    /// Pages whose content differs from what we last read (bits set in the bitmap).
+    pub dirty: u64,
+    /// RAM pages that could not be read (reported dirty, so read again).
+    pub unreadable: u64,
+    /// Pages on the free lists, left out of the bitmap (free-page elision).
+    pub free: u64,
+}
+
+/// A process and how many pages of a dirty set it maps writable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirtier {
+    pub pid: u32,
+    pub comm: String,
+    pub dirty: u64,
+}
+
 pub trait PageSource {
     /// Number of pfns (pfns are 0..count).
     fn pfn_count(&self) -> u64;
@@ -33,10 +56,10 @@ pub trait PageSource {
     fn start_info_pfn(&self) -> u64;
     /// Source kernel string for the stream header.
     fn kernel(&self) -> String;
-    fn start_tracking(&mut self) -> io::Result<()>;
-    /// Fill `bitmap` with the pages whose content differs from what we last read; returns
-    /// how many.
-    fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<u64>;
+    /// Start the session; `elide_free` leaves pages on the guest's free lists out.
+    fn start_tracking(&mut self, elide_free: bool) -> io::Result<()>;
+    /// Fill `bitmap` with the pages whose content differs from what we last read.
+    fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<RoundScan>;
     /// Read pages from `pfn` on into `buf` (a multiple of 4096); returns pages read.
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Capture; on success fills the snapshot set and the vCPU context
@@ -56,4 +79,14 @@ pub trait PageSource {
     fn hold_output(&mut self, t: &HoldTuple) -> io::Result<()>;
     /// Lift the hold; returns the packets it dropped.
     fn release_output(&mut self) -> io::Result<u64>;
+    /// The processes mapping the most pages of `dirty` (a bitmap over pfns), most first.
+    fn dirtiers(&mut self, dirty: &[u64]) -> io::Result<Vec<Dirtier>>;
+    /// Stop `pid` `stop_ms` of every `period_ms` until released or the session ends;
+    /// returns how long it has been stopped so far (ns).
+    fn throttle(&mut self, pid: u32, stop_ms: u32, period_ms: u32) -> io::Result<u64>;
+    /// Let `pid` run freely; returns how long it was stopped in all (ns).
+    fn unthrottle(&mut self, pid: u32) -> io::Result<u64>;
+    /// Most snapshot pages the guest can afford now (memory it has available, with room to
+    /// spare), whatever the caller's own cap.
+    fn snapshot_budget(&self) -> u64;
 }

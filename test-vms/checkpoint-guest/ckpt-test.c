@@ -12,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,6 +85,147 @@ static uint64_t pfn_of(int pm, void *va)
 	return e & ((1ULL << 55) - 1);
 }
 
+/* A child that counts as fast as it can in shared memory: throttling must slow it. */
+static volatile uint64_t *counter;
+
+static pid_t spinner(void)
+{
+	pid_t c = fork();
+	if (c == 0) {
+		for (;;)
+			(*counter)++;
+	}
+	return c;
+}
+
+static uint64_t count_over(double secs)
+{
+	uint64_t a = *counter;
+	double t0 = now();
+	while (now() - t0 < secs)
+		usleep(10000);
+	return *counter - a;
+}
+
+/*
+ * The bad cases that need the module (docs/checkpoint-abi.md): a session started twice, the
+ * module unloaded while tracking, the snapshot buffer exhausted (clean ENOSPC, the guest runs
+ * on, a later capture works), free-page elision (a page allocated after a round is written,
+ * hence dirty), throttling (slows a process, ends with the session), bad throttle arguments.
+ */
+static void bad_cases(uint64_t *bm, uint64_t bmbytes)
+{
+	struct ckpt_track t = { .flags = CKPT_TRACK_ELIDE_FREE };
+	struct ckpt_round r = { .bitmap = (uintptr_t)bm, .bitmap_bytes = bmbytes };
+
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &(struct ckpt_track){ .flags = CKPT_TRACK_FAULT | 0x100 }),
+		   EINVAL, "unknown track flag");
+	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
+		FAIL("TRACK_START(elide free): %s", strerror(errno));
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &t), EBUSY, "session started twice");
+
+	/* Unloading the module while a session exists is refused; the session goes on. */
+	errno = 0;
+	if (syscall(SYS_delete_module, "checkpoint", O_NONBLOCK) == 0)
+		FAIL("the module unloaded while tracking");
+	if (errno != EAGAIN && errno != EBUSY)
+		FAIL("delete_module while tracking: %s", strerror(errno));
+	printf("bad case: unload while tracking refused (%s)\n", strerror(errno));
+
+	/* Free-page elision: the first round leaves free pages out. */
+	memset(bm, 0, bmbytes);
+	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+		FAIL("NEXT_ROUND (elide): %s", strerror(errno));
+	if (r.free == 0 || r.dirty + r.free > F.max_pfn)
+		FAIL("free-page elision: dirty %llu free %llu", (unsigned long long)r.dirty, (unsigned long long)r.free);
+	printf("round 1 with free-page elision: dirty %llu free %llu unreadable %llu\n",
+	       (unsigned long long)r.dirty, (unsigned long long)r.free, (unsigned long long)r.unreadable);
+	read_set(bm);
+	/* Pages allocated now come off the free lists: once written they must be dirty. */
+	int n = 256;
+	uint8_t *fresh = mmap(NULL, (size_t)n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fresh == MAP_FAILED)
+		FAIL("mmap fresh");
+	for (int i = 0; i < n; i++)
+		memset(fresh + (size_t)i * PG, 0x5a, PG);
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	memset(bm, 0, bmbytes);
+	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+		FAIL("NEXT_ROUND 2 (elide): %s", strerror(errno));
+	for (int i = 0; i < n; i++) {
+		uint64_t pfn = pfn_of(pm, fresh + (size_t)i * PG);
+		if (!test_bit(bm, pfn))
+			FAIL("a freshly allocated, written page (pfn %llu) is not dirty", (unsigned long long)pfn);
+	}
+	close(pm);
+	munmap(fresh, (size_t)n * PG);
+	printf("bad case: %d pages allocated after a round and written are all dirty\n", n);
+
+	/* Snapshot exhausted: ENOSPC, nothing held, the guest runs on, the session too. */
+	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
+	uint64_t *snap = calloc(1, bmbytes);
+	struct ckpt_capture c = { .max_snapshot_pages = 1, .bitmap = (uintptr_t)snap, .bitmap_bytes = bmbytes,
+				  .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_CAPTURE, &c), ENOSPC, "capture with a 1-page snapshot buffer");
+	if (c.snapshot_pages < 2)
+		FAIL("ENOSPC capture reports %llu pages needed", (unsigned long long)c.snapshot_pages);
+	struct ckpt_facts f2;
+	if (ioctl(fd, CKPT_IOC_GET_FACTS, &f2) || f2.state != CKPT_STATE_SESSION)
+		FAIL("after ENOSPC: state %u", f2.state);
+	memset(bm, 0, bmbytes);
+	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+		FAIL("round after ENOSPC: %s", strerror(errno));
+	printf("bad case: snapshot exhausted -> ENOSPC (needed %llu), session goes on\n",
+	       (unsigned long long)c.snapshot_pages);
+	free(snap);
+
+	/* Throttling: a spinning child is slowed, then released; bad arguments refused. */
+	counter = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (counter == MAP_FAILED)
+		FAIL("mmap counter");
+	pid_t child = spinner();
+	if (child < 0)
+		FAIL("fork");
+	uint64_t free_run = count_over(0.5);
+	struct ckpt_throttle th = { .pid = child, .flags = CKPT_THROTTLE_SET, .stop_ms = 180, .period_ms = 200 };
+	if (ioctl(fd, CKPT_IOC_THROTTLE, &th))
+		FAIL("THROTTLE: %s", strerror(errno));
+	uint64_t slowed = count_over(0.5);
+	struct ckpt_throttle rel = { .pid = child };
+	if (ioctl(fd, CKPT_IOC_THROTTLE, &rel))
+		FAIL("THROTTLE release: %s", strerror(errno));
+	printf("throttle: spinner counted %llu in 0.5 s free, %llu at 90%% stopped; stopped %.0f ms\n",
+	       (unsigned long long)free_run, (unsigned long long)slowed, rel.stopped_ns / 1e6);
+	if (slowed * 2 > free_run || rel.stopped_ns < 200000000ULL)
+		FAIL("throttling did not slow the process");
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &rel), ESRCH, "release of a process not throttled");
+	th.stop_ms = 200;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &th), EINVAL, "stop_ms >= period_ms");
+	th.stop_ms = 5; th.period_ms = 5;
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &th), EINVAL, "period below 10 ms");
+	th = (struct ckpt_throttle){ .pid = 999999, .flags = CKPT_THROTTLE_SET, .stop_ms = 10, .period_ms = 100 };
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &th), ESRCH, "throttle of no process");
+	int fd3 = open("/dev/checkpoint", O_RDWR);
+	th.pid = child;
+	EXPECT_ERR(ioctl(fd3, CKPT_IOC_THROTTLE, &th), EBUSY, "throttle from a non-owner");
+	close(fd3);
+	/* The session's end lets a throttled process run: stop it almost all the time, end the
+	 * session, it must count freely again. */
+	th = (struct ckpt_throttle){ .pid = child, .flags = CKPT_THROTTLE_SET, .stop_ms = 990, .period_ms = 1000 };
+	if (ioctl(fd, CKPT_IOC_THROTTLE, &th))
+		FAIL("THROTTLE 99%%: %s", strerror(errno));
+	usleep(100000);
+	if (ioctl(fd, CKPT_IOC_TRACK_STOP))
+		FAIL("TRACK_STOP (elide): %s", strerror(errno));
+	uint64_t after = count_over(0.5);
+	if (after * 2 < free_run)
+		FAIL("a throttled process stays slow after the session ended (%llu vs %llu)",
+		     (unsigned long long)after, (unsigned long long)free_run);
+	printf("bad case: session end released the throttled process (%llu in 0.5 s)\n", (unsigned long long)after);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+}
+
 int main(int argc, char **argv)
 {
 	int npages = argc > 1 ? atoi(argv[1]) : 64;
@@ -99,7 +243,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)F.start_info_mfn, (unsigned long long)F.store_mfn,
 	       (unsigned long long)F.console_mfn, F.online_cpus,
 	       (unsigned long long)F.p2m_frames);
-	if (F.abi_version != 1 || F.page_size != PG || F.max_pfn < F.nr_pages || F.nr_pages == 0)
+	if (F.abi_version != CKPT_ABI_VERSION || F.page_size != PG || F.max_pfn < F.nr_pages || F.nr_pages == 0)
 		FAIL("implausible facts");
 
 	/* Misuse: every case returns an errno. */
@@ -124,8 +268,10 @@ int main(int argc, char **argv)
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), ENODATA, "types before capture");
 	tb.table = 77;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_READ_TABLE, &tb), EINVAL, "unknown table");
-	t.flags = 1;
+	t.flags = 0x80;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &t), EINVAL, "track flags");
+	struct ckpt_throttle th = { .pid = getpid(), .flags = CKPT_THROTTLE_SET, .stop_ms = 10, .period_ms = 100 };
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &th), EINVAL, "throttle without session");
 	if (pread(fd, buf, PG, F.max_pfn * PG) != 0)
 		FAIL("read at max_pfn should be EOF");
 
@@ -155,12 +301,15 @@ int main(int argc, char **argv)
 			FAIL("pagemap gave pfn %llu (need root)", (unsigned long long)pfns[i]);
 	}
 
+	bad_cases(bm, bmbytes);
+
 	t.flags = 0;
 	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
 		FAIL("TRACK_START: %s", strerror(errno));
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_TRACK_START, &t), EBUSY, "second session");
 	int fd2 = open("/dev/checkpoint", O_RDWR);
 	EXPECT_ERR(ioctl(fd2, CKPT_IOC_NEXT_ROUND, &r), EBUSY, "round from non-owner");
+	EXPECT_ERR(ioctl(fd2, CKPT_IOC_TRACK_START, &t), EBUSY, "session started twice (other file)");
 	close(fd2);
 	r.bitmap_bytes = 8;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_NEXT_ROUND, &r), EINVAL, "small bitmap");
