@@ -221,6 +221,16 @@ impl PageSource for Device {
         done(unsafe { ioc::throttle(self.file.as_raw_fd(), &mut t) })?;
         Ok(t.stopped_ns)
     }
+    fn live_ram(&mut self) -> io::Result<Vec<u64>> {
+        let p2m: Vec<u64> = self.table(TABLE_P2M, self.facts.max_pfn)?;
+        let mut bm = vec![0u64; p2m.len().div_ceil(64)];
+        for (pfn, e) in p2m.iter().enumerate() {
+            if p2m_is_ram(*e) {
+                bm[pfn / 64] |= 1 << (pfn % 64);
+            }
+        }
+        Ok(bm)
+    }
     fn snapshot_budget(&self) -> u64 {
         // The capture's own tables (p2m copy, types, snapshot pfn list) come out of the same
         // memory.

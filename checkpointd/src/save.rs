@@ -489,6 +489,26 @@ impl<W: Write> Writer<W> {
         Ok(summary)
     }
 
+    /// Sends every pfn set in `set` as a ZERO entry (no data).
+    fn zeros(&mut self, set: &[u64], summary: &mut RoundSummary) -> Result<(), SaveError> {
+        let pfns = self.leaves.len() as u64;
+        let mut batch: Vec<PageRef<'_>> = Vec::with_capacity(BATCH);
+        for pfn in (0..pfns).filter(|&p| set[(p / 64) as usize] >> (p % 64) & 1 != 0) {
+            self.leaves[pfn as usize] = ZERO_LEAF;
+            batch.push((pfn, None));
+            if batch.len() == BATCH {
+                self.enc.page_batch(&batch).map_err(SaveError::Write)?;
+                batch.clear();
+            }
+            summary.pages += 1;
+            summary.zero_pages += 1;
+        }
+        if !batch.is_empty() {
+            self.enc.page_batch(&batch).map_err(SaveError::Write)?;
+        }
+        Ok(())
+    }
+
     fn flush(
         &mut self,
         pending: &mut Vec<u64>,
@@ -578,8 +598,29 @@ pub fn stream<S: PageSource, W: Write>(
     let mut thr = Throttler::default();
     let mut budget;
     let stream_limit = conv.max_stream_bytes.unwrap_or(u64::MAX);
+    // With elision, the RAM pfns the first round leaves out (free, or the module's own
+    // buffers) go as ZERO entries in round 0: 8 bytes each on the wire, and the receiver
+    // places them during pre-copy instead of zero-filling never-sent pfns at the end (in
+    // the downtime). Their content does not matter (docs/migrate.md "Free pages").
+    let mut elided = if conv.elide_free {
+        let mut ram = src.live_ram().map_err(dev("reading the p2m"))?;
+        ram.resize(words, 0);
+        for (r, d) in ram.iter_mut().zip(&dirty_set) {
+            *r &= !d;
+        }
+        Some(ram)
+    } else {
+        None
+    };
     let (stop_reason, captured) = loop {
         let mut r = w.round(src, index, false, &dirty_set, dirty, policy)?;
+        if let Some(z) = elided.take() {
+            let t = Instant::now();
+            let b = w.enc.bytes();
+            w.zeros(&z, &mut r)?;
+            r.bytes += w.enc.bytes() - b;
+            r.millis += t.elapsed().as_millis() as u64;
+        }
         r.free_pages = scan.free;
         r.unreadable_pages = scan.unreadable;
         let rate = r.bytes as f64 / r.millis.max(1) as f64;
@@ -1042,6 +1083,14 @@ pub(crate) mod tests {
             self.released.push(pid);
             Ok(p.stopped_ns)
         }
+        fn live_ram(&mut self) -> io::Result<Vec<u64>> {
+            let n = self.mem.len();
+            let mut bm = vec![0u64; n.div_ceil(64)];
+            for p in (0..n).filter(|&p| p != 2) {
+                bm[p / 64] |= 1 << (p % 64);
+            }
+            Ok(bm)
+        }
         fn snapshot_budget(&self) -> u64 {
             self.budget
         }
@@ -1370,6 +1419,9 @@ pub(crate) mod tests {
         let (with, c) = run(&mut g, &Policy::default());
         assert!(with.elide_free);
         assert_eq!(with.rounds[0].free_pages, 1200);
+        // Sent once, as ZERO entries in round 0 (8 bytes each), never as data.
+        assert_eq!(with.rounds[0].pages, 3000);
+        assert!(with.rounds[0].zero_pages >= 1200);
         assert_eq!(with.rounds.last().unwrap().free_pages, 1200, "capture");
         assert_capture_point(&g, &c, true);
         let mut g = mk();

@@ -86,6 +86,8 @@ pub trait PageSource {
     fn throttle(&mut self, pid: u32, stop_ms: u32, period_ms: u32) -> io::Result<u64>;
     /// Let `pid` run freely; returns how long it was stopped in all (ns).
     fn unthrottle(&mut self, pid: u32) -> io::Result<u64>;
+    /// The pfns that are RAM now (live p2m), as a bitmap.
+    fn live_ram(&mut self) -> io::Result<Vec<u64>>;
     /// Most snapshot pages the guest can afford now (memory it has available, with room to
     /// spare), whatever the caller's own cap.
     fn snapshot_budget(&self) -> u64;
