@@ -914,7 +914,8 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.check_owner(file)?;
     let need = bitmap_bytes(s.max_pfn);
     if c.flags != 0
-        || c.reserved != 0
+        || c.snapshot_hwm != 0
+        || c.oracle_digest != 0
         || c.max_snapshot_pages == 0
         || c.max_snapshot_pages > s.max_pfn
         || c.bitmap_bytes < need

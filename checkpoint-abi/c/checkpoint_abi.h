@@ -34,6 +34,7 @@
 #define CKPT_TRACK_ELIDE_FREE 1ULL
 #define CKPT_TRACK_FAULT 2ULL
 #define CKPT_TRACK_ORACLE 4ULL
+#define CKPT_CAPTURE_ORACLE 1ULL
 #define CKPT_P2M_INVALID 0xFFFFFFFFFFFFFFFFULL
 #define CKPT_P2M_IDENTITY 0x4000000000000000ULL
 #define CKPT_P2M_FOREIGN 0x8000000000000000ULL
@@ -185,7 +186,7 @@ struct ckpt_capture { /* 128 bytes */
 	uint64_t unreadable; /* 96 */
 	uint64_t free; /* 104 */
 	uint64_t snapshot_hwm; /* 112 */
-	uint64_t reserved; /* 120 */
+	uint64_t oracle_digest; /* 120 */
 };
 _Static_assert(sizeof(struct ckpt_capture) == 128, "ckpt_capture size");
 _Static_assert(offsetof(struct ckpt_capture, flags) == 0, "ckpt_capture.flags");
@@ -203,7 +204,7 @@ _Static_assert(offsetof(struct ckpt_capture, scanned) == 88, "ckpt_capture.scann
 _Static_assert(offsetof(struct ckpt_capture, unreadable) == 96, "ckpt_capture.unreadable");
 _Static_assert(offsetof(struct ckpt_capture, free) == 104, "ckpt_capture.free");
 _Static_assert(offsetof(struct ckpt_capture, snapshot_hwm) == 112, "ckpt_capture.snapshot_hwm");
-_Static_assert(offsetof(struct ckpt_capture, reserved) == 120, "ckpt_capture.reserved");
+_Static_assert(offsetof(struct ckpt_capture, oracle_digest) == 120, "ckpt_capture.oracle_digest");
 
 struct ckpt_throttle { /* 32 bytes */
 	uint32_t pid; /* 0 */

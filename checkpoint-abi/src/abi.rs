@@ -100,6 +100,10 @@ pub mod dev {
     /// scan's dirty set next to the tracker's (`ckpt_round.oracle_bitmap`).
     pub const TRACK_ORACLE: u64 = 4;
 
+    /// `ckpt_capture.flags`: also hash every page as the owner would read it after the
+    /// capture (`oracle_digest`; page-fault tracker's oracle, `EINVAL` without it).
+    pub const CAPTURE_ORACLE: u64 = 1;
+
     /// `ckpt_throttle.flags`: throttle the process (0 releases it).
     pub const THROTTLE_SET: u32 = 1;
     /// Most processes throttled at once.
@@ -211,7 +215,7 @@ pub mod dev {
             unreadable: u64 = "uint64_t",
             free: u64 = "uint64_t",
             snapshot_hwm: u64 = "uint64_t",
-            reserved: u64 = "uint64_t",
+            oracle_digest: u64 = "uint64_t",
         }
     }
 

@@ -75,6 +75,7 @@ fn header() -> String {
         ("CKPT_TRACK_ELIDE_FREE", dev::TRACK_ELIDE_FREE),
         ("CKPT_TRACK_FAULT", dev::TRACK_FAULT),
         ("CKPT_TRACK_ORACLE", dev::TRACK_ORACLE),
+        ("CKPT_CAPTURE_ORACLE", dev::CAPTURE_ORACLE),
     ] {
         writeln!(h, "#define {name} {v}ULL").unwrap();
     }
