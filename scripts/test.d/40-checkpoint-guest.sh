@@ -5,7 +5,7 @@
 # suspend sequence and the pattern P/Q property; then the guest must carry on (console
 # heartbeat after the capture, answers ping). Then, in the same boot, the bad cases that need
 # whole saves (ckpt.bad=1 in test-vms/checkpoint-guest/init): module reload, the 64 MiB at
-# 2 MiB/s writer (throttling auto / always / off with a 4 MiB budget: converges or ends with
+# 2 MiB/s writer (throttling auto / always / off with a 1 MiB budget: converges or ends with
 # exit 4, never killed, the writer left running), mm-churn (mprotect/munmap/fork/exec) during
 # a save, and bytes on the wire with and without free-page elision (printed as JSON).
 # CKPT_BAD=0 skips them. Cold: kernel build ~8-10 min + lab build; warm ~10 min.
@@ -61,9 +61,9 @@ case $(bad_rc writer-auto) in 0|4) ;; *) die "64 MiB at 2 MiB/s, auto: checkpoin
 grep -q "^CKPT-BAD writer-always: \"pid\": $wpid," <<<"$out" || die "--throttle always did not throttle the writer (pid $wpid)"
 stopped=$(bad_val writer-always stopped_ms)
 [ "${stopped:-0}" -gt 0 ] || die "the writer was throttled but never stopped"
-[ "$(bad_rc writer-off)" = 4 ] || die "no throttling, 4 MiB budget: expected exit 4, got $(bad_rc writer-off)"
+[ "$(bad_rc writer-off)" = 4 ] || die "no throttling, 1 MiB budget: expected exit 4, got $(bad_rc writer-off)"
 grep -q '^CKPT-BAD writer-off: checkpointd save: pre-copy did not converge.*the guest runs on' <<<"$out" \
-    || die "no throttling, 4 MiB budget: no clear error"
+    || die "no throttling, 1 MiB budget: no clear error"
 grep -qE '^CKPT-BAD writer-after state=[RSD]' <<<"$out" || die "the writer is not running freely after the saves: $(grep writer-after <<<"$out")"
 for s in writer-auto writer-always; do
     peak=$(bad_val $s peak_rss_kib)
