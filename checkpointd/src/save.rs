@@ -1289,10 +1289,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_writer_too_fast_for_the_budget_is_throttled_until_it_fits() {
-        // A process in a 4000-page guest writing 30 of its 1500 pages per step: the dirty
-        // set stays ~1500 pages, the budget is 600.
-        let mut g = FakeGuest::new(4000, 0).with_proc(42, 2000..3500, 30);
-        g.budget = 600;
+        // A process in a 2000-page guest writing 30 of its 750 pages per step: the dirty
+        // set stays ~750 pages, the budget is 300.
+        let mut g = FakeGuest::new(2000, 0).with_proc(42, 1000..1750, 30);
+        g.budget = 300;
         let p = Policy {
             small_dirty: 10,
             ..Policy::default()
@@ -1306,7 +1306,7 @@ pub(crate) mod tests {
             "{t:?}"
         );
         assert!(s.throttle_rounds >= 1 && s.throttle_rounds <= 6);
-        assert!(s.snapshot_pages <= 600, "{}", s.snapshot_pages);
+        assert!(s.snapshot_pages <= 300, "{}", s.snapshot_pages);
         assert_eq!(g.released, vec![42], "released once, after the capture");
         assert_eq!(g.procs[0].stop_pct, 0, "runs freely after the save");
         assert_capture_point(&g, &c, false);
@@ -1314,8 +1314,8 @@ pub(crate) mod tests {
 
     #[test]
     fn without_throttling_a_set_over_the_budget_is_a_clear_error_and_no_capture() {
-        let mut g = FakeGuest::new(4000, 0).with_proc(42, 2000..3500, 30);
-        g.budget = 600;
+        let mut g = FakeGuest::new(2000, 0).with_proc(42, 1000..1750, 30);
+        g.budget = 300;
         let p = Policy {
             small_dirty: 10,
             conv: Convergence {
@@ -1327,7 +1327,7 @@ pub(crate) mod tests {
         let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
         let msg = e.to_string();
         assert!(
-            matches!(e, SaveError::DoesNotConverge { budget: 600, .. }),
+            matches!(e, SaveError::DoesNotConverge { budget: 300, .. }),
             "{msg}"
         );
         assert!(msg.contains("the guest runs on") && msg.contains("nothing throttled"));
@@ -1337,8 +1337,8 @@ pub(crate) mod tests {
     #[test]
     fn when_even_throttling_cannot_converge_pre_copy_stops_within_its_bound() {
         // So many writes that even 97% stopped leaves a set over the budget.
-        let mut g = FakeGuest::new(4000, 0).with_proc(7, 500..3900, 2_000);
-        g.budget = 300;
+        let mut g = FakeGuest::new(2000, 0).with_proc(7, 250..1950, 2_000);
+        g.budget = 150;
         let p = Policy::default();
         let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
         let SaveError::DoesNotConverge {
@@ -1358,7 +1358,7 @@ pub(crate) mod tests {
 
     #[test]
     fn always_throttles_a_set_that_stops_shrinking_even_if_it_fits() {
-        let mut g = FakeGuest::new(4000, 0).with_proc(9, 1000..1800, 400);
+        let mut g = FakeGuest::new(2000, 0).with_proc(9, 500..900, 400);
         let p = Policy {
             small_dirty: 10,
             conv: Convergence {
@@ -1371,7 +1371,7 @@ pub(crate) mod tests {
         assert_eq!(s.throttled.first().map(|t| t.pid), Some(9), "{s:?}");
         assert_capture_point(&g, &c, false);
         // Auto leaves it alone: the set fits the budget.
-        let mut g = FakeGuest::new(4000, 0).with_proc(9, 1000..1800, 400);
+        let mut g = FakeGuest::new(2000, 0).with_proc(9, 500..900, 400);
         let (s, _) = run(
             &mut g,
             &Policy {
@@ -1385,7 +1385,7 @@ pub(crate) mod tests {
     #[test]
     fn nobody_to_throttle_ends_in_the_error_not_a_loop() {
         // The hot set is written by "the kernel" (no process maps it).
-        let mut g = FakeGuest::new(4000, 800);
+        let mut g = FakeGuest::new(2000, 400);
         g.budget = 100;
         let e = save(&mut g, Vec::new(), &Policy::default(), false).unwrap_err();
         assert!(e.to_string().contains("not attributable"), "{e}");
