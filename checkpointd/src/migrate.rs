@@ -579,6 +579,13 @@ pub fn human(r: &Report) -> String {
             s.suspend_ns as f64 / 1e6,
             s.snapshot_pages
         );
+        for p in &s.throttled {
+            let _ = writeln!(
+                t,
+                "  throttled pid {} ({}): up to {}% stopped, {} ms stopped over {} rounds",
+                p.pid, p.comm, p.stop_pct, p.stopped_ms, p.rounds
+            );
+        }
     }
     if let Some(l) = &r.loader {
         let _ = writeln!(
