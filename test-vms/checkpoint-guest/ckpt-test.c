@@ -28,7 +28,9 @@ static struct ckpt_facts F;
 static uint8_t *image;      /* what a checkpointd would hold: last content read per pfn */
 static uint8_t *have;       /* pfn read at least once */
 
-#define FAIL(...) do { printf("CKPT-TEST FAIL: " __VA_ARGS__); printf("\n"); exit(1); } while (0)
+static pid_t spinner_pid;
+#define FAIL(...) do { printf("CKPT-TEST FAIL: " __VA_ARGS__); printf("\n"); \
+	if (spinner_pid > 0) { kill(spinner_pid, SIGKILL); } exit(1); } while (0)
 #define EXPECT_ERR(call, err, what) do { errno = 0; if ((call) != -1 || errno != (err)) \
 	FAIL("%s: expected errno %d, got %d", what, err, errno); } while (0)
 
@@ -92,6 +94,7 @@ static pid_t spinner(void)
 {
 	pid_t c = fork();
 	if (c == 0) {
+		close(fd);	/* the device must not stay open (module reload after the test) */
 		for (;;)
 			(*counter)++;
 	}
@@ -186,6 +189,7 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	pid_t child = spinner();
 	if (child < 0)
 		FAIL("fork");
+	spinner_pid = child;
 	uint64_t free_run = count_over(0.5);
 	struct ckpt_throttle th = { .pid = child, .flags = CKPT_THROTTLE_SET, .stop_ms = 180, .period_ms = 200 };
 	if (ioctl(fd, CKPT_IOC_THROTTLE, &th))
@@ -198,6 +202,7 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	       (unsigned long long)free_run, (unsigned long long)slowed, rel.stopped_ns / 1e6);
 	if (slowed * 2 > free_run || rel.stopped_ns < 200000000ULL)
 		FAIL("throttling did not slow the process");
+	rel.stopped_ns = 0;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &rel), ESRCH, "release of a process not throttled");
 	th.stop_ms = 200;
 	EXPECT_ERR(ioctl(fd, CKPT_IOC_THROTTLE, &th), EINVAL, "stop_ms >= period_ms");
@@ -224,6 +229,7 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	printf("bad case: session end released the throttled process (%llu in 0.5 s)\n", (unsigned long long)after);
 	kill(child, SIGKILL);
 	waitpid(child, NULL, 0);
+	spinner_pid = 0;
 }
 
 int main(int argc, char **argv)
