@@ -682,15 +682,21 @@ fn damaged_kernels_are_refused_or_laid_out_never_a_panic() {
         .build();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let (mut ok, mut refused) = (0, 0);
+    // Damaged in place and repaired after each round: no 14 MB copy per variant.
+    let (mut synth, mut real) = (synth, real);
     for round in 0..3000 {
-        let base = if round % 2 == 0 { &synth } else { &real };
-        let mut b = base.clone();
+        let base = if round % 2 == 0 {
+            &mut synth
+        } else {
+            &mut real
+        };
         // Damage the headers and the notes: the bytes parsing reads.
         let note_off = if round % 2 == 0 {
             base.len() - 200
         } else {
             0x96f98c
         };
+        let mut saved = Vec::new();
         for _ in 0..1 + rng(&mut seed) % 4 {
             let r = rng(&mut seed);
             let at = if r % 2 == 0 {
@@ -698,14 +704,18 @@ fn damaged_kernels_are_refused_or_laid_out_never_a_panic() {
             } else {
                 note_off + (r >> 8) as usize % 0x1a8
             };
-            if at < b.len() {
-                b[at] = (rng(&mut seed) & 0xff) as u8;
+            if at < base.len() {
+                saved.push((at, base[at]));
+                base[at] = (rng(&mut seed) & 0xff) as u8;
             }
         }
-        if rng(&mut seed) % 8 == 0 {
-            b.truncate((rng(&mut seed) as usize) % b.len());
-        }
-        match Kernel::parse(&b) {
+        let len = if rng(&mut seed) % 8 == 0 {
+            (rng(&mut seed) as usize) % base.len()
+        } else {
+            base.len()
+        };
+        let b = &base[..len];
+        match Kernel::parse(b) {
             Ok(k) => {
                 ok += 1;
                 let nr = 1 + rng(&mut seed) % 300_000;
@@ -719,6 +729,9 @@ fn damaged_kernels_are_refused_or_laid_out_never_a_panic() {
                 }
             }
             Err(_) => refused += 1,
+        }
+        for (at, v) in saved.into_iter().rev() {
+            base[at] = v;
         }
     }
     assert!(ok > 100 && refused > 100, "ok {ok}, refused {refused}");
