@@ -4,8 +4,9 @@
 # in-domain PV builder), and in the same run by stock `xl create` of the same kernel, initramfs
 # and command line, on one emulated Xen host. From dom0, for each row: the time to the kernel's
 # first console line, to the initramfs's marker (CKPT-MODULE-LOADED: /init ran, the network is
-# configured) and to the first ping answer; for the loader also the upload's steps. One JSON
-# line at the end. Env: LAB_NAME (default pvboot), PVBOOT_MEM (MiB, default 128),
+# configured) and to the first ping answer; for the loader also the upload's steps. Then a
+# kernel cut after 1 MiB must be refused by the builder (`error boot: kernel: ...`) and the
+# loader domain must go away. One JSON line at the end. Env: LAB_NAME (default pvboot), PVBOOT_MEM (MiB, default 128),
 # PVBOOT_KEEP=1 keeps the host up, PVBOOT_VMLINUX and PVBOOT_INITRD (below).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
@@ -13,7 +14,7 @@ export LAB_NAME=${LAB_NAME:-pvboot}
 . "$REPO_ROOT/scripts/lib/lab.sh"
 lab="$REPO_ROOT/scripts/lab"
 mem=${PVBOOT_MEM:-128}
-ip=$LAB_SUBNET.131 peer_ip=$LAB_SUBNET.132 port=7000
+ip=$LAB_SUBNET.131 peer_ip=$LAB_SUBNET.132 bad_ip=$LAB_SUBNET.133 port=7000
 x() { "$lab" exec -t "${T:-300}" 1 "$*"; }
 fail() {
     echo "pv-boot FAILED: $*" >&2
@@ -62,7 +63,7 @@ echo "$first $marker $ping"
 W
 
 # --- ours: loader domain, stage 2, kernel ---------------------------------------------------
-x "xl destroy pvb 2>/dev/null; xl destroy pvbpeer 2>/dev/null; rm -f /var/log/xen/console/guest-pvb*.log; true"
+x "xl destroy pvb 2>/dev/null; xl destroy pvbpeer 2>/dev/null; xl destroy pvbbad 2>/dev/null; rm -f /var/log/xen/console/guest-pvb*.log; true"
 sed -e "s|@NAME@|pvb|" -e "s|@KERNEL@|/root/inflate-loader|" -e "s|@MEMORY@|$mem|g" \
     -e "s|@EXTRA@|ip=$ip netmask=255.255.255.0 port=$port stage2-sha1=$sha1|" -e "s|@MAC@|$(mac "$ip")|" \
     "$REPO_ROOT/xen-configs/inflate-loader.cfg" >"$work/pvb.cfg"
@@ -77,12 +78,31 @@ ours=$(T=400 x "t0=\$(date +%s%N); xl create -q /etc/xen/pvb.cfg || exit 3
     || fail "loader boot: $ours"
 echo "$ours" >&2
 read -r o_listen o_upload o_first o_marker o_ping <<<"$(head -n1 <<<"$ours")"
+x "xl destroy pvb" >/dev/null 2>&1 || true
 client=$(tail -n1 <<<"$ours")
 x "grep -a 'boot: ' /var/log/xen/console/guest-pvb.log | head -n 20; grep -a -m3 -E 'Linux version|CKPT-MODULE|Hypervisor detected' /var/log/xen/console/guest-pvb.log" >&2
 num() { [[ ${1:-} =~ ^[0-9]+$ ]] && [ "$1" != 0 ]; }
 num "$o_first" || fail "the kernel booted by stage 2 printed nothing"
 num "$o_marker" || fail "the kernel booted by stage 2 never reached its initramfs marker"
 num "$o_ping" || fail "the kernel booted by stage 2 never answered ping"
+
+# --- a kernel the builder must refuse in phase A: cut after 1 MiB (segments outside the file).
+# The client gets `error boot: kernel: ...`, the loader domain powers itself off.
+# Its own address: dom0 now knows .131 by the booted kernel's MAC, not a new loader's.
+head -c 1048576 "$work/vmlinux" >"$work/vmlinux.cut"
+"$lab" push 1 "$work/vmlinux.cut" /root/vmlinux.cut >/dev/null || fail "push vmlinux.cut"
+sed -e "s|@NAME@|pvbbad|" -e "s|@KERNEL@|/root/inflate-loader|" -e "s|@MEMORY@|$mem|g" \
+    -e "s|@EXTRA@|ip=$bad_ip netmask=255.255.255.0 port=$port stage2-sha1=$sha1|" -e "s|@MAC@|$(mac "$bad_ip")|" \
+    "$REPO_ROOT/xen-configs/inflate-loader.cfg" >"$work/pvbbad.cfg"
+"$lab" push 1 "$work/pvbbad.cfg" /etc/xen/pvbbad.cfg >/dev/null
+refused=$(T=300 x "xl create -q /etc/xen/pvbbad.cfg || exit 3
+  for i in \$(seq 600); do [ \"\$(xenstore-read /local/domain/\$(xl domid pvbbad)/data/inflate-loader 2>/dev/null)\" = listening ] && break; sleep 0.1; done
+  python3 /root/pv-boot-client.py $bad_ip $port /root/stage2.bin /root/vmlinux.cut /dev/null '$cmdline' && exit 5
+  for i in \$(seq 100); do xl domid pvbbad >/dev/null 2>&1 || { echo gone; exit 0; }; sleep 0.1; done; echo still-there") \
+    || fail "cut kernel: $refused"
+grep -q '"error": "error boot: kernel: ' <<<"$refused" && grep -q '^gone$' <<<"$refused" \
+    || fail "a cut kernel was not refused by the builder with its reason, or the domain stayed: $refused"
+echo "refused as expected: $(head -n1 <<<"$refused")" >&2
 
 # --- peer: stock xl create of the same kernel, initramfs and command line ------------------
 cat >"$work/peer.cfg" <<C
@@ -102,7 +122,7 @@ peer=$(T=400 x "t0=\$(date +%s%N); xl create -q /etc/xen/pvbpeer.cfg || exit 3; 
   echo \$(( (t1 - t0) / 1000000 )) \$(bash /root/watch.sh pvbpeer $peer_ip \$t0)") || fail "peer: $peer"
 read -r p_create p_first p_marker p_ping <<<"$peer"
 num "$p_marker" && num "$p_ping" || fail "xl create of the same kernel did not reach its marker and ping: $peer"
-x "xl destroy pvb; xl destroy pvbpeer" >/dev/null 2>&1 || true
+x "xl destroy pvbpeer" >/dev/null 2>&1 || true
 printf '{"scenario":"pv-boot","memory_mib":%s,"loader_listening_ms":%s,"upload_done_ms":%s,"upload":%s,"ours_after_upload":{"first_console_ms":%s,"marker_ms":%s,"ping_ms":%s},"ours_from_xl_create":{"marker_ms":%s,"ping_ms":%s},"xl_create":{"returned_ms":%s,"first_console_ms":%s,"marker_ms":%s,"ping_ms":%s},"ok":true}\n' \
     "$mem" "$o_listen" "$o_upload" "$client" "$o_first" "$o_marker" "$o_ping" \
     "$((o_upload + o_marker))" "$((o_upload + o_ping))" "$p_create" "$p_first" "$p_marker" "$p_ping"
