@@ -27,15 +27,11 @@ for tag, data in ((b'KERN', open(kernel, 'rb').read()), (b'INRD', open(initrd, '
     line(); mark(tag.decode().lower() + '_ok')
 line(); mark('booting')
 s.settimeout(120)
-rest = b''
+# Read the rest through the same buffered reader: it may already hold the next line.
 try:
-    while True:
-        d = s.recv(4096)
-        if not d:
-            break
-        rest += d
+    rest = f.read()
 except OSError:
-    pass
+    rest = b''
 mark('closed')
 if b'error' in rest:
     print(json.dumps({"error": rest.decode(errors='replace').strip(), "steps": steps}))
