@@ -27,11 +27,20 @@ for tag, data in ((b'KERN', open(kernel, 'rb').read()), (b'INRD', open(initrd, '
     line(); mark(tag.decode().lower() + '_ok')
 line(); mark('booting')
 s.settimeout(120)
-# Read the rest through the same buffered reader: it may already hold the next line.
+# What follows 'booting', line by line through the same buffered reader (it may already hold
+# the next line): nothing until stage 1 closes the connection when the kernel is started, or
+# an error line, after which the loader powers off without closing.
+rest = b''
 try:
-    rest = f.read()
+    while True:
+        l = f.readline()
+        if not l:
+            break
+        rest += l
+        if l.startswith(b'error'):
+            break
 except OSError:
-    rest = b''
+    pass
 mark('closed')
 if b'error' in rest:
     print(json.dumps({"error": rest.decode(errors='replace').strip(), "steps": steps}))
