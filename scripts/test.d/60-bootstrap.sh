@@ -301,7 +301,7 @@ lines=$(bash "$REPO_ROOT/scripts/packetd-lines" --json | jq .packetd_lines)
 # The timing table: per node and wall clock, token boots beside both `xl create` batches.
 rows=$(printf '%s\n' "${ours[@]}" | jq -s -c .) prow=$(printf '%s\n' "${peers[@]}" | jq -s -c .)
 ratio=$(jq -n "$ours_wall / (($peer_wall_before + $peer_wall_after) / 2) * 100 | round / 100")
-per() { jq -r --argjson n "$2" "[.[] | select(.node == \$n $3) | .running_ms | floor] | join(\", \")" <<<"$1"; }
+per() { jq -r --argjson n "$2" "[.[] | select(.node == \$n ${3:-}) | .running_ms | floor] | join(\", \")" <<<"$1"; }
 {
     echo "bootstrap timing ($( [ "$kernel_mode" = 1 ] && echo "kernel + initramfs, until the guest answers ping" || echo "loader domains, until the loader accepts TCP"), ms; 2 at once per node):"
     printf '  %-22s %-16s %-16s %s\n' "" "node 1" "node 2" "wall, 4 at once"
