@@ -37,13 +37,16 @@ mod checkpoint_abi {
 }
 use checkpoint_abi::dev::{
     Capture as CaptureArg, Facts, Hold as HoldArg, Round, Table, Throttle as ThrottleArg, Track,
-    ABI_VERSION, HOLD_ARM, IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND, IOC_OUTPUT_HOLD,
-    IOC_READ_TABLE, IOC_THROTTLE, IOC_TRACK_START, IOC_TRACK_STOP, MAX_READ_PAGES, P2M_INVALID,
-    TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES, THROTTLE_SET,
-    TRACK_ELIDE_FREE,
+    ABI_VERSION, CAPTURE_ORACLE, HOLD_ARM, IOC_CAPTURE, IOC_GET_FACTS, IOC_NEXT_ROUND,
+    IOC_OUTPUT_HOLD, IOC_READ_TABLE, IOC_THROTTLE, IOC_TRACK_START, IOC_TRACK_STOP, MAX_READ_PAGES,
+    P2M_INVALID, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES, THROTTLE_SET,
+    TRACK_ELIDE_FREE, TRACK_FAULT, TRACK_ORACLE,
 };
 use checkpoint_abi::page_type::{PINNED as TYPE_PINNED, UNPOPULATED as TYPE_NOT_RAM};
 use checkpoint_abi::vcpu_ctx;
+
+mod ckpt_track;
+use ckpt_track::FaultTracker;
 
 const PAGE: usize = checkpoint_abi::dev::PAGE_SIZE;
 const VCPU_CTX_BYTES: usize = vcpu_ctx::SIZE;
@@ -312,6 +315,15 @@ struct State {
     cap_free: u64,
     clk_in: u64,
     clk_out: u64,
+    /// The session's fault tracker (None: the scan tracker); docs/fault-tracker.md.
+    fault: Option<FaultTracker>,
+    /// The final set of a fault-tracker capture, filled by the capture routine.
+    cap_send: VBuf,
+    /// What the fault tracker's capture step returned (0 or -errno).
+    fault_err: c_long,
+    /// CAPTURE_ORACLE: the capture routine also takes `oracle_digest`.
+    cap_oracle: bool,
+    oracle_digest: u64,
 }
 
 impl State {
@@ -346,6 +358,11 @@ impl State {
             cap_free: 0,
             clk_in: 0,
             clk_out: 0,
+            fault: None,
+            cap_send: VBuf::empty(),
+            fault_err: 0,
+            cap_oracle: false,
+            oracle_digest: 0,
         }
     }
 }
@@ -526,6 +543,12 @@ impl State {
     /// them).
     fn mark_refs(&self, b: &VBuf, r: u64) {
         mark_refs(&self.refs, self.max_pfn, b, r);
+        if let Some(f) = &self.fault {
+            if r == REF_EXCLUDED {
+                // Excluded pages are not the fault tracker's business either.
+                b.for_each_pfn(|pfn| f.ignore(pfn));
+            }
+        }
     }
 
     fn free_capture(&mut self) {
@@ -554,6 +577,25 @@ impl State {
             ckpt_hold_release();
             ckpt_throttle_release_all();
         }
+        if let Some(f) = &self.fault {
+            let t = f.stats();
+            pr_info!(
+                "fault tracker: {} faults, {} pte marks, last arm {} protected + {} always in {} us, snapshot {} used ({} in the pause){}{}\n",
+                t.faults,
+                t.pte_marks,
+                t.protected,
+                t.always,
+                t.arm_ns / 1000,
+                t.snapshot_used,
+                t.pause_copies,
+                if t.aborted { ", ABORTED (snapshot full)" } else { "" },
+                if t.mmu_errors != 0 { ", mmu_update errors" } else { "" },
+            );
+        }
+        // The tracker goes first: after the capture it may still copy into the snapshot
+        // buffer, and its hooks must be gone before anything it points at is freed.
+        self.fault = None;
+        self.cap_send = VBuf::empty();
         self.free_capture();
         self.refs = VBuf::empty();
         self.scan = VBuf::empty();
@@ -667,7 +709,10 @@ fn get_facts(s: &State, arg: u64) -> Result<c_long, c_long> {
 
 fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let t: Track = from_user(arg)?;
-    if t.flags & !TRACK_ELIDE_FREE != 0 || t.reserved != 0 {
+    if t.flags & !(TRACK_ELIDE_FREE | TRACK_FAULT | TRACK_ORACLE) != 0
+        || t.reserved != 0
+        || (t.flags & TRACK_ORACLE != 0 && t.flags & TRACK_FAULT == 0)
+    {
         return Err(-EINVAL);
     }
     if s.owner != 0 {
@@ -682,9 +727,42 @@ fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.round = 0;
     s.read_faults = 0;
     s.track_flags = t.flags;
+    if t.flags & TRACK_FAULT != 0 {
+        match FaultTracker::start() {
+            Ok(f) => s.fault = Some(f),
+            Err(e) => {
+                s.refs = VBuf::empty();
+                s.scan = VBuf::empty();
+                s.track_flags = 0;
+                return Err(e);
+            }
+        }
+    }
     s.owner = file;
     for b in [&s.refs, &s.scan, &s.bounce] {
         s.mark_refs(b, REF_EXCLUDED);
+    }
+    if let Some(f) = &s.fault {
+        // Its buffers read as zeros like ours; the rings dom0 writes are always sent.
+        let refs = s.refs.u64s();
+        f.for_each_buffer_pfn(|pfn| {
+            // SAFETY: the tracker reports pfns < max_pfn; refs holds max_pfn entries.
+            unsafe { *refs.add(pfn as usize) = REF_EXCLUDED };
+        });
+        // SAFETY: xen_start_info points at the start_info page for the guest's lifetime;
+        // store_mfn and console.domU.mfn of Xen's public start_info (x86_64).
+        let rings = unsafe {
+            let si = xen_start_info as *const u8;
+            [
+                ptr::read_unaligned(si.add(56) as *const u64),
+                ptr::read_unaligned(si.add(72) as *const u64),
+            ]
+        };
+        for mfn in rings {
+            if let Some(pfn) = m2p(mfn) {
+                f.always(pfn);
+            }
+        }
     }
     Ok(0)
 }
@@ -693,16 +771,63 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let mut r: Round = from_user(arg)?;
     s.check_owner(file)?;
     let need = bitmap_bytes(s.max_pfn);
-    // oracle_bitmap: only with the fault tracker's oracle mode (not in this module yet).
-    if r.flags != 0 || r.reserved != [0; 3] || r.oracle_bitmap != 0 || r.bitmap_bytes < need {
+    // oracle_bitmap: only with the fault tracker's oracle mode.
+    let oracle = r.oracle_bitmap != 0;
+    if r.flags != 0
+        || r.reserved != [0; 3]
+        || r.oracle_dirty != 0
+        || (oracle && s.track_flags & TRACK_ORACLE == 0)
+        || r.bitmap_bytes < need
+    {
         return Err(-EINVAL);
     }
     let bm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
     // SAFETY: plain clock read.
     let t0 = unsafe { ckpt_now_ns() };
-    let words = bm.u64s();
-    let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
     let (mut dirty, mut scanned, mut unreadable, mut free) = (0u64, 0u64, 0u64, 0u64);
+    if s.fault.is_none() {
+        (dirty, scanned, unreadable, free) = scan_round(s, bm.u64s());
+    } else {
+        if oracle {
+            // The oracle: the scan's verdict on this round, taken before the fault tracker
+            // ends the round (a page the scan sees changed was written after its last read,
+            // hence after the re-arm that preceded that read).
+            let obm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
+            let (od, ..) = scan_round(s, obm.u64s());
+            to_user_bytes(r.oracle_bitmap, obm.ptr, need as usize)?;
+            r.oracle_dirty = od;
+        }
+        let f = s.fault.as_mut().ok_or(-EINVAL)?;
+        // SAFETY: bm holds need bytes = ceil(max_pfn/64) words, no other reference to it.
+        let out = unsafe { core::slice::from_raw_parts_mut(bm.u64s(), need as usize / 8) };
+        dirty = f.collect(out)?;
+        scanned = f.stats().protected;
+        if s.track_flags & TRACK_ELIDE_FREE != 0 {
+            let (elided, n) = elide_free(s, bm.u64s());
+            dirty -= elided;
+            free = n;
+        }
+    }
+    to_user_bytes(r.bitmap, bm.ptr, need as usize)?;
+    drop(bm);
+    s.round += 1;
+    r.round = s.round;
+    r.dirty = dirty;
+    r.scanned = scanned;
+    r.unreadable = unreadable + core::mem::take(&mut s.read_faults);
+    r.free = free;
+    // SAFETY: plain clock read.
+    r.scan_ns = unsafe { ckpt_now_ns() } - t0;
+    to_user(arg, &r)?;
+    Ok(0)
+}
+
+/// The scan tracker's round: sets the bit (in `words`, ceil(max_pfn/64) zeroed words) of
+/// every RAM pfn whose content differs from what the owner last read. Returns (dirty,
+/// scanned, unreadable, free).
+fn scan_round(s: &mut State, words: *mut u64) -> (u64, u64, u64, u64) {
+    let (mut dirty, mut scanned, mut unreadable, mut free) = (0u64, 0u64, 0u64, 0u64);
+    let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
     let mut pfn = 0;
     while pfn < s.max_pfn {
         if pfn % 256 == 255 {
@@ -744,18 +869,32 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         }
         pfn += 1;
     }
-    to_user_bytes(r.bitmap, bm.ptr, need as usize)?;
-    drop(bm);
-    s.round += 1;
-    r.round = s.round;
-    r.dirty = dirty;
-    r.scanned = scanned;
-    r.unreadable = unreadable + core::mem::take(&mut s.read_faults);
-    r.free = free;
-    // SAFETY: plain clock read.
-    r.scan_ns = unsafe { ckpt_now_ns() } - t0;
-    to_user(arg, &r)?;
-    Ok(0)
+    (dirty, scanned, unreadable, free)
+}
+
+/// Clears the bits of pages on the buddy allocator's free lists (free-page elision for the
+/// fault tracker's sets). Returns (bits cleared, free pages seen).
+fn elide_free(s: &State, words: *mut u64) -> (u64, u64) {
+    let (mut cleared, mut free) = (0u64, 0u64);
+    let mut pfn = 0;
+    while pfn < s.max_pfn {
+        let n = free_run(pfn).min(s.max_pfn - pfn);
+        if n == 0 {
+            pfn += 1;
+            continue;
+        }
+        free += n;
+        for q in pfn..pfn + n {
+            // SAFETY: words has ceil(max_pfn/64) entries and q < max_pfn.
+            let w = unsafe { &mut *words.add((q / 64) as usize) };
+            if *w & (1 << (q % 64)) != 0 {
+                *w &= !(1 << (q % 64));
+                cleared += 1;
+            }
+        }
+        pfn += n;
+    }
+    (cleared, free)
 }
 
 /// Index of pfn in the (ascending) snapshot pfn list.
@@ -814,7 +953,16 @@ pub unsafe extern "C" fn ckpt_rs_read(
         let rf = if owner { s.ref_of(pfn) } else { 0 };
         let mut track = owner && rf != REF_EXCLUDED;
         let slot = if s.held { snap_slot(s, pfn) } else { None };
-        if let Some(k) = slot {
+        let cow = match &s.fault {
+            Some(f) if s.held && rf != REF_EXCLUDED && f.in_capture(pfn) => Some(f),
+            _ => None,
+        };
+        if let Some(f) = cow {
+            // The capture-point content: the pristine copy, or the page not yet written.
+            if let Err(e) = f.read_page(pfn, bounce) {
+                return if i == 0 { e } else { (i * PAGE) as c_long };
+            }
+        } else if let Some(k) = slot {
             // SAFETY: slot k < snap_n, each slot is one page of the snapshot buffer.
             unsafe { ptr::copy_nonoverlapping(s.snap.ptr.add(k * PAGE), bounce, PAGE) };
         } else if rf != REF_EXCLUDED && is_ram(p2m(pfn)) {
@@ -913,7 +1061,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let mut c: CaptureArg = from_user(arg)?;
     s.check_owner(file)?;
     let need = bitmap_bytes(s.max_pfn);
-    if c.flags != 0
+    if c.flags & !CAPTURE_ORACLE != 0
         || c.snapshot_hwm != 0
         || c.oracle_digest != 0
         || c.max_snapshot_pages == 0
@@ -961,6 +1109,15 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.cap_unreadable = 0;
     s.cap_free = 0;
     s.ctx.0.fill(0);
+    s.fault_err = 0;
+    s.cap_oracle = c.flags & CAPTURE_ORACLE != 0;
+    s.oracle_digest = 0;
+    let mut bm = bm;
+    if s.fault.is_some() {
+        // The capture routine fills the final set in place.
+        s.mark_refs(&bm, REF_EXCLUDED);
+        s.cap_send = core::mem::replace(&mut bm, VBuf::empty());
+    }
 
     // sched_clock (Xen pvclock), not ktime: CLOCK_MONOTONIC skips the suspended interval.
     // SAFETY: plain clock read.
@@ -973,6 +1130,9 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let rc = unsafe { xen_checkpoint_suspend(ckpt_capture_entry, sp as *mut c_void) };
     // SAFETY: plain clock read.
     let t1 = unsafe { ckpt_clock_ns() };
+    if s.fault.is_some() {
+        bm = core::mem::replace(&mut s.cap_send, VBuf::empty());
+    }
     if s.resumed {
         // We are a guest revived from this checkpoint: drop the session the source had.
         let l4 = core::mem::take(&mut s.loader_l4);
@@ -992,6 +1152,19 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         to_user(arg, &c)?;
         return Ok(0);
     }
+    if s.fault.is_some() && (rc < 0 || s.fault_err != 0 || !s.ran || s.walk_err) {
+        // The tracker may be in copy-on-write mode for a capture that did not happen: the
+        // session cannot go on (the caller starts a new one).
+        let e = if rc < 0 {
+            rc as c_long
+        } else if s.fault_err != 0 {
+            s.fault_err
+        } else {
+            -EIO
+        };
+        s.stop_session();
+        return Err(e);
+    }
     if rc < 0 {
         s.free_capture();
         return Err(rc as c_long);
@@ -1002,6 +1175,19 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     }
     c.result = 1;
     c.snapshot_pages = s.snap_n;
+    c.oracle_digest = s.oracle_digest;
+    if let Some(f) = &s.fault {
+        if s.track_flags & TRACK_ELIDE_FREE != 0 {
+            s.cap_free = elide_free(s, bm.u64s()).1;
+        }
+        let words = bm.u64s();
+        s.snap_n = 0;
+        c.snapshot_pages = (0..need as usize / 8)
+            // SAFETY: bm holds need bytes.
+            .map(|w| u64::from(unsafe { *words.add(w) }.count_ones()))
+            .sum();
+        c.snapshot_hwm = f.stats().snapshot_used;
+    }
     c.pt_pages = s.pt_pages;
     c.scanned = s.scanned;
     c.unreadable = s.cap_unreadable;
@@ -1113,6 +1299,9 @@ pub unsafe extern "C" fn ckpt_capture_resumed(state: *mut c_void, loader_l4: u64
     // SAFETY: the State of the ioctl blocked in xen_checkpoint_suspend (exclusive, see
     // capture()); in this copy of the guest that ioctl is blocked at the same point.
     let s = unsafe { &mut *(state as *mut State) };
+    if let Some(f) = s.fault.as_mut() {
+        f.revived();
+    }
     s.resumed = true;
     s.loader_l4 = loader_l4;
 }
@@ -1264,6 +1453,22 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
         }
     }
 
+    if let Some(f) = s.fault.as_mut() {
+        // Fault tracker: the final set is write-protected and copied on its first write;
+        // only the pages that cannot be protected are copied now.
+        // SAFETY: cap_send holds ceil(max_pfn/64) words, no other reference to it.
+        let send = unsafe {
+            core::slice::from_raw_parts_mut(s.cap_send.u64s(), s.max_pfn.div_ceil(64) as usize)
+        };
+        s.fault_err = f.capture(send, s.snap.ptr, s.snap_cap);
+        s.ran = true;
+        // SAFETY: as above.
+        s.clk_out = unsafe { ckpt_clock_ns() };
+        if s.cap_oracle {
+            s.oracle_digest = capture_digest(s);
+        }
+        return 1;
+    }
     // Snapshot: every page whose content is not what the owner last read.
     let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
     let mut pfn = 0;
@@ -1309,7 +1514,40 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
     s.ran = true;
     // SAFETY: as above.
     s.clk_out = unsafe { ckpt_clock_ns() };
+    if s.cap_oracle {
+        s.oracle_digest = capture_digest(s);
+    }
     1
+}
+
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+
+/// The oracle's digest of memory at the capture point as the owner would read it: zeros for
+/// excluded, not-RAM and unreadable pfns, the capture's own copy where it made one (the
+/// pages it copied in the pause are changed by the capture routine afterwards). The same
+/// sum as test-vms/checkpoint-guest/track-oracle.c. Capture routine only (stop_machine).
+fn capture_digest(s: &State) -> u64 {
+    let mut d = 0u64;
+    for pfn in 0..s.max_pfn {
+        let rf = s.ref_of(pfn);
+        let mut p = ZERO_PAGE.as_ptr();
+        if rf != REF_EXCLUDED && is_ram(p2m(pfn)) && page_readable(pfn) {
+            p = page_ptr(pfn);
+            if let Some(f) = &s.fault {
+                if let Some(c) = f.pristine(pfn) {
+                    p = c;
+                }
+            } else if let Some(k) = snap_slot(s, pfn) {
+                // SAFETY: slot k < snap_n pages of the snapshot buffer.
+                p = unsafe { s.snap.ptr.add(k * PAGE) };
+            }
+        }
+        // SAFETY: p is a readable page: ours, a snapshot slot or a RAM page probed above
+        // (nothing unmaps it in stop_machine).
+        let h = unsafe { hash_page(p) } ^ pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        d = d.wrapping_add(h.wrapping_mul(0xff51_afd7_ed55_8ccd));
+    }
+    d
 }
 
 /// The module object: owns the device state.

@@ -20,6 +20,7 @@ cp "$img/busybox" "$r/bin/busybox"
 gcc -O2 -Wall -Wextra -static -I "$REPO_ROOT/checkpoint-abi/c" -o "$r/bin/ckpt-test" "$recipe/ckpt-test.c"
 gcc -O2 -Wall -Wextra -static -o "$r/bin/pattern-writer" "$recipe/pattern-writer.c"
 gcc -O2 -Wall -Wextra -static -o "$r/bin/mm-churn" "$recipe/mm-churn.c"
+gcc -O2 -Wall -Wextra -static -I "$REPO_ROOT/checkpoint-abi/c" -o "$r/bin/track-oracle" "$recipe/track-oracle.c"
 # The lab's memory-dirtying workload (read from its recipe, not copied): ckpt.dirty=MIB:RATE.
 gcc -O2 -Wall -Wextra -static -o "$r/bin/lab-workload" "$REPO_ROOT/test-vms/busybox-workload/workload.c"
 cp "$KMOD" "$r/lib/modules/checkpoint.ko"

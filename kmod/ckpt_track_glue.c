@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C glue of the fault tracker (ckpt_track.rs): one-line wrappers for what Rust cannot
+ * reach (static inlines, macros, the kernel's hook variables) and the two entry points the
+ * kernel calls through them. No policy here: every decision is made in ckpt_track.rs.
+ */
+#include <linux/module.h>
+#include <linux/mm.h>
+#include <linux/percpu.h>
+#include <linux/stop_machine.h>
+#include <linux/rcupdate.h>
+#include <linux/irqflags.h>
+#include <asm/pgtable.h>
+#include <asm/tlbflush.h>
+#include <asm/xen/page.h>
+#include <asm/xen/hypercall.h>
+#include <xen/xen-ops.h>
+#include <xen/interface/xen.h>
+
+/* Implemented in Rust (ckpt_track.rs). */
+bool ckpt_track_fault(unsigned long error_code, unsigned long address);
+unsigned long ckpt_track_pte(unsigned long val);
+void ckpt_track_grant_end(unsigned long gfn);
+
+/* Called from Rust. */
+void ckpt_track_hooks(int on);
+void ckpt_track_sync(void);
+int ckpt_track_stop_machine(int (*fn)(void *), void *arg);
+unsigned long *ckpt_track_kernel_pte(unsigned long address);
+int ckpt_track_pte_cmpxchg(unsigned long *ptep, unsigned long old, unsigned long new);
+int ckpt_track_mmu_update(const unsigned long *reqs, unsigned int count);
+void ckpt_track_flush_all(void);
+void ckpt_track_percpu(unsigned int cpu, unsigned long *start, unsigned long *size);
+unsigned int ckpt_track_nr_cpus(void);
+int ckpt_track_for_each_grant(void (*fn)(unsigned long gfn, void *arg), void *arg);
+/* Xen's M2P entry for mfn (~0 if unreadable). No pagefault_disable(): that writes the
+ * task struct, which may be write-protected; an unmapped entry is fixed up by the
+ * exception table like Linux's own mfn_to_pfn(). */
+unsigned long ckpt_track_m2p(unsigned long mfn)
+{
+	unsigned long pfn;
+
+	if (mfn >= machine_to_phys_nr || xen_safe_read_ulong(&machine_to_phys_mapping[mfn], &pfn) < 0)
+		return ~0UL;
+	return pfn;
+}
+
+unsigned long ckpt_track_page_offset(void);
+unsigned long ckpt_track_vmemmap(void);
+unsigned long ckpt_track_irq_save(void);
+unsigned long ckpt_track_m2p(unsigned long mfn);
+void ckpt_track_irq_restore(unsigned long flags);
+
+static bool ckpt_fault_entry(struct pt_regs *regs, unsigned long error_code,
+			     unsigned long address)
+{
+	return ckpt_track_fault(error_code, address);
+}
+
+static pteval_t ckpt_pte_entry(pteval_t val)
+{
+	return ckpt_track_pte(val);
+}
+
+/* Installs (on != 0) or removes the kernel hooks. Removal is complete after ckpt_track_sync(). */
+void ckpt_track_hooks(int on)
+{
+	WRITE_ONCE(xen_checkpoint_pte_hook, on ? ckpt_pte_entry : NULL);
+	WRITE_ONCE(xen_checkpoint_grant_end_hook, on ? ckpt_track_grant_end : NULL);
+	WRITE_ONCE(xen_checkpoint_fault_hook, on ? ckpt_fault_entry : NULL);
+}
+
+/* Every caller of a hook runs with interrupts or preemption off: an RCU grace period
+ * waits for all that saw the old pointer. */
+void ckpt_track_sync(void) { synchronize_rcu(); }
+
+int ckpt_track_stop_machine(int (*fn)(void *), void *arg)
+{
+	return stop_machine(fn, arg, NULL);
+}
+
+/* The L1 entry mapping a kernel address in the current page tables (whose kernel half
+ * every pgd shares), or NULL. Called with interrupts off, so no table is freed under us. */
+unsigned long *ckpt_track_kernel_pte(unsigned long address)
+{
+	pgd_t *pgd = pgd_offset_pgd((pgd_t *)__va(read_cr3_pa()), address);
+	p4d_t *p4d;
+	pud_t *pud;
+	pmd_t *pmd;
+
+	if (!pgd_present(*pgd))
+		return NULL;
+	p4d = p4d_offset(pgd, address);
+	if (!p4d_present(*p4d))
+		return NULL;
+	pud = pud_offset(p4d, address);
+	if (!pud_present(*pud) || pud_leaf(*pud))
+		return NULL;
+	pmd = pmd_offset(pud, address);
+	if (!pmd_present(*pmd) || pmd_leaf(*pmd))
+		return NULL;
+	return (unsigned long *)pte_offset_kernel(pmd, address);
+}
+
+/* Xen emulates a cmpxchg on a read-only page-table page (writable page tables assist)
+ * atomically with every other update of that table. Returns 1 if the entry was old. */
+int ckpt_track_pte_cmpxchg(unsigned long *ptep, unsigned long old, unsigned long new)
+{
+	return try_cmpxchg64((u64 *)ptep, (u64 *)&old, new);
+}
+
+/* reqs: count pairs (machine address of the entry | MMU_NORMAL_PT_UPDATE, new value). */
+int ckpt_track_mmu_update(const unsigned long *reqs, unsigned int count)
+{
+	return HYPERVISOR_mmu_update((struct mmu_update *)reqs, count, NULL, DOMID_SELF);
+}
+
+void ckpt_track_flush_all(void)
+{
+	struct mmuext_op op = { .cmd = MMUEXT_TLB_FLUSH_ALL };
+
+	HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
+}
+
+void ckpt_track_percpu(unsigned int cpu, unsigned long *start, unsigned long *size)
+{
+	xen_checkpoint_percpu_area(cpu, start, size);
+}
+
+unsigned int ckpt_track_nr_cpus(void) { return nr_cpu_ids; }
+
+int ckpt_track_for_each_grant(void (*fn)(unsigned long gfn, void *arg), void *arg)
+{
+	return xen_checkpoint_for_each_grant(fn, arg);
+}
+
+/* Xen's M2P entry for mfn (~0 if unreadable). No pagefault_disable(): that writes the
+ * task struct, which may be write-protected; an unmapped entry is fixed up by the
+ * exception table like Linux's own mfn_to_pfn(). */
+unsigned long ckpt_track_m2p(unsigned long mfn)
+{
+	unsigned long pfn;
+
+	if (mfn >= machine_to_phys_nr || xen_safe_read_ulong(&machine_to_phys_mapping[mfn], &pfn) < 0)
+		return ~0UL;
+	return pfn;
+}
+
+unsigned long ckpt_track_page_offset(void) { return PAGE_OFFSET; }
+unsigned long ckpt_track_vmemmap(void) { return (unsigned long)vmemmap; }
+
+unsigned long ckpt_track_irq_save(void)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	return flags;
+}
+
+void ckpt_track_irq_restore(unsigned long flags) { local_irq_restore(flags); }
