@@ -727,18 +727,22 @@ fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.round = 0;
     s.read_faults = 0;
     s.track_flags = t.flags;
+    s.owner = file;
+    for b in [&s.refs, &s.scan, &s.bounce] {
+        s.mark_refs(b, REF_EXCLUDED);
+    }
     if t.flags & TRACK_FAULT != 0 {
-        match FaultTracker::start() {
-            Ok(f) => s.fault = Some(f),
-            Err(e) => {
-                s.refs = VBuf::empty();
-                s.scan = VBuf::empty();
-                s.track_flags = 0;
-                return Err(e);
-            }
+        if let Err(e) = start_fault(s) {
+            s.stop_session();
+            return Err(e);
         }
     }
-    s.owner = file;
+    Ok(0)
+}
+
+/// Starts the session's fault tracker: its buffers and ours are left out of its sets.
+fn start_fault(s: &mut State) -> Result<(), c_long> {
+    s.fault = Some(FaultTracker::start()?);
     for b in [&s.refs, &s.scan, &s.bounce] {
         s.mark_refs(b, REF_EXCLUDED);
     }
@@ -764,7 +768,7 @@ fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
             }
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
@@ -1153,8 +1157,8 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         return Ok(0);
     }
     if s.fault.is_some() && (rc < 0 || s.fault_err != 0 || !s.ran || s.walk_err) {
-        // The tracker may be in copy-on-write mode for a capture that did not happen: the
-        // session cannot go on (the caller starts a new one).
+        // The tracker may be in copy-on-write mode for a capture that did not happen: it
+        // starts over (the next round reports every page again).
         let e = if rc < 0 {
             rc as c_long
         } else if s.fault_err != 0 {
@@ -1162,7 +1166,19 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         } else {
             -EIO
         };
-        s.stop_session();
+        if let Some(f) = &s.fault {
+            // Its buffers go back to being ordinary pages once it is gone.
+            let refs = s.refs.u64s();
+            f.for_each_buffer_pfn(|pfn| {
+                // SAFETY: the tracker reports pfns < max_pfn; refs holds max_pfn entries.
+                unsafe { *refs.add(pfn as usize) = REF_NEVER_READ };
+            });
+        }
+        s.fault = None;
+        s.free_capture();
+        if start_fault(s).is_err() {
+            s.stop_session();
+        }
         return Err(e);
     }
     if rc < 0 {
