@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use checkpoint_abi::dev::{
     p2m_is_ram, Capture, Hold, Round, Table, Throttle, Track, ABI_VERSION, CAPTURE_RESUMED,
     HOLD_ARM, PAGE_SIZE, TABLE_P2M, TABLE_P2M_CAPTURED, TABLE_P2M_FRAMES, TABLE_PAGE_TYPES,
-    THROTTLE_SET, TRACK_ELIDE_FREE,
+    THROTTLE_SET, TRACK_ELIDE_FREE, TRACK_FAULT,
 };
 pub use checkpoint_abi::dev::{Facts, DEVICE};
 
@@ -106,9 +106,10 @@ impl PageSource for Device {
     fn kernel(&self) -> String {
         self.kernel.clone()
     }
-    fn start_tracking(&mut self, elide_free: bool) -> io::Result<()> {
+    fn start_tracking(&mut self, elide_free: bool, fault: bool) -> io::Result<()> {
         let t = Track {
-            flags: if elide_free { TRACK_ELIDE_FREE } else { 0 },
+            flags: if elide_free { TRACK_ELIDE_FREE } else { 0 }
+                | if fault { TRACK_FAULT } else { 0 },
             ..Default::default()
         };
         // SAFETY: the kernel reads the 16-byte Track.

@@ -62,6 +62,9 @@ pub enum ThrottleMode {
 pub struct Convergence {
     /// Leave pages on the guest's free lists out of the stream.
     pub elide_free: bool,
+    /// Track dirty pages by write faults, copy-on-write at the capture (else: the scan
+    /// tracker, which hashes memory every round).
+    pub fault_tracker: bool,
     pub throttle: ThrottleMode,
     /// Extra pre-copy rounds allowed once throttling has started.
     pub throttle_rounds: u32,
@@ -78,6 +81,7 @@ impl Default for Convergence {
     fn default() -> Self {
         Convergence {
             elide_free: true,
+            fault_tracker: true,
             throttle: ThrottleMode::Auto,
             throttle_rounds: 6,
             max_snapshot_pages: None,
@@ -580,7 +584,7 @@ pub fn stream<S: PageSource, W: Write>(
     };
 
     let conv = policy.conv;
-    src.start_tracking(conv.elide_free)
+    src.start_tracking(conv.elide_free, conv.fault_tracker)
         .map_err(dev("starting dirty tracking"))?;
     let mut dirty_set = vec![0u64; words];
     let mut snap_set = vec![0u64; words];
@@ -939,7 +943,7 @@ pub(crate) mod tests {
         fn kernel(&self) -> String {
             "fake".into()
         }
-        fn start_tracking(&mut self, elide_free: bool) -> io::Result<()> {
+        fn start_tracking(&mut self, elide_free: bool, _fault: bool) -> io::Result<()> {
             self.elide = elide_free;
             Ok(())
         }

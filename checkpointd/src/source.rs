@@ -56,8 +56,9 @@ pub trait PageSource {
     fn start_info_pfn(&self) -> u64;
     /// Source kernel string for the stream header.
     fn kernel(&self) -> String;
-    /// Start the session; `elide_free` leaves pages on the guest's free lists out.
-    fn start_tracking(&mut self, elide_free: bool) -> io::Result<()>;
+    /// Start the session; `elide_free` leaves pages on the guest's free lists out; `fault`
+    /// picks the fault tracker (write faults + copy-on-write) over the scan tracker.
+    fn start_tracking(&mut self, elide_free: bool, fault: bool) -> io::Result<()>;
     /// Fill `bitmap` with the pages whose content differs from what we last read.
     fn next_round(&mut self, bitmap: &mut [u64]) -> io::Result<RoundScan>;
     /// Read pages from `pfn` on into `buf` (a multiple of 4096); returns pages read.
