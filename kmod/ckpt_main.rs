@@ -788,9 +788,8 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let bm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
     // SAFETY: plain clock read.
     let t0 = unsafe { ckpt_now_ns() };
-    let (mut dirty, mut scanned, mut unreadable, mut free) = (0u64, 0u64, 0u64, 0u64);
-    if s.fault.is_none() {
-        (dirty, scanned, unreadable, free) = scan_round(s, bm.u64s());
+    let (dirty, scanned, unreadable, free) = if s.fault.is_none() {
+        scan_round(s, bm.u64s())
     } else {
         if oracle {
             // The oracle: the scan's verdict on this round, taken before the fault tracker
@@ -804,14 +803,15 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         let f = s.fault.as_mut().ok_or(-EINVAL)?;
         // SAFETY: bm holds need bytes = ceil(max_pfn/64) words, no other reference to it.
         let out = unsafe { core::slice::from_raw_parts_mut(bm.u64s(), need as usize / 8) };
-        dirty = f.collect(out)?;
-        scanned = f.stats().protected;
-        if s.track_flags & TRACK_ELIDE_FREE != 0 {
-            let (elided, n) = elide_free(s, bm.u64s());
-            dirty -= elided;
-            free = n;
-        }
-    }
+        let dirty = f.collect(out)?;
+        let scanned = f.stats().protected;
+        let (elided, free) = if s.track_flags & TRACK_ELIDE_FREE != 0 {
+            elide_free(s, bm.u64s())
+        } else {
+            (0, 0)
+        };
+        (dirty - elided, scanned, 0, free)
+    };
     to_user_bytes(r.bitmap, bm.ptr, need as usize)?;
     drop(bm);
     s.round += 1;

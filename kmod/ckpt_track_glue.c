@@ -33,18 +33,6 @@ void ckpt_track_flush_all(void);
 void ckpt_track_percpu(unsigned int cpu, unsigned long *start, unsigned long *size);
 unsigned int ckpt_track_nr_cpus(void);
 int ckpt_track_for_each_grant(void (*fn)(unsigned long gfn, void *arg), void *arg);
-/* Xen's M2P entry for mfn (~0 if unreadable). No pagefault_disable(): that writes the
- * task struct, which may be write-protected; an unmapped entry is fixed up by the
- * exception table like Linux's own mfn_to_pfn(). */
-unsigned long ckpt_track_m2p(unsigned long mfn)
-{
-	unsigned long pfn;
-
-	if (mfn >= machine_to_phys_nr || xen_safe_read_ulong(&machine_to_phys_mapping[mfn], &pfn) < 0)
-		return ~0UL;
-	return pfn;
-}
-
 unsigned long ckpt_track_page_offset(void);
 unsigned long ckpt_track_vmemmap(void);
 unsigned long ckpt_track_irq_save(void);
