@@ -8,7 +8,7 @@
 # digest of what a checkpoint would hold must equal the module's digest of memory at the
 # capture point. Prints pages per round, capture pause, snapshot pages used and a page
 # writer's throughput with/without tracking for both trackers. The guest must carry on.
-# Env: TRACK_ROUNDS (6), TRACK_SNAPSHOT_PAGES (16384), TRACK_LAB_NAME (trk).
+# Env: TRACK_ROUNDS (6), TRACK_SNAPSHOT_PAGES (12288), TRACK_LAB_NAME (trk).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${TRACK_LAB_NAME:-trk}
@@ -16,7 +16,7 @@ export LAB_NAME=${TRACK_LAB_NAME:-trk}
 . "$REPO_ROOT/scripts/lib/lab-guest.sh"
 
 rounds=${TRACK_ROUNDS:-6}
-snap=${TRACK_SNAPSHOT_PAGES:-16384}
+snap=${TRACK_SNAPSHOT_PAGES:-12288}
 name=trkg
 ip=$LAB_SUBNET.122
 
