@@ -154,7 +154,7 @@ core::arch::global_asm!(
     "push r15",
     "sub rsp, 8",
     "mov rbx, rsi",
-    "lea rax, [rsi + {ctx}]",
+    "mov rax, [rsi + {ctx}]",
     "fxsave64 [rax]",
     "mov [rax + {r15}], r15",
     "mov [rax + {r14}], r14",
@@ -205,7 +205,7 @@ core::arch::global_asm!(
     "ret",
     ".size ckpt_capture_entry, .-ckpt_capture_entry",
     ".popsection",
-    ctx = const core::mem::offset_of!(State, ctx),
+    ctx = const core::mem::offset_of!(State, ctx) + core::mem::offset_of!(VBuf, ptr),
     rest = sym ckpt_capture_rest,
     resumed = sym ckpt_capture_resumed,
     r15 = const vcpu_ctx::R15,
@@ -277,11 +277,12 @@ impl Drop for VBuf {
     }
 }
 
-/// Everything the module knows. `ctx` first: the asm entry addresses it from the State
-/// pointer.
+/// Everything the module knows. The asm entry finds the context buffer through `ctx`.
 #[repr(C)]
 struct State {
-    ctx: VcpuCtx,
+    /// The capture's vCPU context (VCPU_CTX_BYTES, Xen's layout), allocated at load: a
+    /// State holding it by value is built on the stack and overflowed the kernel stack.
+    ctx: VBuf,
     owner: usize,
     max_pfn: u64,
     /// TRACK_START flags of the session (TRACK_ELIDE_FREE).
@@ -329,7 +330,7 @@ struct State {
 impl State {
     fn new() -> Self {
         State {
-            ctx: VcpuCtx([0; VCPU_CTX_BYTES]),
+            ctx: VBuf::empty(),
             owner: 0,
             max_pfn: 0,
             track_flags: 0,
@@ -1112,7 +1113,8 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.scanned = 0;
     s.cap_unreadable = 0;
     s.cap_free = 0;
-    s.ctx.0.fill(0);
+    // SAFETY: ctx is VCPU_CTX_BYTES bytes, allocated at load.
+    unsafe { ptr::write_bytes(s.ctx.ptr, 0, VCPU_CTX_BYTES) };
     s.fault_err = 0;
     s.cap_oracle = c.flags & CAPTURE_ORACLE != 0;
     s.oracle_digest = 0;
@@ -1228,7 +1230,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     }
     to_user_bytes(c.bitmap, bm.ptr, need as usize)?;
     drop(bm);
-    to_user_bytes(c.vcpu, s.ctx.0.as_ptr(), VCPU_CTX_BYTES)?;
+    to_user_bytes(c.vcpu, s.ctx.ptr, VCPU_CTX_BYTES)?;
     s.held = true;
     to_user(arg, &c)?;
     Ok(0)
@@ -1436,7 +1438,7 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
     let s = unsafe { &mut *(state as *mut State) };
     // SAFETY: sched_clock wrapper (Xen's pvclock: usable while timekeeping is suspended).
     s.clk_in = unsafe { ckpt_clock_ns() };
-    let ctx = ptr::addr_of_mut!(s.ctx);
+    let ctx = s.ctx.ptr as *mut VcpuCtx;
     // SAFETY: ctx is this State's context buffer (Xen's layout, 5168 bytes); the kernel fills
     // its non-register part; the offsets written below are inside it.
     unsafe {
@@ -1579,7 +1581,11 @@ impl kernel::Module for Checkpoint {
             return Err(ENODEV_ERR);
         }
         let dev = KBox::pin_init(new_mutex!(State::new(), "checkpoint_state"), GFP_KERNEL)?;
-        dev.lock().bounce = VBuf::alloc(PAGE).ok_or(ENOMEM_ERR)?;
+        {
+            let mut s = dev.lock();
+            s.bounce = VBuf::alloc(PAGE).ok_or(ENOMEM_ERR)?;
+            s.ctx = VBuf::alloc(VCPU_CTX_BYTES).ok_or(ENOMEM_ERR)?;
+        }
         let p: *const Dev = &*dev;
         // SAFETY: registers our misc device; the shim keeps `p` for its file operations,
         // valid until drop() deregisters (the box is pinned and dropped after that).
