@@ -81,7 +81,7 @@ impl Default for Convergence {
     fn default() -> Self {
         Convergence {
             elide_free: true,
-            fault_tracker: true,
+            fault_tracker: false,
             throttle: ThrottleMode::Auto,
             throttle_rounds: 6,
             max_snapshot_pages: None,
