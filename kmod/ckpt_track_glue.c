@@ -39,10 +39,22 @@ unsigned long ckpt_track_irq_save(void);
 unsigned long ckpt_track_m2p(unsigned long mfn);
 void ckpt_track_irq_restore(unsigned long flags);
 
+/* Per CPU "in the fault hook": a fault taken inside the hook is left to Linux (which
+ * reports it) instead of recursing. Module .bss, which the tracker never protects. */
+static int ckpt_in_hook[NR_CPUS];
+
 static bool ckpt_fault_entry(struct pt_regs *regs, unsigned long error_code,
 			     unsigned long address)
 {
-	return ckpt_track_fault(error_code, address);
+	int cpu = raw_smp_processor_id();
+	bool handled;
+
+	if (READ_ONCE(ckpt_in_hook[cpu]))
+		return false;
+	WRITE_ONCE(ckpt_in_hook[cpu], 1);
+	handled = ckpt_track_fault(error_code, address);
+	WRITE_ONCE(ckpt_in_hook[cpu], 0);
+	return handled;
 }
 
 static pteval_t ckpt_pte_entry(pteval_t val)
