@@ -137,6 +137,9 @@ pub fn serve(
     // stream arrives (docs/inflate-loader.md).
     mac[0] ^= 0x02;
     let port = nf.borrow().port;
+    if stage1.as_ref().is_some_and(|d| d.for_boot_token()) {
+        crate::stage1::announce(nf, mac, cfg.ip, port);
+    }
     let mut dev = NfDevice(nf);
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = mm::rdtsc() ^ mm::system_time_ns();

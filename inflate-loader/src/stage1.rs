@@ -30,6 +30,15 @@ pub struct Devices<'a> {
     pub ip: [u8; 4],
 }
 
+impl Devices<'_> {
+    /// Whether packetd made this loader for a boot token (its command line carries the
+    /// token's stage-2 SHA-1); a loader made for a migration does not announce itself, since
+    /// its address may be the still-running source guest's.
+    pub fn for_boot_token(&self) -> bool {
+        upload::cmdline_stage2_sha1(self.si.cmdline()).is_some()
+    }
+}
+
 /// The accepted connection and the network stack that carries it.
 pub struct Conn<'a, 'n, 's> {
     pub iface: &'a mut Interface,
@@ -428,7 +437,8 @@ unsafe extern "C" fn svc_release(c: *mut c_void) -> i64 {
     }
     c.conn.close();
     c.released = true;
-    announce(c.nf, c.dev.ip, c.conn.port);
+    let mac = c.nf.borrow().mac;
+    announce(c.nf, mac, c.dev.ip, c.conn.port);
     let r = c.nf.borrow_mut().disconnect(c.dev.xs, c.dev.gt);
     let rc = match r {
         Ok(st) => {
@@ -448,17 +458,16 @@ unsafe extern "C" fn svc_release(c: *mut c_void) -> i64 {
     rc
 }
 
-/// One gratuitous ARP request from our address with the vif's own MAC. Stage 1 talks with a
-/// locally administered MAC (net.rs), so peers have that one cached for our address; the
-/// kernel that comes next uses the vif's MAC and would stay unreachable until their entries
-/// go stale. Linux peers update an existing entry from a gratuitous ARP.
-fn announce(nf: &RefCell<Netfront>, ip: [u8; 4], port: u32) {
+/// One gratuitous ARP request: `ip` is at `mac`. Linux peers update an existing entry from it.
+/// At the hand-over to stage 2's kernel (vif MAC) and, in a loader packetd made, when it
+/// starts listening (its locally administered MAC): packetd reuses pool addresses, so peers
+/// may still hold the previous guest's MAC for ours until their entries go stale.
+pub fn announce(nf: &RefCell<Netfront>, mac: [u8; 6], ip: [u8; 4], port: u32) {
     let mut nf = nf.borrow_mut();
     if !nf.can_send() {
         kprintln!("inflate-loader: no room for the gratuitous ARP");
         return;
     }
-    let mac = nf.mac;
     nf.send(42, |f| {
         f[..6].fill(0xff);
         f[6..12].copy_from_slice(&mac);
