@@ -200,7 +200,8 @@ ours=()
 for j in "$A" "$B" "$C" "$D"; do
     r=$(tail -n1 "$work/boot$j")
     [ "$(jq -r .ok <<<"$r" 2>/dev/null)" = true ] || fail "boot of job $j: $(cat "$work/boot$j")"
-    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, running_ms, tries}' <<<"$r")")
+    # upload: token-tool boot's own step times (docs/bootstrap.md §5), null in loader mode.
+    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, running_ms, tries, upload: (.boot // {} | {stage2_ms, kernel_ms, handover_ms, total_ms})}' <<<"$r")")
 done
 echo "token boots: ${ours[*]} (wall $ours_wall ms)" >&2
 # The same batch of xl create again, now beside the 4 running loaders, so neither side always
