@@ -219,6 +219,8 @@ struct Inner {
     walk_err: bool,
     /// Set while a walk restores every protected kernel entry (stop, revived guest).
     disarm: bool,
+    /// Set while a walk only collects the pages writable through L4 slot 511.
+    prepass: bool,
     first_pgd: bool,
 }
 
@@ -435,6 +437,14 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
             continue;
         }
         let Some(p) = pte_pfn(e) else { continue };
+        if t.prepass {
+            // Slot 511 (kernel image, modules, fixmap): Xen PV Linux maps the image through
+            // the same L1 tables as the direct map, so these entries are never protected.
+            if e & PTE_RW != 0 {
+                t.excl.set(p);
+            }
+            continue;
+        }
         let user = va < (1 << 47);
         let protectable = user || t.in_direct_map(va) || t.in_vmemmap(va);
         if t.disarm {
@@ -466,6 +476,18 @@ extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, arg: *mut c_void) 
     // SAFETY: __pa of kernel pointers to pgd pages.
     let pfn = unsafe { ckpt_virt_to_pfn(pgd) } as u64;
     let first = core::mem::replace(&mut t.first_pgd, false);
+    if first && !t.disarm {
+        // First the pages writable through slot 511: they must stay writable there.
+        // SAFETY: the pgd page is mapped; nothing changes it (stop_machine).
+        let e = unsafe { ptr::read_volatile((pgd as *const u64).add(511)) };
+        if e & PTE_PRESENT != 0 {
+            if let Some(l3) = pte_pfn(e) {
+                t.prepass = true;
+                walk(t, l3, 3, canonical(511 << 39), false);
+                t.prepass = false;
+            }
+        }
+    }
     walk(t, pfn, 4, 0, first);
     if !user_pgd.is_null() {
         // The user-mode companion L4 shares the L3s walked above: only the page itself.
