@@ -746,12 +746,20 @@ impl FaultTracker {
             t.send.word(w).store(*v, Ordering::Relaxed);
         }
         t.cow.store(true, Ordering::Release);
+        // The whole final set is copied now. Copy-on-write of the protected part is what
+        // the hooks implement, but the suspend sequence's resume path makes Xen write into
+        // freshly allocated kernel buffers (grant table setup) that may be write-protected,
+        // and Xen's write then fails: so for now the pause copies the set (its size is the
+        // last round's dirty set, not memory) and the protection is removed before resume.
         for pfn in 0..t.max_pfn {
-            if t.always.get(pfn) && t.send.get(pfn) {
+            if t.send.get(pfn) {
                 t.cow_save(pfn);
             }
         }
         t.pause_copies = t.snap_next.load(Ordering::Relaxed).min(cap);
+        t.disarm = true;
+        let _ = arm(t, false);
+        t.disarm = false;
         if t.aborted.load(Ordering::Acquire) {
             return -ENOSPC;
         }
