@@ -11,7 +11,8 @@
 //  - figures: pages per round, capture pause, snapshot pages used, and the throughput of
 //    a page writer (a child touching 16 MiB) while tracking / without tracking.
 // Prints TRACK-ORACLE lines, then "TRACK-ORACLE PASS" or "TRACK-ORACLE FAIL: why" and
-// exits 0/1. Usage: track-oracle ROUNDS SNAPSHOT_PAGES
+// exits 0/1. Usage: track-oracle ROUNDS SNAPSHOT_PAGES [figures]  (figures: a digest
+// mismatch is reported and the run goes on to the other trackers, then fails)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,7 @@ static uint64_t *bm, *obm, *cbm;
 static uint64_t words;
 static uint8_t buf[256 * PG];
 static volatile uint64_t *bench_count;
+static int keep_going, digest_failed; /* argv[3] = "figures": report a digest mismatch, go on */
 
 static double now(void)
 {
@@ -192,8 +194,12 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 	uint64_t d = digest();
 	printf("TRACK-ORACLE %s digest: stream %016llx memory at capture %016llx\n", name,
 	       (unsigned long long)d, (unsigned long long)C.oracle_digest);
-	if (d != C.oracle_digest)
-		FAIL("%s: the stream's digest differs from memory at the capture point", name);
+	if (d != C.oracle_digest) {
+		if (!keep_going)
+			FAIL("%s: the stream's digest differs from memory at the capture point", name);
+		printf("TRACK-ORACLE %s digest MISMATCH (going on: figures run)\n", name);
+		digest_failed = 1;
+	}
 	if (oracle) {
 		printf("TRACK-ORACLE %s oracle: %llu scan-dirty pages over rounds 2..%d, %llu not in "
 		       "the fault set\n", name, (unsigned long long)oracle_total, rounds,
@@ -210,6 +216,7 @@ int main(int argc, char **argv)
 {
 	int rounds = argc > 1 ? atoi(argv[1]) : 6;
 	uint64_t snap = argc > 2 ? strtoull(argv[2], NULL, 0) : 16384;
+	keep_going = argc > 3 && strcmp(argv[3], "figures") == 0;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	fd = open("/dev/checkpoint", O_RDWR);
 	if (fd < 0)
@@ -233,6 +240,8 @@ int main(int argc, char **argv)
 	session("fault", CKPT_TRACK_FAULT, rounds, snap);
 	kill(child, SIGKILL);
 	waitpid(child, NULL, 0);
+	if (digest_failed)
+		FAIL("a digest differed (see above)");
 	printf("TRACK-ORACLE PASS\n");
 	return 0;
 }
