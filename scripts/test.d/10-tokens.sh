@@ -49,6 +49,7 @@ expect 'refund 13 tokens' "$T" broker --db b.db redeem cert.bin
 refuse already-refunded "$T" broker --db b.db redeem cert.bin
 expect 'consistent' "$T" broker --db b.db check
 
-expect 'verifications/s: [0-9]+.*' "$T" bench --seconds 0.2
-expect '"compressions_per_verification":[0-9.]+' "$T" --json bench --seconds 0.2
+expect 'node boot-token checks/s: [0-9]+.*' "$T" bench --seconds 0.2
+expect 'verifications/s from the secret .*: [0-9]+' "$T" bench --seconds 0.2
+expect '"compressions_per_node_check":[0-9.]+' "$T" --json bench --seconds 0.2
 log "tokens: walkthrough and bench output ok"
