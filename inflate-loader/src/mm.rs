@@ -156,7 +156,10 @@ pub fn system_time_ns() -> u64 {
             if ver & 1 != 0 || ver != ver2 {
                 continue;
             }
-            let mut delta = tsc.wrapping_sub(tsc_ts);
+            // A TSC read just below the stamp (another physical CPU's stamp, or a stamp taken
+            // after our read) must not wrap into a time centuries ahead: SCHEDOP_poll would then
+            // sleep until an event that may never come.
+            let mut delta = tsc.saturating_sub(tsc_ts);
             if shift >= 0 {
                 delta <<= shift
             } else {

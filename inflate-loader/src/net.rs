@@ -442,7 +442,7 @@ pub fn serve(
             .map(|d| d.total_micros())
             .unwrap_or(50_000)
             .min(50_000);
-        if delay > 0 && !nf.borrow_mut().rx_pending() {
+        if delay > 0 && nf.borrow_mut().idle_armed() {
             events::wait(&[port], mm::system_time_ns() + delay * 1000);
         }
     }

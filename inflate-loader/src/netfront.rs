@@ -368,6 +368,26 @@ impl Netfront {
         }
     }
 
+    /// Before sleeping on the vif's event channel: ask the backend for an event on the next rx
+    /// response and the next tx completion (`rsp_event = cons + 1`), then re-check both rings
+    /// (RING_FINAL_CHECK_FOR_RESPONSES). True when nothing is waiting, so a sleep until the event
+    /// or the timeout loses nothing. Without re-arming, the backend stops notifying once the
+    /// consumer has passed the last `rsp_event` and every packet waits for the poll timeout.
+    pub fn idle_armed(&mut self) -> bool {
+        for (sring, cons) in [
+            (rx_sring(), self.rx_rsp_cons),
+            (tx_sring(), self.tx_rsp_cons),
+        ] {
+            // SAFETY: both are our ring pages; rsp_event is ours to write, rsp_prod the
+            // backend's.
+            unsafe { vwrite(&raw mut (*sring).rsp_event, cons.wrapping_add(1)) };
+        }
+        fence(Ordering::SeqCst);
+        // SAFETY: as above.
+        let tx_done = unsafe { vread(&raw const (*tx_sring()).rsp_prod) } != self.tx_rsp_cons;
+        !self.rx_pending() && !tx_done
+    }
+
     /// True when a response is waiting on the rx ring.
     pub fn rx_pending(&self) -> bool {
         // SAFETY: rx_sring is our ring page.

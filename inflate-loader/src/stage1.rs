@@ -63,7 +63,7 @@ impl<'s> Conn<'_, '_, 's> {
             .map(|d| d.total_micros())
             .unwrap_or(timeout_us)
             .min(timeout_us);
-        if delay > 0 && !self.dev.0.borrow_mut().rx_pending() {
+        if delay > 0 && self.dev.0.borrow_mut().idle_armed() {
             events::wait(&[self.port], mm::system_time_ns() + delay * 1000);
         }
     }
