@@ -131,7 +131,7 @@ migrate_and_wait() {
     request "migrate $lip:$lport $opts" | grep -q started || { echo "guest refused the request" >&2; return 3; }
     t0=$(date +%s)
     while [ $(( $(date +%s) - t0 )) -lt "$limit" ]; do
-        s=$(lab_exec_raw 2 60 "" "for i in \$(seq 25); do grep -a '^MIGRATE-EXIT' /var/log/xen/console/guest-$lname.log 2>/dev/null | tail -n1 | tr -d '\r' | grep . && exit 0; sleep 0.2; done; exit 1") \
+        s=$(lab_exec_raw 2 60 "" "for i in \$(seq 25); do $(lab_console_lines "$lname") | grep -a '^MIGRATE-EXIT' | tail -n1 | tr -d '\r' | grep . && exit 0; sleep 0.2; done; exit 1") \
             && { [ "${s#MIGRATE-EXIT }" = 0 ]; return; }
         s=$(console 1 "$name" | grep -a '^MIGRATE-EXIT' | tail -n1) && [ -n "$s" ] && { echo "source: $s" >&2; return 2; }
     done
@@ -194,7 +194,7 @@ fi
 # ---------------------------------------------------------------- fault cases (fail-safe)
 # wait_source_exit SECS: the source's MIGRATE-EXIT code on host 1's console (empty if none).
 wait_source_exit() {
-    lab_exec_raw 1 "$(( $1 + 30 ))" "" "for i in \$(seq $(( $1 * 5 ))); do s=\$(grep -a '^MIGRATE-EXIT' /var/log/xen/console/guest-$name.log | tail -n1 | tr -d '\r'); [ -n \"\$s\" ] && { echo \${s#MIGRATE-EXIT }; exit 0; }; sleep 0.2; done; exit 1" || true
+    lab_exec_raw 1 "$(( $1 + 30 ))" "" "for i in \$(seq $(( $1 * 5 ))); do s=\$($(lab_console_lines "$name") | grep -a '^MIGRATE-EXIT' | tail -n1 | tr -d '\r'); [ -n \"\$s\" ] && { echo \${s#MIGRATE-EXIT }; exit 0; }; sleep 0.2; done; exit 1" || true
 }
 fault_rows=()
 fault_fail=0
@@ -260,7 +260,7 @@ run_roundtrip() {
     sleep 1
     step=save
     if request "save $LAB_SUBNET.2 5556" | grep -q started \
-        && lab_exec_raw 2 900 "" "for i in \$(seq 4000); do grep -aq '^SAVE-EXIT 0' /var/log/xen/console/guest-$lname.log && exit 0; grep -aq '^SAVE-EXIT' /var/log/xen/console/guest-$lname.log && exit 1; sleep 0.2; done; exit 1"; then
+        && lab_exec_raw 2 900 "" "for i in \$(seq 4000); do s=\$($(lab_console_lines "$lname") | grep -a '^SAVE-EXIT' | tail -n1 | tr -d '\\r'); [ -n \"\$s\" ] && { [ \"\$s\" = 'SAVE-EXIT 0' ]; exit; }; sleep 0.2; done; exit 1"; then
         step=export
         t=$(mktemp); lab_pull 1 "/etc/xen/$name.cfg" "$t"; lab_push 2 "$t" "/etc/xen/$name.cfg"; rm -f "$t"
         if lab_exec_raw 2 600 "" "$rcpd export --xen /mnt/rt/g.img --config /etc/xen/$name.cfg /mnt/rt/ck.bin && rm /mnt/rt/ck.bin" >&2; then
@@ -283,7 +283,7 @@ run_roundtrip() {
                 lab_push_cached 1 "$loader" >/dev/null
                 start_loader 1
                 if request "migrate $lip:$lport" | grep -q started \
-                    && lab_exec_raw 1 "$timeout" "" "for i in \$(seq $((timeout * 5))); do grep -aq '^MIGRATE-EXIT 0' /var/log/xen/console/guest-$lname.log 2>/dev/null && exit 0; sleep 0.2; done; exit 1" \
+                    && lab_exec_raw 1 "$timeout" "" "for i in \$(seq $((timeout * 5))); do $(lab_console_lines "$lname") | grep -aq '^MIGRATE-EXIT 0' && exit 0; sleep 0.2; done; exit 1" \
                     && lab_exec_raw 1 90 "" "lab-probe -t $ip -p 7 -w 60" >/dev/null \
                     && lab_exec_raw 2 60 "" "for i in \$(seq 150); do xl domid $name >/dev/null 2>&1 || exit 0; sleep 0.2; done; exit 1"; then
                     ok=true step=done

@@ -80,12 +80,19 @@ lab_guest_create() {
     [ -z "$wait" ] || lab_guest_wait "$h" "$name" "$wait" "$timeout"
 }
 
-# lab_guest_wait HOST NAME REGEX [SECS]: bounded wait for REGEX in the guest's console log.
+# A dom0 command that prints a guest's console log without a last line still being written:
+# xenconsoled appends what it reads from the ring, so "CKPT-SAVE-EXIT 0" can be on disk as
+# "CKPT-SAVE-EXIT " for a moment, and a check that reads it then sees a wrong status.
+# Usage inside a dom0 command: "$(lab_console_lines NAME) | grep ...".
+lab_console_lines() { printf '%s /var/log/xen/console/guest-%s.log 2>/dev/null' "perl -ne 'print if /\\n\$/'" "$1"; }
+
+# lab_guest_wait HOST NAME REGEX [SECS]: bounded wait for REGEX in a complete line of the
+# guest's console log.
 lab_guest_wait() {
     local h=$1 name=$2 re=$3 t=${4:-180} q
     check_host "$h"
     printf -v q '%q' "$re"
-    lab_exec_raw "$h" "$((t + 30))" "" "for i in \$(seq $((t * 5))); do grep -qE $q /var/log/xen/console/guest-$name.log 2>/dev/null && exit 0; xl domid $name >/dev/null 2>&1 || { echo 'domain $name is gone' >&2; exit 2; }; sleep 0.2; done; echo 'timed out after $t s' >&2; exit 1" \
+    lab_exec_raw "$h" "$((t + 30))" "" "for i in \$(seq $((t * 5))); do $(lab_console_lines "$name") | grep -qE $q && exit 0; xl domid $name >/dev/null 2>&1 || { echo 'domain $name is gone' >&2; exit 2; }; sleep 0.2; done; echo 'timed out after $t s' >&2; exit 1" \
         || { lab_exec_raw "$h" 20 "" "tail -n 20 /var/log/xen/console/guest-$name.log" >&2 || true
              die "host $h: guest $name did not print /$re/ within $t s"; }
     log "host $h: guest $name printed /$re/"
