@@ -139,33 +139,27 @@ pub fn rdtsc() -> u64 {
 
 /// Xen system time in ns from vcpu 0's pvclock in shared_info.
 pub fn system_time_ns() -> u64 {
-    let base = shared_info().wrapping_add(32); // vcpu_info[0].time
+    use xen_pv::shared_info::{TimeInfo, VCPU0_TIME};
+    let base = shared_info().wrapping_add(VCPU0_TIME);
     loop {
         // SAFETY: reads of the vcpu_time_info fields, retried while Xen updates them (odd or
         // changed version).
         unsafe {
             let ver = core::ptr::read_volatile(base as *const u32);
             core::sync::atomic::fence(Ordering::SeqCst);
-            let tsc_ts = core::ptr::read_volatile(base.add(8) as *const u64);
-            let sys = core::ptr::read_volatile(base.add(16) as *const u64);
-            let mul = core::ptr::read_volatile(base.add(24) as *const u32);
-            let shift = core::ptr::read_volatile(base.add(28) as *const i8);
+            let t = TimeInfo {
+                tsc_timestamp: core::ptr::read_volatile(base.add(8) as *const u64),
+                system_time: core::ptr::read_volatile(base.add(16) as *const u64),
+                tsc_to_system_mul: core::ptr::read_volatile(base.add(24) as *const u32),
+                tsc_shift: core::ptr::read_volatile(base.add(28) as *const i8),
+            };
             let tsc = core::arch::x86_64::_rdtsc();
             core::sync::atomic::fence(Ordering::SeqCst);
             let ver2 = core::ptr::read_volatile(base as *const u32);
             if ver & 1 != 0 || ver != ver2 {
                 continue;
             }
-            // A TSC read just below the stamp (another physical CPU's stamp, or a stamp taken
-            // after our read) must not wrap into a time centuries ahead: SCHEDOP_poll would then
-            // sleep until an event that may never come.
-            let mut delta = tsc.saturating_sub(tsc_ts);
-            if shift >= 0 {
-                delta <<= shift
-            } else {
-                delta >>= -shift
-            }
-            return sys + ((delta as u128 * mul as u128) >> 32) as u64;
+            return t.ns_at(tsc);
         }
     }
 }
