@@ -82,9 +82,11 @@ lab_guest_create() {
 
 # A dom0 command that prints a guest's console log without a last line still being written:
 # xenconsoled appends what it reads from the ring, so "CKPT-SAVE-EXIT 0" can be on disk as
-# "CKPT-SAVE-EXIT " for a moment, and a check that reads it then sees a wrong status.
+# "CKPT-SAVE-EXIT " for a moment, and a check that reads it then sees a wrong status. Console
+# lines end in "\r\n" (the tty's and the loader's), so a last line without its "\r" is dropped.
+# sed, not perl: these waits poll every 0.2 s in a dom0 that is itself emulated.
 # Usage inside a dom0 command: "$(lab_console_lines NAME) | grep ...".
-lab_console_lines() { printf '%s /var/log/xen/console/guest-%s.log 2>/dev/null' "perl -ne 'print if /\\n\$/'" "$1"; }
+lab_console_lines() { printf '%s /var/log/xen/console/guest-%s.log 2>/dev/null' "sed '\$ { /\\r\$/!d }'" "$1"; }
 
 # lab_guest_wait HOST NAME REGEX [SECS]: bounded wait for REGEX in a complete line of the
 # guest's console log.
