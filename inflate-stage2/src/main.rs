@@ -2,7 +2,8 @@
 //! this flat binary's SHA-1 against the boot token, maps it at `loader_abi::layout::STAGE2_VA`
 //! and calls [`stage2_entry`] with its services table. Stage 2 then owns the customer's TCP
 //! connection: it receives a kernel, an initramfs and a command line (§2), each bounded and
-//! acknowledged, into the arena of free frames, and hands them to the PV builder
+//! acknowledged, into the arena of free frames (the kernel and the initramfs possibly
+//! zlib-compressed, inflated as they arrive: §2.1), and hands them to the PV builder
 //! (`boot::boot_kernel`). Any error: one `error ...` line to the client and on the console,
 //! then the domain powers off, so nothing half-built is left running.
 #![no_std]
@@ -15,7 +16,8 @@ mod boot;
 use core::fmt::Write;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicPtr, Ordering};
-use loader_abi::upload::{self, Item, Line};
+use loader_abi::inflate::Inflater;
+use loader_abi::upload::{self, Coding, Item, Line};
 use loader_abi::Services;
 
 /// The table, for the panic handler.
@@ -81,7 +83,11 @@ fn receive_and_boot(svc: &Services) -> Result<core::convert::Infallible, Line> {
     // SAFETY: stage 1 mapped the arena read/write for us alone (Facts docs); nothing else
     // refers to it.
     let arena = unsafe { core::slice::from_raw_parts_mut(f.arena_va as *mut u8, arena_len) };
-    let greeting = Line::new(format_args!("{}arena={arena_len}", upload::STAGE2_READY));
+    let greeting = Line::new(format_args!(
+        "{}arena={arena_len} version={}",
+        upload::STAGE2_READY,
+        upload::STAGE2_VERSION
+    ));
     send_line(svc, &greeting)?;
 
     let (kernel, rest) = receive_item(svc, Item::Kernel, arena)?;
@@ -120,35 +126,77 @@ fn send_line(svc: &Services, l: &Line) -> Result<(), Line> {
         .map_err(|e| err(format_args!("sending: {e}")))
 }
 
-/// Receive one item's header and bytes into the start of `space`; acknowledge it. Returns the
-/// item and the space after it.
+/// Receive one item's header and bytes into the start of `space` (inflating a compressed
+/// item there); acknowledge it. Returns the item and the space after it.
 fn receive_item<'a>(
     svc: &Services,
     item: Item,
     space: &'a mut [u8],
 ) -> Result<(&'a mut [u8], &'a mut [u8]), Line> {
-    let tag = item.tag_str();
     let t0 = svc.now_ns();
     let mut hdr = [0u8; upload::ITEM_HEADER_LEN];
     svc.recv_exact(&mut hdr, IDLE_TIMEOUT_NS)
-        .map_err(|e| err(format_args!("{tag} header: {e}")))?;
-    let len = upload::parse_item_header(&hdr, item).map_err(|e| err(format_args!("{e}")))? as usize;
-    if len > space.len() {
+        .map_err(|e| err(format_args!("{} header: {e}", item.tag_str())))?;
+    let (coding, len) =
+        upload::parse_item_header_v2(&hdr, item).map_err(|e| err(format_args!("{e}")))?;
+    let tag = item.tag_str_of(coding);
+    let len = len as usize;
+    let size = match coding {
+        Coding::Plain => len,
+        Coding::Zlib => {
+            let mut p = [0u8; upload::ZLIB_PREFIX_LEN];
+            svc.recv_exact(&mut p, IDLE_TIMEOUT_NS)
+                .map_err(|e| err(format_args!("{tag} prefix: {e}")))?;
+            upload::parse_zlib_prefix(&p, item).map_err(|e| err(format_args!("{e}")))? as usize
+        }
+    };
+    if size > space.len() {
         return Err(err(format_args!(
-            "{tag} of {len} bytes does not fit: {} bytes of this domain's memory are left",
+            "{tag} of {size} bytes does not fit: {} bytes of this domain's memory are left",
             space.len()
         )));
     }
-    let (this, rest) = space.split_at_mut(len);
-    svc.recv_exact(this, IDLE_TIMEOUT_NS)
-        .map_err(|e| err(format_args!("{tag}: {e} ({len} bytes announced)")))?;
+    let (this, rest) = space.split_at_mut(size);
+    match coding {
+        Coding::Plain => svc
+            .recv_exact(this, IDLE_TIMEOUT_NS)
+            .map_err(|e| err(format_args!("{tag}: {e} ({len} bytes announced)")))?,
+        Coding::Zlib => receive_zlib(svc, tag, this, len - upload::ZLIB_PREFIX_LEN)?,
+    }
     let ms = (svc.now_ns() - t0) / 1_000_000;
-    say!(svc, "inflate-stage2: {tag} {len} bytes in {ms} ms");
-    send_line(
+    say!(
         svc,
-        &Line::new(format_args!("{}{tag} {len}", upload::ITEM_OK)),
-    )?;
+        "inflate-stage2: {tag} {len} bytes ({size} inflated) in {ms} ms"
+    );
+    let ack = match coding {
+        Coding::Plain => Line::new(format_args!("{}{tag} {len}", upload::ITEM_OK)),
+        Coding::Zlib => Line::new(format_args!("{}{tag} {len} {size}", upload::ITEM_OK)),
+    };
+    send_line(svc, &ack)?;
     Ok((this, rest))
+}
+
+/// The zlib stream of a compressed item, `zlen` bytes, inflated into all of `out` as it
+/// arrives (`loader_abi::inflate`: bounded by `out`, checked to its Adler-32).
+fn receive_zlib(svc: &Services, tag: &str, out: &mut [u8], zlen: usize) -> Result<(), Line> {
+    let mut buf = [0u8; 32 * 1024];
+    let mut inf = Inflater::new(out, zlen);
+    while inf.remaining() > 0 {
+        let want = inf.remaining().min(buf.len());
+        let n = svc
+            .recv_some(&mut buf[..want], IDLE_TIMEOUT_NS)
+            .map_err(|e| {
+                err(format_args!(
+                    "{tag}: {e} ({} of {zlen} compressed bytes received)",
+                    zlen - inf.remaining()
+                ))
+            })?;
+        inf.feed(&buf[..n])
+            .map_err(|e| err(format_args!("{tag}: {e}")))?;
+    }
+    inf.finish()
+        .map(|_| ())
+        .map_err(|e| err(format_args!("{tag}: {e}")))
 }
 
 #[panic_handler]

@@ -4,12 +4,16 @@
 //!   accepted TCP connection, start_info, the hypercall page, free frames, device release);
 //! - [`layout`]: the fixed virtual addresses both sides agree on;
 //! - [`upload`]: the stage-1 upload (stage-2 binary) and the stage-2 upload (kernel,
-//!   initramfs, command line) wire formats, with their bounds.
+//!   initramfs, command line) wire formats, with their bounds;
+//! - [`inflate`] (feature `inflate`): the bounded receiver of a compressed item.
 //!
 //! The byte-level specification is docs/bootstrap.md; its worked examples are tested against
-//! this crate. No dependencies, no_std, testable on the host.
+//! this crate. no_std, testable on the host; no dependencies unless `inflate` is on
+//! (`miniz_oxide` without its allocator).
 #![no_std]
 
+#[cfg(feature = "inflate")]
+pub mod inflate;
 pub mod layout;
 #[cfg(feature = "memfuncs")]
 pub mod memfuncs;

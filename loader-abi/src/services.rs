@@ -246,22 +246,31 @@ impl Services {
     /// `idle_timeout_ns`.
     pub fn recv_exact(&self, buf: &mut [u8], idle_timeout_ns: u64) -> Result<(), Closed> {
         let mut got = 0;
-        let mut last = self.now_ns();
         while got < buf.len() {
-            match self.recv(&mut buf[got..])? {
+            got += self.recv_some(&mut buf[got..], idle_timeout_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Whatever is buffered, at least one byte (unless `buf` is empty), up to `buf.len()`;
+    /// polls while nothing is. Err if the connection closes first or no byte arrives for
+    /// `idle_timeout_ns`.
+    pub fn recv_some(&self, buf: &mut [u8], idle_timeout_ns: u64) -> Result<usize, Closed> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let since = self.now_ns();
+        loop {
+            match self.recv(buf)? {
                 0 => {
-                    if self.now_ns().saturating_sub(last) > idle_timeout_ns {
+                    if self.now_ns().saturating_sub(since) > idle_timeout_ns {
                         return Err(Closed);
                     }
                     self.poll(50_000)
                 }
-                n => {
-                    got += n;
-                    last = self.now_ns();
-                }
+                n => return Ok(n),
             }
         }
-        Ok(())
     }
 
     /// A `core::fmt::Write` onto the console.

@@ -18,6 +18,12 @@
 //! `KERN` (the kernel's ELF image), `INRD` (the initramfs, may be empty), `CMDL` (the kernel
 //! command line, no NUL byte). Stage 2 acknowledges each with `ok TAG LEN`, or answers
 //! `error REASON` and powers the domain off.
+//!
+//! **Version 2** of the stage-2 upload (a greeting that ends in ` version=2`) also takes the
+//! kernel and the initramfs zlib-compressed, as `KERZ` and `INRZ` items: the item's bytes are
+//! a 4-byte big-endian inflated length, then one zlib stream (RFC 1950) that inflates to
+//! exactly that many bytes (`crate::inflate` with the `inflate` feature). Acknowledged with
+//! `ok TAG LEN INFLATED`.
 
 use core::fmt;
 
@@ -34,8 +40,11 @@ pub const STAGE2_MAX: u32 = crate::layout::STAGE2_REGION as u32;
 /// Stage 1's answers: a line starting with one of these, ended by `\n`.
 pub const STAGE1_OK: &str = "stage2 ok sha1=";
 pub const STAGE1_REFUSED: &str = "stage2 refused: ";
-/// Stage 2's greeting, followed by `arena=BYTES` (the most kernel + initramfs can take).
+/// Stage 2's greeting, followed by `arena=BYTES` (the most kernel + initramfs can take) and,
+/// from version 2 on, ` version=N`.
 pub const STAGE2_READY: &str = "stage2 ready ";
+/// The stage-2 upload version this crate speaks: 2 adds the compressed items.
+pub const STAGE2_VERSION: u32 = 2;
 /// Stage 2's acknowledgement of an item: `ok TAG LEN`.
 pub const ITEM_OK: &str = "ok ";
 /// Stage 2's refusal of anything: `error REASON`; the domain then powers off.
@@ -57,6 +66,20 @@ pub enum Item {
     Initrd,
     Cmdline,
 }
+
+/// How an item's bytes are coded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// The bytes themselves (`KERN`, `INRD`, `CMDL`).
+    Plain,
+    /// A 4-byte big-endian inflated length, then a zlib stream (`KERZ`, `INRZ`; version 2).
+    Zlib,
+}
+
+/// Length of the prefix of a compressed item: the inflated length.
+pub const ZLIB_PREFIX_LEN: usize = 4;
+/// Shortest zlib stream: 2 header bytes, an empty final block (2 bytes), the Adler-32 (4).
+pub const ZLIB_MIN: u32 = 8;
 
 /// Largest kernel image (a distribution's vmlinux with debug info stripped is ~60 MiB).
 pub const KERNEL_MAX: u32 = 128 << 20;
@@ -82,6 +105,24 @@ impl Item {
             Item::Kernel => "KERN",
             Item::Initrd => "INRD",
             Item::Cmdline => "CMDL",
+        }
+    }
+
+    /// The tag of the compressed form (version 2), if the item has one.
+    pub const fn ztag(self) -> Option<[u8; 4]> {
+        match self {
+            Item::Kernel => Some(*b"KERZ"),
+            Item::Initrd => Some(*b"INRZ"),
+            Item::Cmdline => None,
+        }
+    }
+
+    /// The tag as sent with `coding`, as text.
+    pub fn tag_str_of(self, coding: Coding) -> &'static str {
+        match (self, coding) {
+            (Item::Kernel, Coding::Zlib) => "KERZ",
+            (Item::Initrd, Coding::Zlib) => "INRZ",
+            (i, _) => i.tag_str(),
         }
     }
 
@@ -121,6 +162,62 @@ pub enum UploadError {
     CmdlineNul,
     /// Bytes after the command line.
     Trailing(usize),
+    /// A compressed item's bytes are not a zlib stream of its inflated length.
+    Inflate {
+        tag: &'static str,
+        err: InflateError,
+    },
+}
+
+/// Why a compressed item was refused while it was inflated (`crate::inflate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflateError {
+    /// The stream inflates to more than the declared length (a "bomb", or a wrong length).
+    TooLong { declared: u32 },
+    /// The stream ended after fewer bytes than declared.
+    Short { got: usize, declared: u32 },
+    /// The item's bytes ended before the stream did.
+    Truncated { zlen: usize, out: usize },
+    /// Bytes of the item after the end of the stream.
+    Trailing { bytes: usize },
+    /// Not a valid zlib stream (header, Huffman codes, distances) at input byte `at`.
+    Corrupt { at: usize, out: usize },
+    /// The stream's Adler-32 is not that of the inflated bytes.
+    Checksum,
+    /// A preset dictionary (FDICT) is asked for; this protocol has none.
+    Dictionary,
+}
+
+impl fmt::Display for InflateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            InflateError::TooLong { declared } => {
+                write!(
+                    f,
+                    "the zlib stream inflates to more than the declared {declared} bytes"
+                )
+            }
+            InflateError::Short { got, declared } => write!(
+                f,
+                "the zlib stream ended after {got} bytes, {declared} were declared"
+            ),
+            InflateError::Truncated { zlen, out } => write!(
+                f,
+                "the zlib stream does not end within its {zlen} bytes ({out} bytes inflated)"
+            ),
+            InflateError::Trailing { bytes } => {
+                write!(f, "{bytes} bytes after the end of the zlib stream")
+            }
+            InflateError::Corrupt { at, out } => write!(
+                f,
+                "corrupt zlib data near input byte {at} ({out} bytes inflated)"
+            ),
+            InflateError::Checksum => f.write_str("zlib Adler-32 mismatch: the data is damaged"),
+            InflateError::Dictionary => f.write_str(
+                "the zlib stream wants a preset dictionary (FDICT), which is not supported",
+            ),
+        }
+    }
 }
 
 fn printable(f: &mut fmt::Formatter<'_>, b: &[u8]) -> fmt::Result {
@@ -163,6 +260,7 @@ impl fmt::Display for UploadError {
             }
             UploadError::CmdlineNul => f.write_str("command line contains a NUL byte"),
             UploadError::Trailing(n) => write!(f, "{n} bytes after the command line"),
+            UploadError::Inflate { tag, err } => write!(f, "{tag}: {err}"),
         }
     }
 }
@@ -234,6 +332,75 @@ pub fn parse_item_header(h: &[u8], want: Item) -> Result<u32, UploadError> {
     Ok(len)
 }
 
+/// Parse the header of the item `want` in version 2, where the kernel and the initramfs may
+/// come compressed; returns the coding and the length on the wire. A compressed item's length
+/// counts its 4-byte prefix and must leave room for the shortest zlib stream; its bound is the
+/// plain item's.
+pub fn parse_item_header_v2(h: &[u8], want: Item) -> Result<(Coding, u32), UploadError> {
+    if h.len() >= ITEM_HEADER_LEN {
+        if let Some(z) = want.ztag().filter(|z| h[..4] == *z) {
+            let len = be32(&h[4..8]);
+            let min = ZLIB_PREFIX_LEN as u32 + ZLIB_MIN;
+            let max = want.bounds().1;
+            if !(min..=max).contains(&len) {
+                return Err(UploadError::Length {
+                    what: want.tag_str_of(Coding::Zlib),
+                    len,
+                    min,
+                    max,
+                });
+            }
+            debug_assert_eq!(&z[..3], &want.tag()[..3]);
+            return Ok((Coding::Zlib, len));
+        }
+    }
+    parse_item_header(h, want).map(|n| (Coding::Plain, n))
+}
+
+/// The inflated length in a compressed item's 4-byte prefix, checked against the plain item's
+/// bounds.
+pub fn parse_zlib_prefix(p: &[u8], item: Item) -> Result<u32, UploadError> {
+    if p.len() < ZLIB_PREFIX_LEN {
+        return Err(UploadError::Truncated {
+            have: p.len(),
+            need: ZLIB_PREFIX_LEN,
+        });
+    }
+    let n = be32(p);
+    let (min, max) = item.bounds();
+    if !(min..=max).contains(&n) {
+        return Err(UploadError::Length {
+            what: match item {
+                Item::Kernel => "KERZ inflated",
+                _ => "INRZ inflated",
+            },
+            len: n,
+            min,
+            max,
+        });
+    }
+    Ok(n)
+}
+
+/// The header of a compressed `item` whose zlib stream has `zlen` bytes (the prefix is
+/// counted here), followed by the prefix with the inflated length. None for the command line.
+pub fn zitem_header(item: Item, zlen: u32, inflated: u32) -> Option<[u8; ITEM_HEADER_LEN + 4]> {
+    let tag = item.ztag()?;
+    let mut h = [0u8; ITEM_HEADER_LEN + ZLIB_PREFIX_LEN];
+    h[..4].copy_from_slice(&tag);
+    h[4..8].copy_from_slice(&zlen.checked_add(ZLIB_PREFIX_LEN as u32)?.to_be_bytes());
+    h[8..].copy_from_slice(&inflated.to_be_bytes());
+    Some(h)
+}
+
+/// The version a stage-2 greeting announces (the text after [`STAGE2_READY`]): the number in
+/// a `version=N` word, 1 when there is none (the first stage 2s did not say).
+pub fn greeting_version(rest: &str) -> u32 {
+    rest.split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("version="))
+        .map_or(1, |v| v.parse().unwrap_or(0))
+}
+
 /// The header of `item` with `len` bytes.
 pub fn item_header(item: Item, len: u32) -> [u8; ITEM_HEADER_LEN] {
     let mut h = [0u8; ITEM_HEADER_LEN];
@@ -298,6 +465,79 @@ pub fn parse_session(b: &[u8]) -> Result<Session<'_>, UploadError> {
         kernel: parts[0],
         initrd: parts[1],
         cmdline: parts[2],
+    })
+}
+
+/// One item of a version-2 session as sent: its coding, its bytes on the wire (for `Zlib`
+/// the stream after the prefix) and the length it has once inflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub coding: Coding,
+    pub data: &'a [u8],
+    pub inflated: u32,
+}
+
+/// A whole version-2 client session, like [`Session`], with the kernel and the initramfs in
+/// either coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionV2<'a> {
+    pub stage2: &'a [u8],
+    pub kernel: Part<'a>,
+    pub initrd: Part<'a>,
+    pub cmdline: &'a [u8],
+}
+
+/// Split `b` into a [`SessionV2`], checking every header and prefix as stage 2 does (the
+/// streams themselves are checked when inflated, `crate::inflate`).
+pub fn parse_session_v2(b: &[u8]) -> Result<SessionV2<'_>, UploadError> {
+    let len = parse_stage1_header(b)? as usize;
+    let rest = &b[STAGE1_HEADER_LEN..];
+    if rest.len() < len {
+        return Err(UploadError::Truncated {
+            have: STAGE1_HEADER_LEN + rest.len(),
+            need: STAGE1_HEADER_LEN + len,
+        });
+    }
+    let (stage2, mut rest) = rest.split_at(len);
+    let mut parts = [Part {
+        coding: Coding::Plain,
+        data: &[],
+        inflated: 0,
+    }; 3];
+    for (part, item) in parts.iter_mut().zip(Item::ALL) {
+        let (coding, n) = parse_item_header_v2(rest, item)?;
+        let n = n as usize;
+        let body = &rest[ITEM_HEADER_LEN..];
+        if body.len() < n {
+            return Err(UploadError::Truncated {
+                have: rest.len(),
+                need: ITEM_HEADER_LEN + n,
+            });
+        }
+        let (this, after) = body.split_at(n);
+        *part = match coding {
+            Coding::Plain => Part {
+                coding,
+                data: this,
+                inflated: n as u32,
+            },
+            Coding::Zlib => Part {
+                coding,
+                inflated: parse_zlib_prefix(this, item)?,
+                data: &this[ZLIB_PREFIX_LEN..],
+            },
+        };
+        rest = after;
+    }
+    check_cmdline(parts[2].data)?;
+    if !rest.is_empty() {
+        return Err(UploadError::Trailing(rest.len()));
+    }
+    Ok(SessionV2 {
+        stage2,
+        kernel: parts[0],
+        initrd: parts[1],
+        cmdline: parts[2].data,
     })
 }
 
@@ -485,6 +725,63 @@ mod tests {
         let mut t = b.clone();
         t.push(0);
         assert_eq!(parse_session(&t), Err(UploadError::Trailing(1)));
+    }
+
+    #[test]
+    fn version_2_takes_compressed_kernel_and_initramfs() {
+        let z = zitem_header(Item::Kernel, 100, 5000).unwrap();
+        assert_eq!(&z[..8], b"KERZ\0\0\0\x68");
+        assert_eq!(
+            parse_item_header_v2(&z, Item::Kernel),
+            Ok((Coding::Zlib, 104))
+        );
+        assert_eq!(parse_zlib_prefix(&z[8..], Item::Kernel), Ok(5000));
+        assert!(zitem_header(Item::Cmdline, 10, 10).is_none());
+        // Plain items still parse; a compressed tag where it is not due does not.
+        assert_eq!(
+            parse_item_header_v2(&item_header(Item::Initrd, 0), Item::Initrd),
+            Ok((Coding::Plain, 0))
+        );
+        assert_eq!(
+            parse_item_header_v2(&z, Item::Initrd)
+                .unwrap_err()
+                .to_string(),
+            "item 'KERZ' where INRD is due"
+        );
+        let mut c = item_header(Item::Cmdline, 3);
+        c[3] = b'Z';
+        assert!(parse_item_header_v2(&c, Item::Cmdline).is_err());
+        // Bounds: room for the prefix and the shortest stream; the plain item's maximum; the
+        // inflated length within the plain item's bounds.
+        let mut h = item_header(Item::Kernel, 11);
+        h[3] = b'Z';
+        assert_eq!(
+            parse_item_header_v2(&h, Item::Kernel)
+                .unwrap_err()
+                .to_string(),
+            "KERZ length 11 outside 12..=134217728"
+        );
+        h[4..].copy_from_slice(&(KERNEL_MAX + 1).to_be_bytes());
+        assert!(parse_item_header_v2(&h, Item::Kernel).is_err());
+        assert_eq!(
+            parse_zlib_prefix(&0u32.to_be_bytes(), Item::Kernel)
+                .unwrap_err()
+                .to_string(),
+            "KERZ inflated length 0 outside 1..=134217728"
+        );
+        assert_eq!(parse_zlib_prefix(&0u32.to_be_bytes(), Item::Initrd), Ok(0));
+        assert!(parse_zlib_prefix(&(INITRD_MAX + 1).to_be_bytes(), Item::Initrd).is_err());
+        assert_eq!(
+            parse_zlib_prefix(&[0; 3], Item::Initrd),
+            Err(UploadError::Truncated { have: 3, need: 4 })
+        );
+    }
+
+    #[test]
+    fn greeting_says_the_version() {
+        assert_eq!(greeting_version("arena=52420608"), 1);
+        assert_eq!(greeting_version("arena=52420608 version=2"), 2);
+        assert_eq!(greeting_version("version=x arena=1"), 0);
     }
 
     #[test]

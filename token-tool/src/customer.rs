@@ -37,7 +37,7 @@ pub struct BootArgs {
     pub upload: Option<crate::bootupload::Upload>,
 }
 
-pub fn boot(json: bool, a: BootArgs) -> anyhow::Result<()> {
+pub fn boot(json: bool, mut a: BootArgs) -> anyhow::Result<()> {
     // Parse locally first: a malformed file is the customer's mistake, not the node's.
     let (t, _) = token_tool::BootToken::decode_unverified(&a.token)?;
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
@@ -118,7 +118,7 @@ pub fn boot(json: bool, a: BootArgs) -> anyhow::Result<()> {
         }
     }
     let mut steps = None;
-    if let (Some(u), Some(c)) = (&a.upload, conn) {
+    if let (Some(u), Some(c)) = (&mut a.upload, conn) {
         if u.stage2_sha1() != t.loader_sha1 {
             eprintln!(
                 "token-tool: warning: stage 2's SHA-1 {} is not the token's {}: the loader will refuse it",
@@ -170,9 +170,18 @@ pub fn boot(json: bool, a: BootArgs) -> anyhow::Result<()> {
                 f("stage2_ms"),
                 s["stage2_sha1"].as_str().unwrap_or("?")
             );
+            if s["compress_ms"].is_number() {
+                println!(
+                    "  compressed in the background in {:.1} ms (the upload waited {:.1} ms for it)",
+                    f("compress_ms"),
+                    f("compress_wait_ms")
+                );
+            }
             println!(
-                "  kernel, initramfs and command line ({} bytes) uploaded in {:.1} ms",
+                "  kernel, initramfs and command line ({} bytes, {} on the wire as {}) uploaded in {:.1} ms",
                 s["bytes"],
+                s["wire_bytes"],
+                s["items"].as_array().map(|a| a.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join("+")).unwrap_or_default(),
                 f("kernel_ms")
             );
             println!("  boot hand-over after {:.1} ms", f("handover_ms"));

@@ -115,6 +115,11 @@ enum Cmd {
         /// Seconds to wait for each answer of the loader during the uploads.
         #[arg(long, default_value_t = 120.0)]
         upload_timeout: f64,
+        /// zlib level (1-9) for the kernel, and for an initramfs not compressed already, sent
+        /// to a stage 2 that inflates (version 2); compressed in the background while the node
+        /// answers. 0 sends them as they are.
+        #[arg(long, default_value_t = bootupload::DEFAULT_LEVEL, value_parser = clap::value_parser!(u8).range(0..=9))]
+        compress_level: u8,
     },
     /// Fetch the redemption certificate of an ended job from the node that ran it, by ICMP
     /// (a certificate query, docs/packetd.md §2.1), and write it to OUT for `broker redeem`.
@@ -505,6 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             initrd,
             cmdline,
             upload_timeout,
+            compress_level,
         } => {
             let secs = |s: f64, what: &str| {
                 (s.is_finite() && (0.0..=3600.0).contains(&s))
@@ -521,7 +527,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     let t = secs(upload_timeout, "upload-timeout")?.max(Duration::from_secs(1));
                     let c = cmdline.as_deref().unwrap_or("");
-                    Some(bootupload::Upload::load(s, k, initrd.as_ref(), c, t)?)
+                    let mut u = bootupload::Upload::load(s, k, initrd.as_ref(), c, t)?;
+                    if compress_level > 0 {
+                        u.start_packing(compress_level);
+                    }
+                    Some(u)
                 }
                 _ => None,
             };
