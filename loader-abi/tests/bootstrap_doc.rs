@@ -54,3 +54,51 @@ fn worked_example_parses_and_re_encodes() {
     );
     assert_eq!(upload::parse_hex20(want.trim().as_bytes()), Some(sum));
 }
+
+/// The version-2 example: the kernel as a `KERZ` item, inflated with stage 2's receiver.
+#[cfg(feature = "inflate")]
+#[test]
+fn worked_example_v2_inflates_to_the_kernel() {
+    use loader_abi::inflate::Inflater;
+    use loader_abi::upload::{Coding, InflateError};
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/bootstrap.md"))
+        .unwrap();
+    let bytes = hexdump(&block(&doc, "session-v2"));
+    assert_eq!(bytes.len(), 66);
+    // A version-1 parser refuses the compressed tag.
+    assert!(upload::parse_session(&bytes).is_err());
+    let s = upload::parse_session_v2(&bytes).unwrap();
+    assert_eq!(s.stage2, b"\xeb\xfe");
+    assert_eq!(s.kernel.coding, Coding::Zlib);
+    assert_eq!(s.kernel.inflated, 64);
+    assert_eq!(s.kernel.data.len(), 15);
+    assert_eq!(s.initrd.coding, Coding::Plain);
+    assert_eq!(s.initrd.data, b"");
+    assert_eq!(s.cmdline, b"quiet");
+    let mut kernel = b"\x7fELF".to_vec();
+    kernel.resize(64, 0);
+    let z = s.kernel.data;
+    for cut in 0..=z.len() {
+        let mut out = [0u8; 64];
+        let mut inf = Inflater::new(&mut out, z.len());
+        inf.feed(&z[..cut]).unwrap();
+        inf.feed(&z[cut..]).unwrap();
+        assert_eq!(inf.finish().unwrap(), &kernel[..], "split at {cut}");
+    }
+    let declared = |m: usize| {
+        let mut out = vec![0u8; m];
+        let mut inf = Inflater::new(&mut out, z.len());
+        inf.feed(z).and_then(|_| inf.finish().map(|_| ()))
+    };
+    assert_eq!(declared(63), Err(InflateError::TooLong { declared: 63 }));
+    assert_eq!(
+        declared(65),
+        Err(InflateError::Short {
+            got: 64,
+            declared: 65
+        })
+    );
+    // Re-encoded with the crate's writer: the doc's header bytes.
+    let h = upload::zitem_header(Item::Kernel, 15, 64).unwrap();
+    assert_eq!(&bytes[18..30], &h[..]);
+}

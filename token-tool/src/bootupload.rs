@@ -537,7 +537,7 @@ mod tests {
         let got: Vec<_> = rx.iter().collect();
         assert_eq!(got[1], ("INRZ".to_string(), u.initrd.to_vec()));
         let mut gz = b"\x1f\x8b".to_vec();
-        gz.extend(std::iter::repeat(0).take(10_000));
+        gz.resize(10_002, 0);
         u.initrd = gz.into();
         u.start_packing(1);
         let (c, rx) = fake_loader(u.stage2_sha1(), None, 2);
