@@ -62,6 +62,24 @@ pub fn payload(ty: u32, parts: &[&[u8]], out: &mut [u8]) -> Option<usize> {
     Some(n)
 }
 
+/// Build a whole request in `out`: the header (transaction 0), then the payload of `parts`
+/// as [`payload`] lays it out. Returns the request's length, or None if it does not fit.
+pub fn request(ty: u32, req_id: u32, parts: &[&[u8]], out: &mut [u8]) -> Option<usize> {
+    let (head, body) = out.split_at_mut_checked(HEADER_LEN)?;
+    let len = payload(ty, parts, body)?;
+    let tx_id = 0;
+    head.copy_from_slice(
+        &Header {
+            ty,
+            req_id,
+            tx_id,
+            len: len as u32,
+        }
+        .encode(),
+    );
+    Some(HEADER_LEN + len)
+}
+
 /// Strip one trailing NUL (xenstored terminates READ replies inconsistently across versions).
 pub fn trim_nul(b: &[u8]) -> &[u8] {
     b.strip_suffix(&[0]).unwrap_or(b)
@@ -113,6 +131,18 @@ mod tests {
             len: 12,
         };
         assert_eq!(Header::decode(&h.encode()), h);
+    }
+
+    #[test]
+    fn request_is_header_then_payload() {
+        let mut b = [0u8; 64];
+        let n = request(XS_WRITE, 9, &[b"a/b", b"v"], &mut b).unwrap();
+        assert_eq!(n, HEADER_LEN + 5);
+        let h = Header::decode(b[..HEADER_LEN].try_into().unwrap());
+        assert_eq!((h.ty, h.req_id, h.tx_id, h.len), (XS_WRITE, 9, 0, 5));
+        assert_eq!(&b[HEADER_LEN..n], b"a/b\0v");
+        assert_eq!(request(XS_READ, 0, &[&[b'x'; 48]], &mut b), None);
+        assert_eq!(request(XS_READ, 0, &[], &mut b[..4]), None);
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct Config {
 
 fn pool(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (a, n) = s.split_once('/').ok_or("expected FIRST_ADDRESS/COUNT")?;
-    let n = n.parse().ok().filter(|n| (1..=64).contains(n)).ok_or("COUNT must be 1..=64")?;
+    let n = n.parse().ok().filter(|n| (1..=64).contains(n));
+    let n = n.ok_or("COUNT must be 1..=64")?;
     Ok((a.parse().map_err(|e| format!("{e}"))?, n))
 }
 
@@ -61,5 +62,13 @@ impl Config {
     /// The i-th pool address.
     pub fn addr(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.pool.0).wrapping_add(i as u32))
+    }
+
+    /// The slot of the address in the first `ip=ADDRESS` of `text` (an xl config packetd
+    /// wrote); None if there is none or it is not one of the pool's.
+    pub fn slot_in(&self, text: &str) -> Option<usize> {
+        let ip: Ipv4Addr = text.split("ip=").nth(1)?.split(' ').next()?.parse().ok()?;
+        let i = u32::from(ip).checked_sub(u32::from(self.pool.0))?;
+        (i < self.pool.1 as u32).then_some(i as usize)
     }
 }

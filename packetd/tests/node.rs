@@ -48,7 +48,8 @@ impl FakeHost {
     }
     /// Domain 5 exists.
     fn running(&mut self, domid: u32) {
-        self.store.insert(format!("/local/domain/{domid}/name"), "x".into());
+        self.store
+            .insert(format!("/local/domain/{domid}/name"), "x".into());
     }
 }
 
@@ -141,7 +142,10 @@ fn refusals_name_their_reason_and_the_node_keeps_serving() {
     let cfg_path = d.path().join("run/lm-job7.cfg");
     assert_eq!(
         n.host.scripts[0],
-        (7, format!("xl create -q {} && xl domid lm-job7", cfg_path.display()))
+        (
+            7,
+            format!("xl create -q {} && xl domid lm-job7", cfg_path.display())
+        )
     );
     let cfg = created_cfg(d.path(), 7);
     assert!(
@@ -149,11 +153,17 @@ fn refusals_name_their_reason_and_the_node_keeps_serving() {
         "{cfg}"
     );
     assert!(cfg.contains("mac=00:16:3e:4c:00:78"), "{cfg}");
-    assert!(cfg.contains(&format!("stage2-sha1={}", "00".repeat(20))), "{cfg}");
+    assert!(
+        cfg.contains(&format!("stage2-sha1={}", "00".repeat(20))),
+        "{cfg}"
+    );
     // The loader's own command-line parser accepts what packetd writes.
     let extra = cfg.split("extra=").nth(1).unwrap();
     let net = inflate_core::cmdline::parse(extra.split(" mac=").next().unwrap()).unwrap();
-    assert_eq!((net.ip, net.prefix_len, net.port), ([10, 0, 0, 120], 24, 7000));
+    assert_eq!(
+        (net.ip, net.prefix_len, net.port),
+        ([10, 0, 0, 120], 24, 7000)
+    );
     // A resend while xl create runs gets no answer yet, and starts nothing.
     assert!(n.on_packet(&ping(src, 10, &good), 0, 1_000).is_none());
     assert_eq!(n.host.scripts.len(), 1);
@@ -179,29 +189,57 @@ fn refusals_name_their_reason_and_the_node_keeps_serving() {
 #[test]
 fn sources_are_rate_limited() {
     let (_d, mut n, _) = setup();
-    let answered =
-        (0..40).filter(|&i| n.on_packet(&ping([10, 0, 0, 9], i, b"x"), 0, 0).is_some()).count();
+    let answered = (0..40)
+        .filter(|&i| n.on_packet(&ping([10, 0, 0, 9], i, b"x"), 0, 0).is_some())
+        .count();
     assert_eq!(answered, 30);
     // Another source is not affected; the first one gets one more after a second.
     assert!(n.on_packet(&ping([10, 0, 0, 8], 0, b"x"), 0, 0).is_some());
-    assert!(n.on_packet(&ping([10, 0, 0, 9], 0, b"x"), 1_000, 0).is_some());
-    assert!(n.on_packet(&ping([10, 0, 0, 9], 0, b"x"), 1_000, 0).is_none());
+    assert!(n
+        .on_packet(&ping([10, 0, 0, 9], 0, b"x"), 1_000, 0)
+        .is_some());
+    assert!(n
+        .on_packet(&ping([10, 0, 0, 9], 0, b"x"), 1_000, 0)
+        .is_none());
 }
 
 #[test]
 fn failed_create_closes_the_job_with_a_certificate() {
     let (d, mut n, c) = setup();
-    assert!(n.on_packet(&ping([10, 0, 0, 1], 1, &token(&c, 7, 2, 64, 5_000)), 0, 1_000).is_none());
+    assert!(n
+        .on_packet(
+            &ping([10, 0, 0, 1], 1, &token(&c, 7, 2, 64, 5_000)),
+            0,
+            1_000
+        )
+        .is_none());
     n.host.results.push((7, Err("no memory".into())));
     let r = reply(n.poll(1_000).pop());
-    assert_eq!((r.status, r.reason_name()), (Status::Failed, "create-failed"));
-    assert_eq!(n.host.scripts.last().unwrap(), &(7, "xl destroy lm-job7".to_string()));
+    assert_eq!(
+        (r.status, r.reason_name()),
+        (Status::Failed, "create-failed")
+    );
+    assert_eq!(
+        n.host.scripts.last().unwrap(),
+        &(7, "xl destroy lm-job7".to_string())
+    );
     let cert = std::fs::read(d.path().join("certs/7.lmrc")).unwrap();
-    assert_eq!(token_tool::Certificate::verify(&cert, SECRET).unwrap().balance, 10);
+    assert_eq!(
+        token_tool::Certificate::verify(&cert, SECRET)
+            .unwrap()
+            .balance,
+        10
+    );
 }
 
 fn started(n: &mut Node<FakeHost>, c: &Chain, job: u64, domid: u32) {
-    assert!(n.on_packet(&ping([10, 0, 0, 1], 1, &token(c, job, 2, 64, 5_000)), 0, 1_000).is_none());
+    assert!(n
+        .on_packet(
+            &ping([10, 0, 0, 1], 1, &token(c, job, 2, 64, 5_000)),
+            0,
+            1_000
+        )
+        .is_none());
     n.host.results.push((job, Ok(domid.to_string())));
     n.host.running(domid);
     n.poll(1_000);
@@ -217,13 +255,25 @@ fn billing_warns_tops_up_and_purges_after_the_grace_period() {
     assert_eq!(n.host.get("/local/domain/5/data/lm-balance"), "6");
     // Top-up of 5 tokens, written by the guest as hex, taken at the next tick; a replay is
     // refused.
-    let tu = TopUp { node_id: 2, job_id: 7, count: 5, value: c.released_value(15).unwrap() };
+    let tu = TopUp {
+        node_id: 2,
+        job_id: 7,
+        count: 5,
+        value: c.released_value(15).unwrap(),
+    };
     let hex = token_tool::to_hex(&tu.encode());
     let write_topup = |n: &mut Node<FakeHost>, v: &str| {
-        n.host.store.insert("/local/domain/5/data/lm-topup".into(), v.into());
+        n.host
+            .store
+            .insert("/local/domain/5/data/lm-topup".into(), v.into());
         n.tick(4_000, 1_004);
-        assert!(!n.host.store.contains_key("/local/domain/5/data/lm-topup"), "taken");
-        n.host.get("/local/domain/5/data/lm-topup-result").to_string()
+        assert!(
+            !n.host.store.contains_key("/local/domain/5/data/lm-topup"),
+            "taken"
+        );
+        n.host
+            .get("/local/domain/5/data/lm-topup-result")
+            .to_string()
     };
     assert_eq!(write_topup(&mut n, &hex), "accepted balance 11");
     assert_eq!(n.ledger.job(7).unwrap().balance, 11);
@@ -233,11 +283,20 @@ fn billing_warns_tops_up_and_purges_after_the_grace_period() {
         assert!(write_topup(&mut n, junk).starts_with("refused "), "{junk}");
     }
     n.tick(16_000, 1_016); // 12 tokens owed, 11 left: exhausted, warned
-    assert!(n.host.get("/local/domain/5/data/lm-warning").starts_with("exhausted"));
+    assert!(n
+        .host
+        .get("/local/domain/5/data/lm-warning")
+        .starts_with("exhausted"));
     n.tick(19_000, 1_019);
-    assert!(!n.host.scripts.iter().any(|s| s.1.contains("destroy")), "purged too early");
+    assert!(
+        !n.host.scripts.iter().any(|s| s.1.contains("destroy")),
+        "purged too early"
+    );
     n.tick(22_000, 1_022);
-    assert_eq!(n.host.scripts.last().unwrap(), &(7, "xl destroy lm-job7".to_string()));
+    assert_eq!(
+        n.host.scripts.last().unwrap(),
+        &(7, "xl destroy lm-job7".to_string())
+    );
     let cert = std::fs::read(d.path().join("certs/7.lmrc")).unwrap();
     let cert = token_tool::Certificate::verify(&cert, SECRET).unwrap();
     assert_eq!((cert.accepted, cert.balance), (15, 0));
@@ -248,9 +307,20 @@ fn a_top_up_during_the_grace_period_keeps_the_guest() {
     let (_d, mut n, c) = setup();
     started(&mut n, &c, 7, 5);
     n.tick(12_000, 1_012);
-    assert!(n.host.get("/local/domain/5/data/lm-warning").starts_with("exhausted"));
-    let tu = TopUp { node_id: 2, job_id: 7, count: 50, value: c.released_value(60).unwrap() };
-    n.host.store.insert("/local/domain/5/data/lm-topup".into(), token_tool::to_hex(&tu.encode()));
+    assert!(n
+        .host
+        .get("/local/domain/5/data/lm-warning")
+        .starts_with("exhausted"));
+    let tu = TopUp {
+        node_id: 2,
+        job_id: 7,
+        count: 50,
+        value: c.released_value(60).unwrap(),
+    };
+    n.host.store.insert(
+        "/local/domain/5/data/lm-topup".into(),
+        token_tool::to_hex(&tu.encode()),
+    );
     n.tick(13_000, 1_013);
     assert_eq!(n.host.get("/local/domain/5/data/lm-warning"), "");
     n.tick(20_000, 1_020);
@@ -261,19 +331,31 @@ fn a_top_up_during_the_grace_period_keeps_the_guest() {
 fn a_guest_that_shuts_down_gets_its_balance_back_and_the_customer_fetches_it() {
     let (d, mut n, c) = setup();
     let query = |n: &mut Node<FakeHost>, job| {
-        let (_, icmp) =
-            n.on_packet(&ping([10, 0, 0, 3], 1, &bp::cert_query(job)), 0, 1_000).unwrap();
+        let (_, icmp) = n
+            .on_packet(&ping([10, 0, 0, 3], 1, &bp::cert_query(job)), 0, 1_000)
+            .unwrap();
         icmp[8..].to_vec()
     };
-    assert_eq!(BootReply::decode(&query(&mut n, 7)).unwrap().reason_name(), "unknown-job");
+    assert_eq!(
+        BootReply::decode(&query(&mut n, 7)).unwrap().reason_name(),
+        "unknown-job"
+    );
     started(&mut n, &c, 7, 5);
     let open = BootReply::decode(&query(&mut n, 7)).unwrap();
-    assert_eq!((open.status, open.reason_name()), (Status::Later, "job-open"));
+    assert_eq!(
+        (open.status, open.reason_name()),
+        (Status::Later, "job-open")
+    );
     n.tick(3_000, 1_003);
     n.host.store.clear();
     n.tick(4_000, 1_004);
     let cert = std::fs::read(d.path().join("certs/7.lmrc")).unwrap();
-    assert_eq!(token_tool::Certificate::verify(&cert, SECRET).unwrap().balance, 7);
+    assert_eq!(
+        token_tool::Certificate::verify(&cert, SECRET)
+            .unwrap()
+            .balance,
+        7
+    );
     // The customer's certificate query gets the certificate itself.
     assert_eq!(query(&mut n, 7), cert);
 }
@@ -282,7 +364,11 @@ fn a_guest_that_shuts_down_gets_its_balance_back_and_the_customer_fetches_it() {
 fn a_restarted_packetd_adopts_running_jobs_and_closes_the_others() {
     let (d, mut n, c) = setup();
     for (job, seq) in [(7, 1), (8, 2), (9, 3)] {
-        n.on_packet(&ping([10, 0, 0, 1], seq, &token(&c, job, 2, 64, 5_000)), 0, 1_000);
+        n.on_packet(
+            &ping([10, 0, 0, 1], seq, &token(&c, job, 2, 64, 5_000)),
+            0,
+            1_000,
+        );
     }
     // Job 9 found no address (the pool has 2); its xl config was never written.
     // packetd restarts: job 7's domain still runs (as domain 9), job 8's does not.
@@ -299,9 +385,17 @@ fn a_restarted_packetd_adopts_running_jobs_and_closes_the_others() {
     assert!(d.path().join("certs/8.lmrc").exists());
     assert!(!d.path().join("certs/7.lmrc").exists());
     n.tick(2_000, 1_012);
-    assert_eq!(n.ledger.job(7).unwrap().balance, 8, "the adopted job is billed");
+    assert_eq!(
+        n.ledger.job(7).unwrap().balance,
+        8,
+        "the adopted job is billed"
+    );
     assert_eq!(n.host.get("/local/domain/9/data/lm-balance"), "8");
     // Its address stays taken: the next token gets the other one.
-    n.on_packet(&ping([10, 0, 0, 1], 3, &token(&c, 11, 2, 64, 5_000)), 0, 1_000);
+    n.on_packet(
+        &ping([10, 0, 0, 1], 3, &token(&c, 11, 2, 64, 5_000)),
+        0,
+        1_000,
+    );
     assert!(created_cfg(d.path(), 11).contains("ip=10.0.0.121"));
 }

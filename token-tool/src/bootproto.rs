@@ -4,6 +4,7 @@
 //! definition. Nothing here panics or allocates on bad input.
 
 use crate::error::TokenError;
+use crate::node::LedgerError;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
@@ -38,6 +39,8 @@ pub const REASONS: [&str; 19] = [
     "unknown-job",
     "job-open",
 ];
+
+const REASON_INVALID_FIELD: u8 = 6;
 
 /// Reason code of a refusal name (None for a name that has no code).
 pub fn reason_code(name: &str) -> Option<u8> {
@@ -77,6 +80,53 @@ pub struct BootReply {
 }
 
 impl BootReply {
+    /// An answer that names no domain (refused, later, failed): `reason` is a name in
+    /// [`REASONS`]; a name without a code goes out as `invalid-field`.
+    pub fn answer(status: Status, reason: &str, job_id: u64, echo: [u8; 20]) -> BootReply {
+        let reason = reason_code(reason).unwrap_or(REASON_INVALID_FIELD);
+        let (addr, port, domid, balance) = ([0; 4], 0, 0, 0);
+        BootReply {
+            status,
+            reason,
+            job_id,
+            addr,
+            port,
+            domid,
+            balance,
+            echo,
+        }
+    }
+
+    /// The answer for a running loader domain: where to upload, its domid and the balance
+    /// (saturated to 32 bits).
+    pub fn accepted(
+        job_id: u64,
+        echo: [u8; 20],
+        at: ([u8; 4], u16),
+        domid: u32,
+        balance: u64,
+    ) -> BootReply {
+        let balance = balance.min(u32::MAX as u64) as u32;
+        let (addr, port) = at;
+        let ok = Self::answer(Status::Accepted, "ok", job_id, echo);
+        BootReply {
+            addr,
+            port,
+            domid,
+            balance,
+            ..ok
+        }
+    }
+
+    /// The answer to a boot token the ledger did not take: refused with the token's refusal
+    /// code, or failed (`ledger-failure`) when the node could not keep its ledger.
+    pub fn not_taken(e: &LedgerError, job_id: u64, echo: [u8; 20]) -> BootReply {
+        match e.is_refusal() {
+            true => Self::answer(Status::Refused, e.code(), job_id, echo),
+            false => Self::answer(Status::Failed, "ledger-failure", job_id, echo),
+        }
+    }
+
     pub fn reason_name(&self) -> &'static str {
         REASONS.get(self.reason as usize).copied().unwrap_or("?")
     }
@@ -178,6 +228,22 @@ pub fn cert_query(job_id: u64) -> [u8; CERT_QUERY_LEN] {
     q[4] = 1;
     q[8..].copy_from_slice(&job_id.to_be_bytes());
     q
+}
+
+/// The answer to a certificate query for `job_id`, from what the node kept for the job
+/// ([`NodeLedger::kept_certificate`](crate::node::NodeLedger::kept_certificate)): the
+/// certificate itself, later/`job-open` while the job runs, refused with any other reason.
+pub fn cert_query_answer(job_id: u64, kept: Result<Vec<u8>, &str>) -> Vec<u8> {
+    kept.unwrap_or_else(|why| {
+        let status = if why == "job-open" {
+            Status::Later
+        } else {
+            Status::Refused
+        };
+        BootReply::answer(status, why, job_id, [0; 20])
+            .encode()
+            .to_vec()
+    })
 }
 
 /// The job id of a well-formed certificate query, else None.
@@ -310,6 +376,27 @@ mod tests {
     }
 
     #[test]
+    fn answers_carry_their_reason_code() {
+        let r = BootReply::answer(Status::Later, "node-full", 7, [1; 20]);
+        let d = BootReply::decode(&r.encode()).unwrap();
+        assert_eq!(
+            (d.status, d.reason_name(), d.job_id, d.echo),
+            (Status::Later, "node-full", 7, [1; 20])
+        );
+        assert_eq!((d.addr, d.port, d.domid, d.balance), ([0; 4], 0, 0, 0));
+        // A refusal code that has no reason on the wire (a top-up's, say) still decodes.
+        let r = BootReply::answer(Status::Refused, "replay", 7, [0; 20]);
+        assert_eq!(
+            BootReply::decode(&r.encode()).unwrap().reason_name(),
+            "invalid-field"
+        );
+        let a = BootReply::accepted(42, [0xab; 20], ([10, 0, 0, 120], 7000), 5, 10);
+        assert_eq!(a, sample());
+        let rich = BootReply::accepted(42, [0; 20], ([0; 4], 0), 5, u64::MAX);
+        assert_eq!(BootReply::decode(&rich.encode()).unwrap().balance, u32::MAX);
+    }
+
+    #[test]
     fn every_token_refusal_of_a_boot_token_has_a_code() {
         for name in [
             "truncated",
@@ -357,6 +444,41 @@ mod tests {
         let mut v2 = q;
         v2[4] = 2;
         assert_eq!(parse_cert_query(&v2), None);
+    }
+
+    #[test]
+    fn cert_query_answers() {
+        assert_eq!(cert_query_answer(3, Ok(b"LMRC...".to_vec())), b"LMRC...");
+        let open = BootReply::decode(&cert_query_answer(3, Err("job-open"))).unwrap();
+        assert_eq!(
+            (open.status, open.reason_name(), open.job_id),
+            (Status::Later, "job-open", 3)
+        );
+        let none = BootReply::decode(&cert_query_answer(4, Err("unknown-job"))).unwrap();
+        assert_eq!(
+            (none.status, none.reason_name()),
+            (Status::Refused, "unknown-job")
+        );
+    }
+
+    #[test]
+    fn a_boot_token_not_taken_is_refused_or_failed() {
+        let reused = LedgerError::Token(TokenError::BootTokenReused { job: 5 });
+        let r = BootReply::not_taken(&reused, 5, [2; 20]);
+        assert_eq!(
+            (r.status, r.reason_name(), r.echo),
+            (Status::Refused, "boot-token-reused", [2; 20])
+        );
+        let io = std::io::Error::other("disk full");
+        let broken = LedgerError::Io {
+            path: "ledger.json".into(),
+            source: io,
+        };
+        let r = BootReply::not_taken(&broken, 5, [2; 20]);
+        assert_eq!(
+            (r.status, r.reason_name()),
+            (Status::Failed, "ledger-failure")
+        );
     }
 
     proptest! {

@@ -12,6 +12,7 @@ pub mod bootproto;
 pub mod chain;
 pub mod error;
 pub mod node;
+pub mod ratelimit;
 pub mod sha1block;
 pub mod wallet;
 pub mod wire;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::chain::{f, iterate, Value};
 use crate::error::TokenError;
 use crate::fsutil::atomic_write;
-use crate::wire::{hex20, BootFields, Certificate, NodeKey, TopUp};
+use crate::wire::{hex20, BootFields, Certificate, NodeKey, TopUp, TOPUP_LEN};
 
 /// Values kept per job to name replays exactly (older ones are still refused, as a
 /// chain mismatch or via the forward scan).
@@ -32,13 +32,18 @@ pub enum LedgerError {
     Corrupt { path: PathBuf, msg: String },
     #[error("node ledger already exists in {0}")]
     Exists(PathBuf),
+    #[error("certificate NOT written to {path}: {source}")]
+    CertificateNotWritten {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LedgerError {
     pub fn code(&self) -> &'static str {
         match self {
             LedgerError::Token(t) => t.code(),
-            LedgerError::Io { .. } => "io",
+            LedgerError::Io { .. } | LedgerError::CertificateNotWritten { .. } => "io",
             LedgerError::Corrupt { .. } => "corrupt-ledger",
             LedgerError::Exists(_) => "exists",
         }
@@ -342,6 +347,72 @@ impl NodeLedger {
     }
 }
 
+/// What a node does with a job's ledger entry over its life, beyond the token rules above:
+/// a top-up as the guest writes it, billing by memory x time, the certificate file.
+impl NodeLedger {
+    /// A top-up for `job` as a guest writes it into its xenstore area: the 44-byte top-up in
+    /// hex (whitespace ignored). Returns the job's new state, or the refusal code
+    /// (`wrong-job` when the top-up names another job).
+    pub fn accept_topup_hex(&mut self, job: u64, hex: &str) -> Result<JobState, &'static str> {
+        // Whitespace aside a top-up is 88 hex digits; anything much longer is refused unread.
+        if hex.len() > 4 * TOPUP_LEN {
+            return Err("oversized");
+        }
+        let bytes = crate::from_hex(hex).map_err(|e| e.code())?;
+        if TopUp::decode(&bytes).map_err(|e| e.code())?.job_id != job {
+            return Err("wrong-job");
+        }
+        self.accept_topup(&bytes).map_err(|e| e.code())
+    }
+
+    /// Bill `dt_ms` of the job's memory at `price` MiB x ms per token. `owed` (MiB x ms not
+    /// yet paid, kept by the caller between calls) grows by memory x `dt_ms`; the whole
+    /// tokens in it are debited ([`consume`](Self::consume)) and the remainder stays owed.
+    pub fn bill(
+        &mut self,
+        job: u64,
+        owed: &mut u64,
+        dt_ms: u64,
+        price: u64,
+    ) -> Result<Debit, LedgerError> {
+        let price = price.max(1);
+        let memory = self.job(job).map_or(0, |s| s.memory_mib as u64);
+        *owed = owed.saturating_add(dt_ms.saturating_mul(memory));
+        let debit = self.consume(job, *owed / price);
+        *owed %= price;
+        debit
+    }
+
+    /// Where a closed job's certificate is kept: certs/JOB.lmrc in the state directory.
+    pub fn certificate_path(&self, job: u64) -> PathBuf {
+        self.dir.join("certs").join(format!("{job}.lmrc"))
+    }
+
+    /// Close the job ([`redeem`](Self::redeem)) and keep its certificate at
+    /// [`certificate_path`](Self::certificate_path), where [`kept_certificate`]
+    /// (Self::kept_certificate) finds it. The job stays closed if the file cannot be written.
+    pub fn close(&mut self, job: u64, now: u64) -> Result<(Certificate, PathBuf), LedgerError> {
+        let (cert, bytes) = self.redeem(job, now)?;
+        let path = self.certificate_path(job);
+        let written = fs::create_dir_all(self.dir.join("certs"))
+            .and_then(|_| atomic_write(&path, &bytes, 0o644));
+        written.map_err(|source| LedgerError::CertificateNotWritten {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((cert, path))
+    }
+
+    /// The kept certificate of `job` as its customer fetches it, or why not: `job-open`
+    /// while the job runs, `unknown-job` when there is none.
+    pub fn kept_certificate(&self, job: u64) -> Result<Vec<u8>, &'static str> {
+        if self.job(job).is_some_and(|j| !j.closed) {
+            return Err("job-open");
+        }
+        fs::read(self.certificate_path(job)).map_err(|_| "unknown-job")
+    }
+}
+
 pub(crate) mod hexvec {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[[u8; 20]], s: S) -> Result<S::Ok, S::Error> {
@@ -549,6 +620,76 @@ mod tests {
             proptest::prop_assert_eq!(j.accepted, total);
             proptest::prop_assert_eq!(j.last, c.released_value(total).unwrap());
         }
+    }
+
+    /// A fresh ledger of node 1 and a chain minted from `seed`.
+    fn ledger(seed: u8) -> (tempfile::TempDir, Chain, NodeLedger) {
+        let d = tempfile::tempdir().unwrap();
+        let c = Chain::mint([seed; 20], 1000, 32, |_| {}).unwrap();
+        let l = NodeLedger::create(d.path(), 1, SECRET).unwrap();
+        (d, c, l)
+    }
+
+    #[test]
+    fn topup_as_a_guest_writes_it() {
+        let (_d, c, mut l) = ledger(7);
+        l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
+        let hex = crate::to_hex(&topup(&c, 1, 10, 5));
+        // Whitespace is ignored (a guest's `echo` adds a newline).
+        let spaced = format!(" {}\n{}\n", &hex[..40], &hex[40..]);
+        assert_eq!(l.accept_topup_hex(1, &spaced).unwrap().balance, 15);
+        assert_eq!(l.accept_topup_hex(1, &hex).unwrap_err(), "replay");
+        let other = crate::to_hex(&topup(&c, 2, 15, 5));
+        assert_eq!(l.accept_topup_hex(1, &other).unwrap_err(), "wrong-job");
+        assert_eq!(l.accept_topup_hex(1, "zz").unwrap_err(), "bad-hex");
+        assert_eq!(l.accept_topup_hex(1, &hex[..86]).unwrap_err(), "truncated");
+        assert_eq!(
+            l.accept_topup_hex(1, &"0".repeat(177)).unwrap_err(),
+            "oversized"
+        );
+        assert_eq!(l.job(1).unwrap().balance, 15);
+    }
+
+    #[test]
+    fn billing_carries_what_is_not_yet_a_whole_token() {
+        let (_d, c, mut l) = ledger(8);
+        l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
+        // 128 MiB at 256 MiB x s per token: half a token a second.
+        let (mut owed, price) = (0, 256_000);
+        let d1 = l.bill(1, &mut owed, 1_000, price).unwrap();
+        assert_eq!((d1.debited, d1.balance, owed), (0, 10, 128_000));
+        let d2 = l.bill(1, &mut owed, 3_000, price).unwrap();
+        assert_eq!((d2.debited, d2.balance, owed), (2, 8, 0));
+        let d3 = l.bill(1, &mut owed, 20_000, price).unwrap();
+        assert_eq!((d3.debited, d3.balance, d3.exhausted), (8, 0, true));
+        // A zero price bills nothing for free and does not divide by zero.
+        assert!(l.bill(1, &mut owed, 1, 0).unwrap().exhausted);
+        assert_eq!(
+            l.bill(2, &mut owed, 1, price).unwrap_err().code(),
+            "unknown-job"
+        );
+    }
+
+    #[test]
+    fn a_closed_job_keeps_its_certificate_for_the_customer() {
+        let (d, c, mut l) = ledger(9);
+        assert_eq!(l.kept_certificate(1).unwrap_err(), "unknown-job");
+        l.accept_boot(&boot(&c, 1, 10), 0).unwrap();
+        assert_eq!(l.kept_certificate(1).unwrap_err(), "job-open");
+        let (cert, path) = l.close(1, 77).unwrap();
+        assert_eq!(path, d.path().join("certs/1.lmrc"));
+        let kept = l.kept_certificate(1).unwrap();
+        assert_eq!(Certificate::verify(&kept, SECRET).unwrap(), cert);
+        assert_eq!((cert.balance, cert.issued_at), (10, 77));
+        assert_eq!(l.close(2, 77).unwrap_err().code(), "unknown-job");
+        // A certificate that cannot be written is an error; the job is closed all the same.
+        l.accept_boot(&boot(&c, 3, 10), 0).unwrap();
+        std::fs::remove_dir_all(d.path().join("certs")).unwrap();
+        std::fs::write(d.path().join("certs"), b"not a directory").unwrap();
+        let e = l.close(3, 78).unwrap_err();
+        assert!(e.to_string().starts_with("certificate NOT written"), "{e}");
+        assert!(l.job(3).unwrap().closed);
+        assert_eq!(l.kept_certificate(3).unwrap_err(), "unknown-job");
     }
 
     #[test]

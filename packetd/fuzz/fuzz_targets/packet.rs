@@ -73,7 +73,9 @@ fn check(out: Option<([u8; 4], Vec<u8>)>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     NODE.with(|n| {
         let (node, clock) = &mut *n.borrow_mut();
         *clock += 7;
@@ -97,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
             1 => check(node.on_packet(rest, *clock, unix)),
             2 => {
                 let v = String::from_utf8_lossy(rest).into_owned();
-                node.host.store.insert("/local/domain/5/data/lm-topup".into(), v);
+                node.host
+                    .store
+                    .insert("/local/domain/5/data/lm-topup".into(), v);
                 node.tick(*clock, unix);
             }
             _ => node.tick(*clock, unix),
