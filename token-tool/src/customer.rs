@@ -4,13 +4,10 @@
 //! accepts TCP connections at the address in the answer. With `--stage2`, it then uploads
 //! stage 2 and the kernel on that connection (`bootupload`).
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde_json::json;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use token_tool::bootproto::{self as bp, BootReply, Status};
 
 /// The node answered, but not with "accepted".
@@ -40,53 +37,12 @@ pub struct BootArgs {
 pub fn boot(json: bool, mut a: BootArgs) -> anyhow::Result<()> {
     // Parse locally first: a malformed file is the customer's mistake, not the node's.
     let (t, _) = token_tool::BootToken::decode_unverified(&a.token)?;
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-        .context("raw ICMP socket (needs root or CAP_NET_RAW)")?;
-    let to = SockAddr::from(SocketAddrV4::new(a.host, 0));
-    let id = u16::from_be_bytes(token_tool::random_bytes::<2>()?);
     let echo = bp::echo_of(&a.token);
-    let mut msg = [0u8; bp::IP_PACKET_MAX];
-    let mut buf = [0u8; bp::IP_PACKET_MAX];
     let t0 = Instant::now();
-    let mut tries = 0u16;
-    let reply = 'answer: loop {
-        if t0.elapsed() >= a.timeout {
-            return Err(TimedOut(format!("no answer from {} in {:?}", a.host, a.timeout)).into());
-        }
-        tries += 1;
-        let n = bp::write_echo(bp::ICMP_ECHO_REQUEST, id, tries, &a.token, &mut msg)
-            .context("token too large for one packet")?;
-        sock.send_to(&msg[..n], &to)
-            .context("sending the echo request")?;
-        let resend_at = t0.elapsed() + a.retry;
-        while let Some(left) = resend_at.checked_sub(t0.elapsed()).filter(|d| !d.is_zero()) {
-            sock.set_read_timeout(Some(left))?;
-            let n = match (&sock).read(&mut buf) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
-                Err(e) => return Err(e).context("receiving"),
-            };
-            // Every ICMP message of this host arrives here: keep only the node's answer to us.
-            let Some(e) = bp::parse_echo(&buf[..n]) else {
-                continue;
-            };
-            if e.kind != bp::ICMP_ECHO_REPLY || e.src != a.host.octets() || e.id != id {
-                continue;
-            }
-            if let Ok(r) = BootReply::decode(e.payload) {
-                if r.echo == echo {
-                    break 'answer r;
-                }
-            }
-        }
-    };
+    let (reply, tries) =
+        crate::echo::exchange(a.host, &a.token, a.retry, a.timeout, "answer", |p| {
+            BootReply::decode(p).ok().filter(|r| r.echo == echo)
+        })?;
     let answer_ms = t0.elapsed().as_secs_f64() * 1e3;
     if reply.status != Status::Accepted {
         let err = NotAccepted {

@@ -35,6 +35,7 @@ const EXIT_UPLOAD_FAILED: u8 = 7;
 mod bootupload;
 mod certq;
 mod customer;
+mod echo;
 
 #[derive(Parser)]
 #[command(
