@@ -318,6 +318,21 @@ mod tests {
         polls: u64,
     }
 
+    impl FakeConn {
+        /// A connection that delivers `input` at most `chunk` bytes a call.
+        fn new(input: &'static [u8], chunk: usize) -> FakeConn {
+            let (pos, sent, nsent, polls) = (0, [0; 64], 0, 0);
+            FakeConn {
+                input,
+                pos,
+                chunk,
+                sent,
+                nsent,
+                polls,
+            }
+        }
+    }
+
     unsafe extern "C" fn f_console(_: Ctx, _: *const u8, _: usize) {}
     unsafe extern "C" fn f_recv(c: Ctx, b: *mut u8, n: usize) -> isize {
         // SAFETY: tests pass a FakeConn as ctx and a writable buffer.
@@ -377,14 +392,7 @@ mod tests {
 
     #[test]
     fn recv_exact_and_send_all_loop_over_short_transfers() {
-        let mut c = FakeConn {
-            input: b"hello, stage two",
-            pos: 0,
-            chunk: 5,
-            sent: [0; 64],
-            nsent: 0,
-            polls: 0,
-        };
+        let mut c = FakeConn::new(b"hello, stage two", 5);
         let t = table(&mut c);
         // SAFETY: t was built by Services::new and lives for the test.
         let s = unsafe { Services::from_raw(&t) }.unwrap();
@@ -399,14 +407,7 @@ mod tests {
 
     #[test]
     fn from_raw_refuses_foreign_tables() {
-        let mut c = FakeConn {
-            input: b"",
-            pos: 0,
-            chunk: 1,
-            sent: [0; 64],
-            nsent: 0,
-            polls: 0,
-        };
+        let mut c = FakeConn::new(b"", 1);
         let mut t = table(&mut c);
         // SAFETY: null is allowed.
         assert_eq!(
