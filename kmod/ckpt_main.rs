@@ -288,6 +288,9 @@ struct State {
     /// TRACK_START flags of the session (TRACK_ELIDE_FREE).
     track_flags: u64,
     refs: VBuf,
+    /// Excluded pages the owner read before they became excluded (one bit per pfn): the
+    /// capture set includes them so that they read as zeros there (docs/checkpoint-abi.md).
+    zeroed: VBuf,
     round: u64,
     /// One page for pread's copies (allocated at load, excluded while a session exists).
     bounce: VBuf,
@@ -325,6 +328,10 @@ struct State {
     /// CAPTURE_ORACLE: the capture routine also takes `oracle_digest`.
     cap_oracle: bool,
     oracle_digest: u64,
+    /// Fault tracker + CAPTURE_ORACLE: pages out of the final set that differ from what the
+    /// owner last read (should be 0), and the first few of them.
+    oracle_diff: u64,
+    oracle_diff_pfns: [u64; 8],
 }
 
 impl State {
@@ -335,6 +342,7 @@ impl State {
             max_pfn: 0,
             track_flags: 0,
             refs: VBuf::empty(),
+            zeroed: VBuf::empty(),
             round: 0,
             bounce: VBuf::empty(),
             scan: VBuf::empty(),
@@ -364,6 +372,8 @@ impl State {
             fault_err: 0,
             cap_oracle: false,
             oracle_digest: 0,
+            oracle_diff: 0,
+            oracle_diff_pfns: [0; 8],
         }
     }
 }
@@ -508,19 +518,35 @@ fn from_user<T: Default>(src: u64) -> Result<T, c_long> {
 }
 
 /// Sets `refs[pfn] = r` for the pfn of every page of `b` (refs: one u64 per pfn below
-/// `max_pfn`, or empty).
-fn mark_refs(refs: &VBuf, max_pfn: u64, b: &VBuf, r: u64) {
+/// `max_pfn`, or empty; `zeroed`: the session's bitmap of excluded pages already sent).
+fn mark_refs(refs: &VBuf, zeroed: &VBuf, max_pfn: u64, b: &VBuf, r: u64) {
     if refs.is_empty() {
         return;
     }
-    let p = refs.u64s();
-    b.for_each_pfn(|pfn| {
-        if pfn < max_pfn {
-            // SAFETY: refs holds max_pfn entries; vmalloc memory written through its raw
-            // pointer, no Rust reference to it exists.
-            unsafe { *p.add(pfn as usize) = r };
+    b.for_each_pfn(|pfn| set_ref_class(refs, zeroed, max_pfn, pfn, r));
+}
+
+/// `refs[pfn] = r` for r = REF_EXCLUDED or REF_NEVER_READ. A page the owner has read that
+/// becomes excluded (a buffer allocated after round 1) is remembered in `zeroed`: the
+/// capture set carries it, so the checkpoint holds zeros there and not its old content.
+fn set_ref_class(refs: &VBuf, zeroed: &VBuf, max_pfn: u64, pfn: u64, r: u64) {
+    if pfn >= max_pfn || refs.is_empty() {
+        return;
+    }
+    // SAFETY: refs holds max_pfn entries; vmalloc memory written through its raw pointer,
+    // no Rust reference to it exists.
+    let e = unsafe { &mut *refs.u64s().add(pfn as usize) };
+    if !zeroed.is_empty() {
+        // SAFETY: zeroed holds ceil(max_pfn/64) words (allocated with refs).
+        let w = unsafe { &mut *zeroed.u64s().add((pfn / 64) as usize) };
+        let bit = 1u64 << (pfn % 64);
+        if r != REF_EXCLUDED {
+            *w &= !bit;
+        } else if *e != REF_NEVER_READ && *e != REF_EXCLUDED {
+            *w |= bit;
         }
-    });
+    }
+    *e = r;
 }
 
 fn bitmap_bytes(max_pfn: u64) -> u64 {
@@ -543,7 +569,7 @@ impl State {
     /// tracking: their content is meaningless in a checkpoint and a revived module discards
     /// them).
     fn mark_refs(&self, b: &VBuf, r: u64) {
-        mark_refs(&self.refs, self.max_pfn, b, r);
+        mark_refs(&self.refs, &self.zeroed, self.max_pfn, b, r);
         if let Some(f) = &self.fault {
             if r == REF_EXCLUDED {
                 // Excluded pages are not the fault tracker's business either.
@@ -599,6 +625,7 @@ impl State {
         self.cap_send = VBuf::empty();
         self.free_capture();
         self.refs = VBuf::empty();
+        self.zeroed = VBuf::empty();
         self.scan = VBuf::empty();
         self.owner = 0;
         self.round = 0;
@@ -722,14 +749,16 @@ fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     let n = max_pfn();
     let refs = VBuf::alloc((n as usize) * 8).ok_or(-ENOMEM)?;
     let scan = VBuf::alloc(PAGE).ok_or(-ENOMEM)?;
+    let zeroed = VBuf::alloc(bitmap_bytes(n) as usize).ok_or(-ENOMEM)?;
     s.max_pfn = n;
     s.refs = refs;
     s.scan = scan;
+    s.zeroed = zeroed;
     s.round = 0;
     s.read_faults = 0;
     s.track_flags = t.flags;
     s.owner = file;
-    for b in [&s.refs, &s.scan, &s.bounce] {
+    for b in [&s.refs, &s.zeroed, &s.scan, &s.bounce] {
         s.mark_refs(b, REF_EXCLUDED);
     }
     if t.flags & TRACK_FAULT != 0 {
@@ -744,15 +773,13 @@ fn track_start(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
 /// Starts the session's fault tracker: its buffers and ours are left out of its sets.
 fn start_fault(s: &mut State) -> Result<(), c_long> {
     s.fault = Some(FaultTracker::start()?);
-    for b in [&s.refs, &s.scan, &s.bounce] {
+    for b in [&s.refs, &s.zeroed, &s.scan, &s.bounce] {
         s.mark_refs(b, REF_EXCLUDED);
     }
     if let Some(f) = &s.fault {
         // Its buffers read as zeros like ours; the rings dom0 writes are always sent.
-        let refs = s.refs.u64s();
         f.for_each_buffer_pfn(|pfn| {
-            // SAFETY: the tracker reports pfns < max_pfn; refs holds max_pfn entries.
-            unsafe { *refs.add(pfn as usize) = REF_EXCLUDED };
+            set_ref_class(&s.refs, &s.zeroed, s.max_pfn, pfn, REF_EXCLUDED)
         });
         // SAFETY: xen_start_info points at the start_info page for the guest's lifetime;
         // store_mfn and console.domU.mfn of Xen's public start_info (x86_64).
@@ -1118,6 +1145,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.fault_err = 0;
     s.cap_oracle = c.flags & CAPTURE_ORACLE != 0;
     s.oracle_digest = 0;
+    s.oracle_diff = 0;
     let mut bm = bm;
     if s.fault.is_some() {
         // The capture routine fills the final set in place.
@@ -1170,10 +1198,8 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         };
         if let Some(f) = &s.fault {
             // Its buffers go back to being ordinary pages once it is gone.
-            let refs = s.refs.u64s();
             f.for_each_buffer_pfn(|pfn| {
-                // SAFETY: the tracker reports pfns < max_pfn; refs holds max_pfn entries.
-                unsafe { *refs.add(pfn as usize) = REF_NEVER_READ };
+                set_ref_class(&s.refs, &s.zeroed, s.max_pfn, pfn, REF_NEVER_READ)
             });
         }
         s.fault = None;
@@ -1194,6 +1220,21 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     c.result = 1;
     c.snapshot_pages = s.snap_n;
     c.oracle_digest = s.oracle_digest;
+    if s.cap_oracle && s.fault.is_some() {
+        let p = &s.oracle_diff_pfns;
+        pr_info!(
+            "oracle: {} pages out of the final set changed since read (first: {:#x} {:#x} {:#x} {:#x} {:#x} {:#x} {:#x} {:#x})\n",
+            s.oracle_diff,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            p[6],
+            p[7]
+        );
+    }
     if let Some(f) = &s.fault {
         if s.track_flags & TRACK_ELIDE_FREE != 0 {
             s.cap_free = elide_free(s, bm.u64s()).1;
@@ -1226,6 +1267,16 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         unsafe {
             let pfn = *pfns.add(k);
             *words.add((pfn / 64) as usize) |= 1 << (pfn % 64);
+        }
+    }
+    // Excluded pages the owner read earlier: in the set, they read as zeros.
+    let z = s.zeroed.u64s();
+    c.snapshot_pages = 0;
+    for w in 0..need as usize / 8 {
+        // SAFETY: bm and zeroed both hold need bytes.
+        unsafe {
+            *words.add(w) |= *z.add(w);
+            c.snapshot_pages += u64::from((*words.add(w)).count_ones());
         }
     }
     to_user_bytes(c.bitmap, bm.ptr, need as usize)?;
@@ -1489,10 +1540,16 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
     }
     // Snapshot: every page whose content is not what the owner last read.
     let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
+    // The oracle's digest is taken page by page at the moment each page is judged: pages
+    // other domains write (granted buffers, rings) may change later in the pause, and the
+    // checkpoint holds them as judged here.
+    let zero = zero_hash();
+    let mut d = 0u64;
     let mut pfn = 0;
     while pfn < s.max_pfn {
         let rf = s.ref_of(pfn);
         if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) {
+            d = digest_add(d, pfn, zero);
             pfn += 1;
             continue;
         }
@@ -1500,8 +1557,12 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
             let n = free_run(pfn).min(s.max_pfn - pfn);
             if n > 0 {
                 // Free at the capture point (exact here: no CPU holds a zone lock). The
-                // revived guest's allocator has these pages free; their content is moot.
+                // revived guest's allocator has these pages free; their content is moot
+                // (the oracle runs without elision).
                 s.cap_free += n;
+                for q in pfn..pfn + n {
+                    d = digest_add(d, q, zero);
+                }
                 pfn += n;
                 continue;
             }
@@ -1509,23 +1570,32 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
         if !page_readable(pfn) {
             // Counted and reported: the checkpoint holds what the owner last read of it.
             s.cap_unreadable += 1;
+            d = digest_add(d, pfn, stream_hash(rf, zero));
             pfn += 1;
             continue;
         }
         s.scanned += 1;
         let p = page_ptr(pfn);
         // SAFETY: readable (probed above; nothing unmaps it in stop_machine).
-        if unsafe { hash_page(p) } != rf {
+        let h = unsafe { hash_page(p) };
+        if h != rf {
             if s.snap_n < s.snap_cap {
+                let dst = s.snap.ptr.wrapping_add(s.snap_n as usize * PAGE);
                 // SAFETY: slot snap_n is inside the snapshot buffer; the page is readable.
                 unsafe {
-                    ptr::copy_nonoverlapping(p, s.snap.ptr.add(s.snap_n as usize * PAGE), PAGE);
+                    ptr::copy_nonoverlapping(p, dst, PAGE);
                     *s.snap_pfns.u64s().add(s.snap_n as usize) = pfn;
+                }
+                if s.cap_oracle {
+                    // SAFETY: the slot just written.
+                    d = digest_add(d, pfn, unsafe { hash_page(dst) });
                 }
             } else {
                 s.overflow = true;
             }
             s.snap_n += 1;
+        } else {
+            d = digest_add(d, pfn, h);
         }
         pfn += 1;
     }
@@ -1533,38 +1603,73 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
     // SAFETY: as above.
     s.clk_out = unsafe { ckpt_clock_ns() };
     if s.cap_oracle {
-        s.oracle_digest = capture_digest(s);
+        s.oracle_digest = d;
     }
     1
 }
 
 static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 
-/// The oracle's digest of memory at the capture point as the owner would read it: zeros for
-/// excluded, not-RAM and unreadable pfns, the capture's own copy where it made one (the
-/// pages it copied in the pause are changed by the capture routine afterwards). The same
-/// sum as test-vms/checkpoint-guest/track-oracle.c. Capture routine only (stop_machine).
-fn capture_digest(s: &State) -> u64 {
+fn zero_hash() -> u64 {
+    // SAFETY: a static page.
+    unsafe { hash_page(ZERO_PAGE.as_ptr()) }
+}
+
+/// One pfn's term of the oracle's digest: an order-independent sum over pfns, the same as
+/// test-vms/checkpoint-guest/track-oracle.c.
+fn digest_add(d: u64, pfn: u64, h: u64) -> u64 {
+    let h = h ^ pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    d.wrapping_add(h.wrapping_mul(0xff51_afd7_ed55_8ccd))
+}
+
+/// What the checkpoint holds for a page the capture set leaves out: what the owner last
+/// read of it (its reference), or zeros if it never read it.
+fn stream_hash(rf: u64, zero: u64) -> u64 {
+    if rf == REF_NEVER_READ {
+        zero
+    } else {
+        rf
+    }
+}
+
+/// The fault tracker's oracle digest: memory at the capture point as the owner will read
+/// it — zeros for excluded and not-RAM pfns, the pristine copy of a page of the final set
+/// written since the capture, else the page itself (a page out of the final set must not
+/// have changed since the owner read it; the first such differences are kept in
+/// `oracle_diff*` for the kernel log). Capture routine only (stop_machine).
+fn capture_digest(s: &mut State) -> u64 {
+    let zero = zero_hash();
     let mut d = 0u64;
+    let mut diff = 0u64;
     for pfn in 0..s.max_pfn {
         let rf = s.ref_of(pfn);
-        let mut p = ZERO_PAGE.as_ptr();
-        if rf != REF_EXCLUDED && is_ram(p2m(pfn)) && page_readable(pfn) {
-            p = page_ptr(pfn);
+        let h = if rf == REF_EXCLUDED || !is_ram(p2m(pfn)) {
+            zero
+        } else if !page_readable(pfn) {
+            stream_hash(rf, zero)
+        } else {
+            let mut p = page_ptr(pfn);
+            let mut in_set = false;
             if let Some(f) = &s.fault {
+                in_set = f.in_capture(pfn);
                 if let Some(c) = f.pristine(pfn) {
                     p = c;
                 }
-            } else if let Some(k) = snap_slot(s, pfn) {
-                // SAFETY: slot k < snap_n pages of the snapshot buffer.
-                p = unsafe { s.snap.ptr.add(k * PAGE) };
             }
-        }
-        // SAFETY: p is a readable page: ours, a snapshot slot or a RAM page probed above
-        // (nothing unmaps it in stop_machine).
-        let h = unsafe { hash_page(p) } ^ pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        d = d.wrapping_add(h.wrapping_mul(0xff51_afd7_ed55_8ccd));
+            // SAFETY: a pristine copy in the snapshot buffer, or a RAM page probed above
+            // (nothing unmaps it in stop_machine).
+            let h = unsafe { hash_page(p) };
+            if !in_set && h != stream_hash(rf, zero) {
+                if (diff as usize) < s.oracle_diff_pfns.len() {
+                    s.oracle_diff_pfns[diff as usize] = pfn;
+                }
+                diff += 1;
+            }
+            h
+        };
+        d = digest_add(d, pfn, h);
     }
+    s.oracle_diff = diff;
     d
 }
 

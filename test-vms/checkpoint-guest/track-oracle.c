@@ -1,6 +1,6 @@
 // track-oracle: the fault tracker checked against the scan tracker, in the guest, under
 // whatever workload runs beside it (docs/fault-tracker.md). For each tracker in turn
-// (scan, then fault with the oracle on, then fault alone for the pause figure):
+// (fault with the oracle on, then scan, then with "figures" fault alone):
 //  - pre-copy rounds, reading every page reported (as checkpointd would), keeping one
 //    hash per pfn of the content read: the image a checkpoint would hold;
 //  - fault+oracle: every page the scan saw change in a round must be in the fault
@@ -115,6 +115,20 @@ static void bench(void)
 		}
 }
 
+/* Free memory for the snapshot buffer, in pages (MemAvailable less 24 MiB of headroom). */
+static uint64_t avail_pages(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	unsigned long long kb = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb > 24 * 1024 ? (kb - 24 * 1024) / 4 : 0;
+}
+
 static double rate(double secs)
 {
 	uint64_t c0 = *bench_count;
@@ -135,7 +149,7 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 		FAIL("%s: TRACK_START: %s", name, strerror(errno));
 	uint64_t c0 = *bench_count;
 	double t0 = now(), tmax = 0;
-	uint64_t missing_total = 0, oracle_total = 0;
+	uint64_t missing_total = 0, oracle_total = 0, last = 0;
 	for (int r = 1; r <= rounds; r++) {
 		memset(bm, 0, words * 8);
 		memset(obm, 0, words * 8);
@@ -159,6 +173,7 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 		}
 		uint64_t n = read_set(bm);
 		double r2 = now();
+		last = R.dirty;
 		printf("TRACK-ORACLE %s round %d: pages %llu (read %llu) oracle %llu missing %llu "
 		       "ioctl %.0f ms read %.0f ms\n", name, r, (unsigned long long)R.dirty,
 		       (unsigned long long)n, (unsigned long long)R.oracle_dirty,
@@ -172,22 +187,32 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 	double tracked = (*bench_count - c0) / (now() - t0);
 	memset(cbm, 0, words * 8);
 	static uint8_t vcpu[8192];
+	/* The final set is about one round's set (rounds are slower on a loaded host): room
+	 * for 1.5 of the last one, within what the guest has free. */
+	uint64_t want = last + last / 2, avail = avail_pages();
+	if (want < snap_pages)
+		want = snap_pages;
+	if (want > avail)
+		want = avail > snap_pages ? avail : snap_pages;
+	if (want > F.max_pfn)
+		want = F.max_pfn;
 	struct ckpt_capture C = {
 		.flags = CKPT_CAPTURE_ORACLE, /* the digest is taken after pause_ns stops */
-		.max_snapshot_pages = snap_pages,
+		.max_snapshot_pages = want,
 		.bitmap = (uintptr_t)cbm, .bitmap_bytes = words * 8,
 		.vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof(vcpu),
 	};
 	if (ioctl(fd, CKPT_IOC_CAPTURE, &C))
-		FAIL("%s: CAPTURE: %s (snapshot_pages %llu)", name, strerror(errno),
-		     (unsigned long long)C.snapshot_pages);
+		FAIL("%s: CAPTURE: %s (snapshot_pages %llu, buffer %llu pages)", name,
+		     strerror(errno), (unsigned long long)C.snapshot_pages,
+		     (unsigned long long)want);
 	if (C.result != 1)
 		FAIL("%s: CAPTURE result %llu", name, (unsigned long long)C.result);
 	uint64_t n = read_set(cbm);
 	printf("TRACK-ORACLE %s capture: pause %.2f ms, set %llu pages (read %llu), snapshot used %llu "
 	       "of %llu, suspend %.0f ms\n", name, C.pause_ns / 1e6,
 	       (unsigned long long)C.snapshot_pages, (unsigned long long)n,
-	       (unsigned long long)C.snapshot_hwm, (unsigned long long)snap_pages,
+	       (unsigned long long)C.snapshot_hwm, (unsigned long long)want,
 	       C.suspend_ns / 1e6);
 	printf("TRACK-ORACLE %s throughput: %.0f pages/s tracking, %.0f without, ratio %.2f\n", name,
 	       tracked, base, base > 0 ? tracked / base : 0);
@@ -234,10 +259,12 @@ int main(int argc, char **argv)
 	pid_t child = fork();
 	if (child == 0)
 		bench();
-	/* The oracle run first (it also checks the digest), then each tracker for figures. */
+	/* The oracle run first (it also checks the digest), then the scan tracker (its digest);
+	 * for figures also the fault tracker alone (without the oracle's scans). */
 	session("fault+oracle", CKPT_TRACK_FAULT | CKPT_TRACK_ORACLE, rounds, snap);
 	session("scan", 0, rounds, snap);
-	session("fault", CKPT_TRACK_FAULT, rounds, snap);
+	if (keep_going)
+		session("fault", CKPT_TRACK_FAULT, rounds, snap);
 	kill(child, SIGKILL);
 	waitpid(child, NULL, 0);
 	if (digest_failed)
