@@ -227,6 +227,42 @@ impl Builder {
 }
 
 impl Checkpoint {
+    /// A checkpoint of a guest with one vCPU (basic context `vcpu_ctx`), taken without
+    /// pre-copy rounds, start_info at pfn 1 and no shared-info page: the shape of the
+    /// synthetic guests tests and fuzz seeds build. The digest is computed from `pages`.
+    pub fn one_vcpu(
+        max_pfn: u64,
+        kernel: &str,
+        pages: HashMap<u64, Box<[u8; PAGE_SIZE]>>,
+        page_types: Vec<u8>,
+        p2m: Vec<u64>,
+        vcpu_ctx: Vec<u8>,
+    ) -> Checkpoint {
+        let mut c = Checkpoint {
+            max_pfn,
+            kernel: kernel.into(),
+            pages,
+            rounds: Vec::new(),
+            capture: Capture {
+                start_info_pfn: 1,
+                nr_vcpus: 1,
+                pause_ns: 0,
+            },
+            page_types,
+            p2m,
+            vcpus: vec![VcpuState {
+                id: 0,
+                kind: VcpuKind::Basic,
+                data: vcpu_ctx,
+            }],
+            shared_info: None,
+            digest: [0; 32],
+            stream_bytes: 0,
+        };
+        c.digest = c.compute_digest();
+        c
+    }
+
     /// Decode and fully validate a stream held in memory.
     pub fn from_bytes(data: &[u8]) -> Result<Self, Error> {
         FullCheckpoint::from_bytes(data).map(|f| f.checkpoint)

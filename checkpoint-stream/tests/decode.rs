@@ -201,6 +201,19 @@ fn feeding_one_byte_at_a_time_gives_the_same_result() {
 }
 
 #[test]
+fn a_one_vcpu_checkpoint_is_valid_as_built() {
+    let pages = (0..3u64)
+        .map(|p| (p, Box::new(page(p as u8 + 1))))
+        .collect();
+    let c = Checkpoint::one_vcpu(7, "k", pages, vec![0; 8], (0..8).collect(), vec![9; 16]);
+    assert_eq!(c.digest, c.compute_digest());
+    assert_eq!((c.capture.start_info_pfn, c.capture.nr_vcpus), (1, 1));
+    let back = decode(&c.write_to(Vec::new()).unwrap()).unwrap();
+    assert_eq!((back.digest, &back.vcpus), (c.digest, &c.vcpus));
+    assert_eq!((&back.pages, back.kernel.as_str()), (&c.pages, "k"));
+}
+
+#[test]
 fn model_round_trips_through_write_to() {
     let c = decode(&valid()).unwrap();
     let again = c.write_to(Vec::new()).unwrap();

@@ -1,11 +1,10 @@
 //! Synthetic checkpoints for tests and for the lab scenario while no real capture exists:
 //! deterministic page contents from a seed, a share of zero pages, one vCPU.
 extern crate std;
-use checkpoint_stream::model::{Checkpoint, VcpuState};
-use checkpoint_stream::{page_type, Capture, VcpuKind, PAGE_SIZE};
+use checkpoint_stream::model::Checkpoint;
+use checkpoint_stream::{page_type, PAGE_SIZE};
 use std::boxed::Box;
 use std::collections::HashMap;
-use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
@@ -28,29 +27,10 @@ pub fn checkpoint(max_pfn: u64, seed: u64) -> Checkpoint {
         pages.insert(pfn, p);
     }
     let n = (max_pfn + 1) as usize;
-    let mut c = Checkpoint {
-        max_pfn,
-        kernel: String::from("synthetic"),
-        pages,
-        rounds: Vec::new(),
-        capture: Capture {
-            start_info_pfn: 1,
-            nr_vcpus: 1,
-            pause_ns: 0,
-        },
-        page_types: vec![page_type::NORMAL; n],
-        p2m: (0..n as u64).map(|p| 0x10_0000 + p).collect(),
-        vcpus: vec![VcpuState {
-            id: 0,
-            kind: VcpuKind::Basic,
-            data: vec![0u8; checkpoint_abi::vcpu_ctx::SIZE],
-        }],
-        shared_info: None,
-        digest: [0; 32],
-        stream_bytes: 0,
-    };
-    c.digest = c.compute_digest();
-    c
+    let p2m = (0..n as u64).map(|p| 0x10_0000 + p).collect();
+    let ctx = vec![0u8; checkpoint_abi::vcpu_ctx::SIZE];
+    let types = vec![page_type::NORMAL; n];
+    Checkpoint::one_vcpu(max_pfn, "synthetic", pages, types, p2m, ctx)
 }
 
 /// The encoded stream of `checkpoint(max_pfn, seed)`.

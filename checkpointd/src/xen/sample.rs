@@ -2,9 +2,8 @@
 //! target's seeds (`examples/xl_image_fuzz_seeds.rs`). Not a capture of a real guest.
 
 use super::{put64, vcpu, FullCheckpoint};
-use checkpoint_stream::digest::root_of_pages;
-use checkpoint_stream::model::{Checkpoint, VcpuState};
-use checkpoint_stream::{page_type, Capture, VcpuKind, INVALID_MFN, PAGE_SIZE};
+use checkpoint_stream::model::Checkpoint;
+use checkpoint_stream::{page_type, INVALID_MFN, PAGE_SIZE};
 use std::collections::HashMap;
 
 const MFN_BASE: u64 = 0x8_0000;
@@ -77,29 +76,8 @@ pub fn guest_up_to(max_pfn: u64) -> FullCheckpoint {
     put64(&mut ctx, vcpu::GDT_ENTS, 16);
     put64(&mut ctx, vcpu::CR3, mfn(10) << 12);
     put64(&mut ctx, vcpu::CR1, mfn(15) << 12);
-    let digest = root_of_pages(max_pfn, |p| pages.get(&p).map(|b| &**b));
     FullCheckpoint {
-        checkpoint: Checkpoint {
-            max_pfn,
-            kernel: "test".into(),
-            pages,
-            rounds: Vec::new(),
-            capture: Capture {
-                start_info_pfn: 1,
-                nr_vcpus: 1,
-                pause_ns: 0,
-            },
-            page_types: types,
-            p2m,
-            vcpus: vec![VcpuState {
-                id: 0,
-                kind: VcpuKind::Basic,
-                data: ctx,
-            }],
-            shared_info: None,
-            digest,
-            stream_bytes: 0,
-        },
+        checkpoint: Checkpoint::one_vcpu(max_pfn, "test", pages, types, p2m, ctx),
         p2m_frames: (40..40 + (max_pfn + 1).div_ceil(512)).collect(),
     }
 }
