@@ -1119,17 +1119,7 @@ pub(crate) mod tests {
         let (s, c) = run(&mut g, &Policy::default());
         let at = g.at_capture.clone().unwrap();
         assert_ne!(at, g.mem, "the fake kept writing after the capture");
-        for (pfn, page) in at.iter().enumerate() {
-            let got = c
-                .checkpoint
-                .page(pfn as u64)
-                .copied()
-                .unwrap_or([0; PAGE_SIZE]);
-            assert!(
-                got == *page,
-                "pfn {pfn} differs from its capture-point content"
-            );
-        }
+        assert_capture_point(&g, &c, false);
         assert_eq!(s.rounds[0].pages, 2000);
         assert!(s.rounds.last().unwrap().drain);
         assert_eq!(c.checkpoint.capture.pause_ns, 1234);
