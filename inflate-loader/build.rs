@@ -1,4 +1,5 @@
-// Link as a freestanding static ELF laid out by our own linker script.
+// Link as a freestanding static ELF laid out by the crate's own linker.ld (CARGO_MANIFEST_DIR).
+// inflate-stage2 builds with this script too (`build =` in its Cargo.toml).
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     println!("cargo:rerun-if-changed={dir}/linker.ld");
