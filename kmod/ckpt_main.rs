@@ -319,6 +319,8 @@ struct State {
     cap_free: u64,
     clk_in: u64,
     clk_out: u64,
+    /// Fault tracker: end of the vCPU state + page-type walk in the capture routine.
+    clk_tables: u64,
     /// The session's fault tracker (None: the scan tracker); docs/fault-tracker.md.
     fault: Option<FaultTracker>,
     /// The final set of a fault-tracker capture, filled by the capture routine.
@@ -332,6 +334,11 @@ struct State {
     /// owner last read (should be 0), and the first few of them.
     oracle_diff: u64,
     oracle_diff_pfns: [u64; 8],
+    /// Fault tracker + CAPTURE_ORACLE: each pfn's hash in the digest, so that a read of the
+    /// final set that returns something else is counted (and logged at TRACK_STOP).
+    oracle_hashes: VBuf,
+    oracle_late: u64,
+    oracle_late_pfns: [u64; 8],
 }
 
 impl State {
@@ -367,6 +374,7 @@ impl State {
             cap_free: 0,
             clk_in: 0,
             clk_out: 0,
+            clk_tables: 0,
             fault: None,
             cap_send: VBuf::empty(),
             fault_err: 0,
@@ -374,6 +382,9 @@ impl State {
             oracle_digest: 0,
             oracle_diff: 0,
             oracle_diff_pfns: [0; 8],
+            oracle_hashes: VBuf::empty(),
+            oracle_late: 0,
+            oracle_late_pfns: [0; 8],
         }
     }
 }
@@ -619,6 +630,22 @@ impl State {
                 if t.mmu_errors != 0 { ", mmu_update errors" } else { "" },
             );
         }
+        if !self.oracle_hashes.is_empty() {
+            let p = &self.oracle_late_pfns;
+            pr_info!(
+                "oracle: {} pages of the final set read back different from the capture point (first: {:#x} {:#x} {:#x} {:#x} {:#x} {:#x} {:#x} {:#x})\n",
+                self.oracle_late,
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                p[4],
+                p[5],
+                p[6],
+                p[7]
+            );
+        }
+        self.oracle_hashes = VBuf::empty();
         // The tracker goes first: after the capture it may still copy into the snapshot
         // buffer, and its hooks must be gone before anything it points at is freed.
         self.fault = None;
@@ -994,6 +1021,28 @@ pub unsafe extern "C" fn ckpt_rs_read(
             if let Err(e) = f.read_page(pfn, bounce) {
                 return if i == 0 { e } else { (i * PAGE) as c_long };
             }
+            if !s.oracle_hashes.is_empty() {
+                // SAFETY: bounce is one module-owned page; oracle_hashes holds max_pfn
+                // entries.
+                let (h, want) =
+                    unsafe { (hash_page(bounce), *s.oracle_hashes.u64s().add(pfn as usize)) };
+                if h != want {
+                    if s.oracle_late < 4 {
+                        let (bits, pte, slab) = f.diag(pfn);
+                        pr_info!(
+                            "oracle: pfn {:#x} read back different: bits {:#x} (send nowp always excl granted saved claimed free) pte {:#x} slab {}\n",
+                            pfn,
+                            bits,
+                            pte,
+                            slab
+                        );
+                    }
+                    if (s.oracle_late as usize) < s.oracle_late_pfns.len() {
+                        s.oracle_late_pfns[s.oracle_late as usize] = pfn;
+                    }
+                    s.oracle_late += 1;
+                }
+            }
         } else if let Some(k) = slot {
             // SAFETY: slot k < snap_n, each slot is one page of the snapshot buffer.
             unsafe { ptr::copy_nonoverlapping(s.snap.ptr.add(k * PAGE), bounce, PAGE) };
@@ -1146,6 +1195,13 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.cap_oracle = c.flags & CAPTURE_ORACLE != 0;
     s.oracle_digest = 0;
     s.oracle_diff = 0;
+    s.oracle_late = 0;
+    s.oracle_hashes = VBuf::empty();
+    if s.cap_oracle && s.fault.is_some() {
+        let h = VBuf::alloc(s.max_pfn as usize * 8).ok_or(-ENOMEM)?;
+        s.mark_refs(&h, REF_EXCLUDED);
+        s.oracle_hashes = h;
+    }
     let mut bm = bm;
     if s.fault.is_some() {
         // The capture routine fills the final set in place.
@@ -1236,9 +1292,26 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         );
     }
     if let Some(f) = &s.fault {
-        if s.track_flags & TRACK_ELIDE_FREE != 0 {
-            s.cap_free = elide_free(s, bm.u64s()).1;
-        }
+        // Free pages were left out in the capture routine (exact there; a page freed after
+        // the capture still holds capture-point content the checkpoint needs).
+        let st = f.stats();
+        s.cap_free = st.cap_free;
+        pr_info!(
+            "fault tracker capture{}: pause {} us = vCPU + page types {} us, final set {} us, walk {} us ({} protected), copies {} us ({} pages, {} kept writable for the resume)\n",
+            if st.copied_all {
+                " (FIFO event channels: whole set copied)"
+            } else {
+                ""
+            },
+            s.clk_out.saturating_sub(s.clk_in) / 1000,
+            s.clk_tables.saturating_sub(s.clk_in) / 1000,
+            st.cap_prep_ns / 1000,
+            st.cap_walk_ns / 1000,
+            st.protected,
+            st.cap_copy_ns / 1000,
+            st.pause_copies,
+            st.cap_unprotected
+        );
         let words = bm.u64s();
         s.snap_n = 0;
         c.snapshot_pages = (0..need as usize / 8)
@@ -1529,7 +1602,10 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
         let send = unsafe {
             core::slice::from_raw_parts_mut(s.cap_send.u64s(), s.max_pfn.div_ceil(64) as usize)
         };
-        s.fault_err = f.capture(send, s.snap.ptr, s.snap_cap);
+        // SAFETY: as above.
+        s.clk_tables = unsafe { ckpt_clock_ns() };
+        let elide = s.track_flags & TRACK_ELIDE_FREE != 0;
+        s.fault_err = f.capture(send, s.snap.ptr, s.snap_cap, elide);
         s.ran = true;
         // SAFETY: as above.
         s.clk_out = unsafe { ckpt_clock_ns() };
@@ -1667,6 +1743,10 @@ fn capture_digest(s: &mut State) -> u64 {
             }
             h
         };
+        if !s.oracle_hashes.is_empty() {
+            // SAFETY: oracle_hashes holds max_pfn entries.
+            unsafe { *s.oracle_hashes.u64s().add(pfn as usize) = h };
+        }
         d = digest_add(d, pfn, h);
     }
     s.oracle_diff = diff;

@@ -85,6 +85,17 @@ extern "C" {
     fn ckpt_track_irq_save() -> c_ulong;
     fn ckpt_track_irq_restore(flags: c_ulong);
     fn ckpt_track_m2p(mfn: c_ulong) -> c_ulong;
+    fn ckpt_track_classify(
+        free_words: *mut c_ulong,
+        small_words: *mut c_ulong,
+        max_pfn: c_ulong,
+        max_obj: c_ulong,
+    ) -> c_ulong;
+    fn ckpt_track_kmalloc_class(bytes: c_ulong) -> c_ulong;
+    fn ckpt_track_kmalloc_probe(frames: c_ulong);
+    fn ckpt_track_syscore(on: c_int);
+    fn ckpt_track_evtchn_fifo() -> c_int;
+    fn ckpt_track_grant_frames() -> c_ulong;
     fn xen_checkpoint_for_each_pgd(
         f: extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> c_int,
         arg: *mut c_void,
@@ -113,6 +124,16 @@ pub(crate) struct Stats {
     pub(crate) pause_copies: u64,
     /// mmu_update batches Xen refused while arming (should stay 0).
     pub(crate) mmu_errors: u64,
+    /// The capture step: pages of the final set left out as free (elision), pages copied
+    /// in the pause because Xen may write them while Linux resumes (small kmalloc slabs,
+    /// free pages), and its phases: final set + classification, walk, copies (ns).
+    pub(crate) cap_free: u64,
+    pub(crate) cap_unprotected: u64,
+    pub(crate) cap_prep_ns: u64,
+    pub(crate) cap_walk_ns: u64,
+    pub(crate) cap_copy_ns: u64,
+    /// The capture copied the whole final set in the pause (FIFO event channels).
+    pub(crate) copied_all: bool,
     /// The snapshot buffer ran out after the capture: the capture is void.
     pub(crate) aborted: bool,
 }
@@ -202,6 +223,23 @@ struct Inner {
     send: Bits,
     claimed: Bits,
     saved: Bits,
+    /// Capture: pages of the final set copied in the pause and left writable (Xen may
+    /// write them during the resume), and the free pages at the capture point.
+    nowp: Bits,
+    freeb: Bits,
+    /// Set while the capture's walk protects the final set (less `nowp`).
+    capture_walk: bool,
+    /// The syscore callback is registered (it walks the grants just before the capture).
+    syscore: bool,
+    /// Kernel addresses the capture's walk skips (the snapshot buffer: ignored pages).
+    skip_lo: u64,
+    skip_hi: u64,
+    cap_free: u64,
+    cap_unprotected: u64,
+    cap_prep_ns: u64,
+    cap_walk_ns: u64,
+    cap_copy_ns: u64,
+    copied_all: bool,
     /// slot + 1 of the pristine copy of a pfn, 0 = none.
     slot_of: *const AtomicU32,
     snap: *mut u8,
@@ -374,6 +412,22 @@ pub(crate) extern "C" fn ckpt_track_grant_end(gfn: c_ulong) {
     }
 }
 
+/// Called by Linux's suspend sequence (syscore suspend: stop_machine, interrupts off) just
+/// before it unmaps the grant table, i.e. just before the capture routine: the writable
+/// grants as they are at the capture point (netfront re-grants receive buffers between
+/// rounds; a page granted after the last round and written by the backend after the
+/// capture would otherwise escape copy-on-write).
+#[no_mangle]
+pub(crate) extern "C" fn ckpt_track_pre_capture() {
+    let Some(t) = live() else { return };
+    if t.cow.load(Ordering::Acquire) {
+        return;
+    }
+    t.granted.clear_all();
+    // SAFETY: grant_cb only reads `t` through a shared reference and sets atomic bits.
+    unsafe { ckpt_track_for_each_grant(grant_cb, t as *const Inner as *mut c_void) };
+}
+
 /// Ends an arming walk's pending mmu_updates.
 fn flush_batch(t: &mut Inner) {
     if t.batch_n == 0 {
@@ -436,6 +490,10 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
             }
             continue;
         }
+        if t.capture_walk {
+            capture_entry(t, table_mfn, idx, e, va);
+            continue;
+        }
         let Some(p) = pte_pfn(e) else { continue };
         if t.prepass {
             // Slot 511 (kernel image, modules, fixmap): Xen PV Linux maps the image through
@@ -470,13 +528,55 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
     }
 }
 
+/// The capture's walk, one L1 entry: the final set (less `nowp`) becomes write-protected,
+/// `nowp` pages become writable, the pages no fault can catch join `always`. Only writable or
+/// tracker-protected entries are looked at, and direct-map entries need no M2P lookup: the
+/// walk's cost is the updates, about one per page written since the last round.
+fn capture_entry(t: &mut Inner, table_mfn: u64, idx: usize, e: u64, va: u64) {
+    if e & (PTE_RW | SOFT_WP) == 0 {
+        return;
+    }
+    let user = va < (1 << 47);
+    let protect = |e: u64| {
+        if user {
+            e & !PTE_RW
+        } else {
+            (e & !PTE_RW) | SOFT_WP
+        }
+    };
+    let p = if t.in_direct_map(va) {
+        (va - t.page_offset) / PAGE as u64
+    } else if !user && va >= t.skip_lo && va < t.skip_hi {
+        return;
+    } else {
+        match pte_pfn(e) {
+            Some(p) => p,
+            None => return,
+        }
+    };
+    let protectable = user || t.in_direct_map(va) || t.in_vmemmap(va);
+    if !protectable || (user && e & PTE_SPECIAL != 0) || (!user && t.excl.get(p)) {
+        if e & PTE_RW != 0 {
+            t.always.set(p);
+        }
+        return;
+    }
+    let keep = t.send.get(p) && !t.nowp.get(p);
+    if keep && e & PTE_RW != 0 {
+        queue_update(t, table_mfn, idx, protect(e));
+        t.protected += 1;
+    } else if !keep && !user && t.nowp.get(p) && e & (PTE_RW | SOFT_WP) == SOFT_WP {
+        queue_update(t, table_mfn, idx, (e | PTE_RW) & !SOFT_WP);
+    }
+}
+
 extern "C" fn pgd_cb(pgd: *mut c_void, user_pgd: *mut c_void, arg: *mut c_void) -> c_int {
     // SAFETY: arg is the &mut Inner the walk was started with (stop_machine: ours alone).
     let t = unsafe { &mut *(arg as *mut Inner) };
     // SAFETY: __pa of kernel pointers to pgd pages.
     let pfn = unsafe { ckpt_virt_to_pfn(pgd) } as u64;
     let first = core::mem::replace(&mut t.first_pgd, false);
-    if first && !t.disarm {
+    if first && !t.disarm && !t.capture_walk {
         // First the pages writable through slot 511: they must stay writable there.
         // SAFETY: the pgd page is mapped; nothing changes it (stop_machine).
         let e = unsafe { ptr::read_volatile((pgd as *const u64).add(511)) };
@@ -611,6 +711,8 @@ impl FaultTracker {
         i.send = Bits::alloc(max_pfn)?;
         i.claimed = Bits::alloc(max_pfn)?;
         i.saved = Bits::alloc(max_pfn)?;
+        i.nowp = Bits::alloc(max_pfn)?;
+        i.freeb = Bits::alloc(max_pfn)?;
         i.p2m_prev = valloc(max_pfn as usize * 8)? as *mut u64;
         i.slot_of = valloc(max_pfn as usize * 4)? as *const AtomicU32;
         i.batch = valloc(BATCH * 16)? as *mut u64;
@@ -641,9 +743,13 @@ impl FaultTracker {
                 i.dirty.set(pfn);
             }
         }
+        i.syscore = true;
         LIVE.store(p, Ordering::Release);
-        // SAFETY: the hooks only reach `LIVE`, which is now complete.
-        unsafe { ckpt_track_hooks(1) };
+        // SAFETY: the hooks only reach `LIVE`, which is now complete; process context.
+        unsafe {
+            ckpt_track_hooks(1);
+            ckpt_track_syscore(1);
+        }
         // SAFETY: arm_cb gets our block and runs alone.
         let rc = unsafe { ckpt_track_stop_machine(arm_cb, p as *mut c_void) };
         if rc != 0 {
@@ -723,43 +829,135 @@ impl FaultTracker {
     }
 
     /// Inside the capture routine (interrupts off, nothing else runs): the final set goes
-    /// into `send`; the pages that cannot be protected are copied now, the others are
-    /// protected and copied on their first write. `snap` is the snapshot buffer
-    /// (`cap` pages, owned by the caller until stop).
-    pub(crate) fn capture(&mut self, send: &mut [u64], snap: *mut u8, cap: u64) -> c_long {
+    /// into `send` and becomes copy-on-write: its pages stay write-protected and are copied
+    /// on their first write; the pages that cannot be protected (other aliases, tables,
+    /// grants, per-CPU) and those Xen may write while Linux resumes (see below) are copied
+    /// now. With `elide`, free pages are left out of the set. `snap` is the snapshot
+    /// buffer (`cap` pages, owned by the caller until stop).
+    pub(crate) fn capture(
+        &mut self,
+        send: &mut [u64],
+        snap: *mut u8,
+        cap: u64,
+        elide: bool,
+    ) -> c_long {
         // SAFETY: nothing else runs; the hooks only use atomics of this block.
         let t = unsafe { &mut *self.inner };
         if t.cow.load(Ordering::Acquire) {
             return -(16 as c_long); // EBUSY: one capture per session
         }
-        let rc = arm(t, false);
-        if rc != 0 {
-            return rc;
-        }
+        // SAFETY: sched_clock wrapper.
+        let t0 = unsafe { ckpt_clock_ns() };
         t.snap = snap;
         t.snap_cap = cap;
+        t.skip_lo = snap as u64;
+        t.skip_hi = snap as u64 + cap * PAGE as u64;
         t.snap_next.store(0, Ordering::Relaxed);
         t.claimed.clear_all();
         t.saved.clear_all();
+        t.nowp.clear_all();
+        t.freeb.clear_all();
+        // Linux's resume path (after this routine returns) kmallocs the grant table's frame
+        // list and has Xen write it (GNTTABOP_setup_table); a Xen write into a
+        // write-protected page fails and Linux BUGs. So: every page of a slab cache that
+        // allocation may use stays writable (`nowp`; copied now if in the final set), and
+        // the probe makes sure such a cache has a free object in an existing slab.
+        // SAFETY: a hypercall with its answer on this (vmalloc'd) stack.
+        let frames = match unsafe { ckpt_track_grant_frames() } {
+            0 => 64,
+            n => n,
+        };
+        // SAFETY: kmalloc/kfree pairs (GFP_ATOMIC); a plain query.
+        let class = unsafe {
+            ckpt_track_kmalloc_probe(frames);
+            ckpt_track_kmalloc_class(frames * 8)
+        };
+        // The final set: written since the last collect (the probe included), plus the
+        // always-dirty pages.
         take_round(t, send);
-        for (w, v) in send.iter().enumerate().take(t.send.words) {
+        // SAFETY: both bitmaps hold ceil(max_pfn/64) words; nothing else runs.
+        unsafe {
+            ckpt_track_classify(
+                t.freeb.w as *mut c_ulong,
+                t.nowp.w as *mut c_ulong,
+                t.max_pfn as c_ulong,
+                class,
+            )
+        };
+        let mut left_out = 0u64;
+        for (w, v) in send.iter_mut().enumerate().take(t.send.words) {
+            if elide {
+                let free = t.freeb.word(w).load(Ordering::Relaxed);
+                left_out += (*v & free).count_ones() as u64;
+                *v &= !free;
+            }
             t.send.word(w).store(*v, Ordering::Relaxed);
         }
+        t.cap_free = left_out;
+        // SAFETY: a plain query.
+        t.copied_all = unsafe { ckpt_track_evtchn_fifo() } != 0;
+        if t.copied_all {
+            // FIFO event channels: Xen writes pages of the set (the event array, the control
+            // blocks) without a fault, and nothing says which: the whole set is copied now
+            // and the protection removed before the resume.
+            t.cow.store(true, Ordering::Release);
+            for pfn in 0..t.max_pfn {
+                if t.send.get(pfn) {
+                    t.cow_save(pfn);
+                }
+            }
+            t.pause_copies = t.snap_next.load(Ordering::Relaxed).min(cap);
+            t.disarm = true;
+            let _ = arm(t, false);
+            t.disarm = false;
+            // SAFETY: as above.
+            let t3 = unsafe { ckpt_clock_ns() };
+            t.cap_prep_ns = t3 - t0;
+            t.cap_walk_ns = 0;
+            t.cap_copy_ns = 0;
+            return if t.aborted.load(Ordering::Acquire) {
+                -ENOSPC
+            } else {
+                0
+            };
+        }
+        // SAFETY: as above.
+        let t1 = unsafe { ckpt_clock_ns() };
+        t.capture_walk = true;
+        let rc = arm(t, false);
+        t.capture_walk = false;
+        // SAFETY: as above.
+        let t2 = unsafe { ckpt_clock_ns() };
+        if rc != 0 {
+            return rc;
+        }
+        // The pages no fault can catch join the set; they and the `nowp` pages of the set
+        // are copied now.
+        let mut unprot = 0u64;
+        for (w, v) in send.iter_mut().enumerate().take(t.send.words) {
+            *v |= t.always.word(w).load(Ordering::Relaxed)
+                & !t.ignore.word(w).load(Ordering::Relaxed);
+            t.send.word(w).store(*v, Ordering::Relaxed);
+            unprot += (t.nowp.word(w).load(Ordering::Relaxed) & *v).count_ones() as u64;
+        }
+        t.cap_unprotected = unprot;
         t.cow.store(true, Ordering::Release);
-        // The whole final set is copied now. Copy-on-write of the protected part is what
-        // the hooks implement, but the suspend sequence's resume path makes Xen write into
-        // freshly allocated kernel buffers (grant table setup) that may be write-protected,
-        // and Xen's write then fails: so for now the pause copies the set (its size is the
-        // last round's dirty set, not memory) and the protection is removed before resume.
-        for pfn in 0..t.max_pfn {
-            if t.send.get(pfn) {
-                t.cow_save(pfn);
+        for w in 0..t.send.words {
+            let mut now = (t.always.word(w).load(Ordering::Relaxed)
+                | t.nowp.word(w).load(Ordering::Relaxed))
+                & t.send.word(w).load(Ordering::Relaxed);
+            while now != 0 {
+                let b = now.trailing_zeros() as u64;
+                now &= now - 1;
+                t.cow_save(w as u64 * 64 + b);
             }
         }
         t.pause_copies = t.snap_next.load(Ordering::Relaxed).min(cap);
-        t.disarm = true;
-        let _ = arm(t, false);
-        t.disarm = false;
+        // SAFETY: as above.
+        let t3 = unsafe { ckpt_clock_ns() };
+        t.cap_prep_ns = t1 - t0;
+        t.cap_walk_ns = t2 - t1;
+        t.cap_copy_ns = t3 - t2;
         if t.aborted.load(Ordering::Acquire) {
             return -ENOSPC;
         }
@@ -821,6 +1019,43 @@ impl FaultTracker {
         (slot != 0).then(|| unsafe { t.snap.add((slot as usize - 1) * PAGE) } as *const u8)
     }
 
+    /// Diagnostics for a page of the final set: its bits (send, nowp, always, excl,
+    /// granted, saved, claimed, free at capture), the direct-map entry, the slab object size.
+    pub(crate) fn diag(&self, pfn: u64) -> (u64, u64, u64) {
+        let t = self.inner();
+        if pfn >= t.max_pfn {
+            return (0, 0, 0);
+        }
+        let mut b = 0u64;
+        for (i, x) in [
+            &t.send, &t.nowp, &t.always, &t.excl, &t.granted, &t.saved, &t.claimed, &t.freeb,
+        ]
+        .iter()
+        .enumerate()
+        {
+            if x.get(pfn) {
+                b |= 1 << i;
+            }
+        }
+        // SAFETY: a page-table walk of a kernel address with interrupts off.
+        let e = unsafe {
+            let f = ckpt_track_irq_save();
+            let p = ckpt_track_kernel_pte((t.page_offset + pfn * PAGE as u64) as c_ulong);
+            let e = if p.is_null() {
+                0
+            } else {
+                ptr::read_volatile(p)
+            };
+            ckpt_track_irq_restore(f);
+            e
+        };
+        extern "C" {
+            fn ckpt_track_slab_size(pfn: c_ulong) -> c_ulong;
+        }
+        // SAFETY: a plain query.
+        (b, e, unsafe { ckpt_track_slab_size(pfn as c_ulong) } as u64)
+    }
+
     /// Whether `pfn` is in the final set (after capture).
     pub(crate) fn in_capture(&self, pfn: u64) -> bool {
         let t = self.inner();
@@ -838,6 +1073,12 @@ impl FaultTracker {
             snapshot_used: t.snap_next.load(Ordering::Relaxed).min(t.snap_cap),
             pause_copies: t.pause_copies,
             mmu_errors: t.mmu_errors,
+            cap_free: t.cap_free,
+            cap_unprotected: t.cap_unprotected,
+            cap_prep_ns: t.cap_prep_ns,
+            cap_walk_ns: t.cap_walk_ns,
+            cap_copy_ns: t.cap_copy_ns,
+            copied_all: t.copied_all,
             aborted: t.aborted.load(Ordering::Relaxed),
         }
     }
@@ -891,6 +1132,11 @@ impl Drop for FaultTracker {
         unsafe { ckpt_track_sync() };
         // SAFETY: no hook reaches the block any more; we own it.
         let t = unsafe { &mut *self.inner };
+        if t.syscore {
+            // SAFETY: process context (drop runs from the owner's calls or module exit).
+            unsafe { ckpt_track_syscore(0) };
+            t.syscore = false;
+        }
         for b in [
             &mut t.dirty,
             &mut t.excl,
@@ -900,6 +1146,8 @@ impl Drop for FaultTracker {
             &mut t.send,
             &mut t.claimed,
             &mut t.saved,
+            &mut t.nowp,
+            &mut t.freeb,
         ] {
             b.free();
         }
@@ -928,6 +1176,7 @@ fn for_each_buffer_pfn(t: &Inner, mut f: impl FnMut(u64)) {
     let bits = t.dirty.words * 8;
     for b in [
         &t.dirty, &t.excl, &t.always, &t.granted, &t.ignore, &t.send, &t.claimed, &t.saved,
+        &t.nowp, &t.freeb,
     ] {
         each(b.w as *const c_void, bits);
     }

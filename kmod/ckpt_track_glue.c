@@ -16,11 +16,16 @@
 #include <asm/xen/hypercall.h>
 #include <xen/xen-ops.h>
 #include <xen/interface/xen.h>
+#include <xen/interface/grant_table.h>
+#include <linux/slab.h>
+#include <linux/syscore_ops.h>
+#include <xen/events.h>
 
 /* Implemented in Rust (ckpt_track.rs). */
 bool ckpt_track_fault(unsigned long error_code, unsigned long address);
 unsigned long ckpt_track_pte(unsigned long val);
 void ckpt_track_grant_end(unsigned long gfn);
+void ckpt_track_pre_capture(void);
 
 /* Called from Rust. */
 void ckpt_track_hooks(int on);
@@ -38,6 +43,15 @@ unsigned long ckpt_track_vmemmap(void);
 unsigned long ckpt_track_irq_save(void);
 unsigned long ckpt_track_m2p(unsigned long mfn);
 void ckpt_track_irq_restore(unsigned long flags);
+unsigned long ckpt_track_classify(unsigned long *free_words, unsigned long *small_words,
+				  unsigned long max_pfn, unsigned long max_obj);
+unsigned long ckpt_track_kmalloc_class(unsigned long bytes);
+void ckpt_track_kmalloc_probe(unsigned long frames);
+unsigned long ckpt_track_slab_size(unsigned long pfn);
+unsigned long ckpt_track_grant_frames(void);
+unsigned long ckpt_free_run(unsigned long pfn);
+void ckpt_track_syscore(int on);
+int ckpt_track_evtchn_fifo(void);
 
 /* Per CPU "in the fault hook": a fault taken inside the hook is left to Linux (which
  * reports it) instead of recursing. Module .bss, which the tracker never protects. */
@@ -158,3 +172,102 @@ unsigned long ckpt_track_irq_save(void)
 }
 
 void ckpt_track_irq_restore(unsigned long flags) { local_irq_restore(flags); }
+
+/* In stop_machine (exact: no CPU holds a zone or slab lock): sets in @free_words the bit of
+ * every pfn below @max_pfn in a free buddy block (returns how many) and in @small_words the
+ * bit of every page of a slab whose objects are at most @max_obj bytes. */
+unsigned long ckpt_track_classify(unsigned long *free_words, unsigned long *small_words,
+				  unsigned long max_pfn, unsigned long max_obj)
+{
+	unsigned long pfn = 0, n = 0, run, end;
+	struct folio *folio;
+
+	while (pfn < max_pfn) {
+		run = ckpt_free_run(pfn);
+		if (run) {
+			end = min(pfn + run, max_pfn);
+			n += end - pfn;
+			for (; pfn < end; pfn++)
+				__set_bit(pfn, free_words);
+			continue;
+		}
+		if (!pfn_valid(pfn)) {
+			pfn++;
+			continue;
+		}
+		folio = page_folio(pfn_to_page(pfn));
+		end = min(folio_pfn(folio) + folio_nr_pages(folio), max_pfn);
+		if (end <= pfn)
+			end = pfn + 1;
+		if (folio_test_slab(folio) && ksize(folio_address(folio)) <= max_obj)
+			for (; pfn < end; pfn++)
+				__set_bit(pfn, small_words);
+		else
+			pfn = end;
+	}
+	return n;
+}
+
+/* After the capture, Linux's resume path kmallocs the grant table's frame list (one
+ * unsigned long per frame) and Xen writes into it. An allocation and a free of each size
+ * it may ask for leaves each of those caches with a partial slab holding a free object, so
+ * that allocation takes an object from an existing slab page (which the capture leaves
+ * writable) and never needs a new one. */
+void ckpt_track_kmalloc_probe(unsigned long frames)
+{
+	unsigned long n;
+
+	for (n = 1; n <= frames; n++)
+		kfree(kmalloc(n * sizeof(unsigned long), GFP_ATOMIC | __GFP_NOWARN));
+}
+
+unsigned long ckpt_track_kmalloc_class(unsigned long bytes) { return kmalloc_size_roundup(bytes); }
+
+/* Xen's grant-table size for this domain in frames (0 if it cannot tell); @q lives on the
+ * (vmalloc'd, never protected) stack because Xen writes the answer into it. */
+unsigned long ckpt_track_grant_frames(void)
+{
+	struct gnttab_query_size q = { .dom = DOMID_SELF };
+
+	if (HYPERVISOR_grant_table_op(GNTTABOP_query_size, &q, 1) || q.status != GNTST_okay)
+		return 0;
+	return q.nr_frames;
+}
+
+/* Linux's Xen suspend sequence calls the syscore suspend callbacks in stop_machine, right
+ * before it unmaps the grant table: the last moment the tracker can see the grants as they
+ * are at the capture point. */
+static int ckpt_syscore_suspend(void *data)
+{
+	ckpt_track_pre_capture();
+	return 0;
+}
+
+static const struct syscore_ops ckpt_syscore_ops = { .suspend = ckpt_syscore_suspend };
+static struct syscore ckpt_syscore = { .ops = &ckpt_syscore_ops };
+
+void ckpt_track_syscore(int on)
+{
+	if (on)
+		register_syscore(&ckpt_syscore);
+	else
+		unregister_syscore(&ckpt_syscore);
+}
+
+/* Diagnostics: the object size of the slab @pfn belongs to (0: no slab page). */
+unsigned long ckpt_track_slab_size(unsigned long pfn)
+{
+	struct folio *folio;
+
+	if (!pfn_valid(pfn))
+		return 0;
+	folio = page_folio(pfn_to_page(pfn));
+	return folio_test_slab(folio) ? ksize(folio_address(folio)) : 0;
+}
+
+/* Whether Linux uses FIFO event channels: Xen then writes the event array and the control
+ * blocks (guest pages Xen maps itself) at any time, without a guest fault, and nothing
+ * exported says which pages they are. The 2-level ABI has exactly 64 * 64 channels (its
+ * state lives in shared_info, which is no RAM page); FIFO has 1024 per event-array page,
+ * and a guest would need more than 3072 bound channels to reach 4 pages. */
+int ckpt_track_evtchn_fifo(void) { return xen_evtchn_nr_channels() != 64 * 64; }
