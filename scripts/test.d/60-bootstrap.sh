@@ -109,11 +109,11 @@ if [ "$kernel_mode" = 1 ]; then
     strip -o "$root/etc/packetd/vmlinux" "$VMLINUX"
     install -m 644 "$guest_img/initrd.gz" "$root/etc/packetd/initrd.gz"
 fi
-# customer-boot NODE_IP JOB: the customer's side, run in a dom0: the boot token by ICMP, then
-# (kernel mode) stage 2, the kernel, the initramfs and a command line carrying the address in
-# the node's answer (a resent token gets the same answer, so a second `token-tool boot` does the
-# upload); then wait until the guest answers ping. Prints the answer's JSON with running_ms
-# (first request -> running) and the upload's JSON as `boot`.
+# customer-boot NODE_IP JOB: the customer's side, run in a dom0: one `token-tool boot`: the
+# boot token by ICMP, then (kernel mode) stage 2, the kernel (compressed while the node
+# answers), the initramfs and a command line whose @ADDR@ token-tool replaces by the address in
+# the node's answer; then wait until the guest answers ping. Prints token-tool's JSON with
+# running_ms (first request -> running) and, in kernel mode, the same object as `boot`.
 cat >"$root/etc/packetd/customer-boot" <<EOF
 #!/bin/bash
 s=\$(date +%s%N) t="--token /etc/packetd/customer-j\$2.bin"
@@ -122,14 +122,13 @@ if [ $kernel_mode = 0 ]; then
     out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300) || { echo "\$out"; exit 1; }
     echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0
 fi
-out=\$(token-tool --json boot "\$1" \$t --listen-timeout 0) || { echo "\$out"; exit 1; }
+out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
+    --initrd /etc/packetd/initrd.gz --cmdline "console=hvc0 lab.ip=@ADDR@") || { echo "\$out"; exit 1; }
 addr=\$(echo "\$out" | sed -n 's/.*"addr":"\([0-9.]*\)".*/\1/p')
-up=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
-    --initrd /etc/packetd/initrd.gz --cmdline "console=hvc0 lab.ip=\$addr") || { echo "\$up"; exit 1; }
 for i in \$(seq 600); do
-    busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms),\"boot\":\$up}"; exit 0; }
+    busybox ping -c1 -W1 "\$addr" >/dev/null 2>&1 && { echo "\${out%\}},\"running_ms\":\$(ms),\"boot\":\$out}"; exit 0; }
 done
-echo "\$out \$up"; exit 4
+echo "\$out"; exit 4
 EOF
 chmod 755 "$root/etc/packetd/customer-boot"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
@@ -201,7 +200,7 @@ for j in "$A" "$B" "$C" "$D"; do
     r=$(tail -n1 "$work/boot$j")
     [ "$(jq -r .ok <<<"$r" 2>/dev/null)" = true ] || fail "boot of job $j: $(cat "$work/boot$j")"
     # upload: token-tool boot's own step times (docs/bootstrap.md §5), null in loader mode.
-    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, running_ms, tries, upload: (.boot // {} | {stage2_ms, kernel_ms, handover_ms, total_ms})}' <<<"$r")")
+    ours+=("$(jq -c '{node: (.host | split(".")[3] | tonumber), job, domid, answer_ms, listening_ms, running_ms, tries, upload: (.boot // {} | {stage2_ms, compress_ms, compress_wait_ms, kernel_ms, acks_ms, items, wire_bytes, handover_ms, total_ms})}' <<<"$r")")
 done
 echo "token boots: ${ours[*]} (wall $ours_wall ms)" >&2
 # The same batch of xl create again, now beside the 4 running loaders, so neither side always
@@ -309,7 +308,9 @@ per() { jq -r --argjson n "$2" "[.[] | select(.node == \$n ${3:-}) | .running_ms
     printf '  %-22s %-16s %-16s %s\n' "token boot" "$(per "$rows" 1)" "$(per "$rows" 2)" "$ours_wall"
     printf '  %-22s %-16s %-16s %s\n' "xl create (before)" "$(per "$prow" 1 'and .batch == "before"')" "$(per "$prow" 2 'and .batch == "before"')" "$peer_wall_before"
     printf '  %-22s %-16s %-16s %s\n' "xl create (after)" "$(per "$prow" 1 'and .batch == "after"')" "$(per "$prow" 2 'and .batch == "after"')" "$peer_wall_after"
-    echo "  ratio: token wall / mean xl create wall = $ratio (target <= 1.0)"
+    echo "  ratio: token wall / mean xl create wall = $ratio (target <= 1.0);" \
+        "per batch: $(jq -n "$ours_wall / $peer_wall_before * 100 | round / 100") vs before," \
+        "$(jq -n "$ours_wall / $peer_wall_after * 100 | round / 100") vs after"
 } >&2
 printf '{"scenario":"bootstrap","kernel_mode":%d,"ratio":%s,"scheduler":"%s","cap":%s,"token_boots":[%s],"token_wall_ms":%d,"xl_create":[%s],"xl_create_wall_ms":{"before":%d,"after":%d},"refusals":{"forged":"%s","expired":"%s","other_node":"%s","replayed":"%s","wrong_stage2":"%s"},"topup":{"before":%s,"after":%s},"purge":{"grace_s":%d,"gone_after_warning_ms":%d},"ended_job_refund":%d,"restart":{"adopted":%d,"balance_before":%d,"balance_after":%d},"packetd_lines":%d,"ok":true}\n' \
     "$kernel_mode" "$ratio" "$sched" "${cap:-null}" "$(IFS=,; echo "${ours[*]}")" "$ours_wall" "$(IFS=,; echo "${peers[*]}")" "$peer_wall_before" "$peer_wall_after" \

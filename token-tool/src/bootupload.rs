@@ -33,6 +33,10 @@ pub struct Upload {
     packer: Option<JoinHandle<Packed>>,
 }
 
+/// In the command line, replaced by the address the node gave the domain (the loader's
+/// address, which the kernel keeps): the customer learns it only from the node's answer.
+pub const ADDR: &str = "@ADDR@";
+
 /// The zlib level the kernel is compressed with by default: the fastest. On the lab's
 /// emulated dom0 the compression competes with the loaders for the CPU, and level 1 already
 /// takes the 17.6 MB guest kernel to 4.4 MB (level 6: 3.8 MB in 8 times the time).
@@ -124,10 +128,11 @@ impl Upload {
             Some(p) => read_input("initrd", p, up::INITRD_MAX)?,
             None => Vec::new(),
         };
-        if cmdline.len() > up::CMDLINE_MAX as usize {
+        // Room for the longest address in place of each placeholder.
+        let longest = cmdline.len() + cmdline.matches(ADDR).count() * (15 - ADDR.len());
+        if longest > up::CMDLINE_MAX as usize {
             return Err(BadInput(format!(
-                "--cmdline: {} bytes, at most {}",
-                cmdline.len(),
+                "--cmdline: {longest} bytes (with {ADDR} as the longest address), at most {}",
                 up::CMDLINE_MAX
             ))
             .into());
@@ -248,7 +253,11 @@ pub fn run(conn: TcpStream, u: &mut Upload, quiet: bool) -> anyhow::Result<serde
     };
     let kernel = Wire::of(Item::Kernel, &u.kernel, packed.kernel.as_deref());
     let initrd = Wire::of(Item::Initrd, &u.initrd, packed.initrd.as_deref());
-    let cmdline = Wire::of(Item::Cmdline, &u.cmdline, None);
+    let line = match r.get_ref().peer_addr() {
+        Ok(a) => String::from_utf8_lossy(&u.cmdline).replace(ADDR, &a.ip().to_string()),
+        Err(e) => return Err(lost("the loader's address", e, &steps).into()),
+    };
+    let cmdline = Wire::of(Item::Cmdline, line.as_bytes(), None);
     let total = (kernel.body.len() + initrd.body.len() + cmdline.body.len()) as u64;
     steps["acks_ms"] = json!({});
     let bar = if quiet {
@@ -546,6 +555,16 @@ mod tests {
     }
 
     #[test]
+    fn the_address_placeholder_becomes_the_loaders_address() {
+        let mut u = upload();
+        u.cmdline = b"console=hvc0 lab.ip=@ADDR@ x=@ADDR@".to_vec();
+        let (c, rx) = fake_loader(u.stage2_sha1(), None, 2);
+        run(c, &mut u, true).unwrap();
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(got[2].1, b"console=hvc0 lab.ip=127.0.0.1 x=127.0.0.1");
+    }
+
+    #[test]
     fn wrong_checksum_is_stage2_refused() {
         let mut u = upload();
         let (c, _rx) = fake_loader([0; 20], None, 2);
@@ -587,6 +606,11 @@ mod tests {
         assert!(msg(Upload::load(&big, &elf, None, "", t)).contains("the most a loader accepts"));
         assert!(msg(Upload::load(&s2, &elf, None, &"x".repeat(1024), t)).contains("at most 1023"));
         assert!(msg(Upload::load(&s2, &elf, None, "a\0b", t)).contains("NUL"));
+        let near = format!("{}{ADDR}", "x".repeat(1023 - 15));
+        assert!(Upload::load(&s2, &elf, None, &near, t).is_ok());
+        assert!(
+            msg(Upload::load(&s2, &elf, None, &format!("x{near}"), t)).contains("longest address")
+        );
         let ok = Upload::load(&s2, &elf, Some(&p("i", b"")), "quiet", t).unwrap();
         assert_eq!(ok.initrd.len(), 0);
     }

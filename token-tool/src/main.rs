@@ -110,7 +110,8 @@ enum Cmd {
         /// The initramfs for the kernel (default: none).
         #[arg(long, requires = "kernel")]
         initrd: Option<PathBuf>,
-        /// The kernel's command line (at most 1023 bytes).
+        /// The kernel's command line (at most 1023 bytes). `@ADDR@` in it becomes the address
+        /// the node gave the domain (e.g. "console=hvc0 ip=@ADDR@").
         #[arg(long, requires = "kernel")]
         cmdline: Option<String>,
         /// Seconds to wait for each answer of the loader during the uploads.
