@@ -164,15 +164,18 @@ fn receive_item<'a>(
         Coding::Zlib => receive_zlib(svc, tag, this, len - upload::ZLIB_PREFIX_LEN)?,
     }
     let ms = (svc.now_ns() - t0) / 1_000_000;
-    say!(
-        svc,
-        "inflate-stage2: {tag} {len} bytes ({size} inflated) in {ms} ms"
-    );
     let ack = match coding {
         Coding::Plain => Line::new(format_args!("{}{tag} {len}", upload::ITEM_OK)),
         Coding::Zlib => Line::new(format_args!("{}{tag} {len} {size}", upload::ITEM_OK)),
     };
+    // The client waits for the acknowledgement: on its way first (poll sends it), then the
+    // console, which may have to wait for dom0 to drain its ring.
     send_line(svc, &ack)?;
+    svc.poll(0);
+    say!(
+        svc,
+        "inflate-stage2: {tag} {len} bytes ({size} inflated) in {ms} ms"
+    );
     Ok((this, rest))
 }
 
@@ -191,6 +194,9 @@ fn receive_zlib(svc: &Services, tag: &str, out: &mut [u8], zlen: usize) -> Resul
                     zlen - inf.remaining()
                 ))
             })?;
+        // Tell the sender about the room just made before spending the CPU on inflating,
+        // so the next bytes travel meanwhile.
+        svc.poll(0);
         inf.feed(&buf[..n])
             .map_err(|e| err(format_args!("{tag}: {e}")))?;
     }
