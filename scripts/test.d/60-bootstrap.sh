@@ -24,7 +24,8 @@
 #      takes over the running jobs and goes on billing them. Prints one JSON line.
 # Env: LAB_BOOTSTRAP_NAME (lab name, default ci-boot), BOOTSTRAP_KEEP=1 keeps the hosts up,
 # BOOTSTRAP_KERNEL=0|1 forces loader or kernel mode (default: kernel mode when stage 2 can boot),
-# BOOTSTRAP_VMLINUX=FILE an already built guest kernel ELF (default: scripts/build-guest-kernel).
+# BOOTSTRAP_VMLINUX=FILE an already built guest kernel ELF (default: scripts/build-guest-kernel),
+# BOOTSTRAP_ZLIB=LEVEL the customers' `token-tool boot --compress-level` (default 1; 0 = plain).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 export LAB_NAME=${LAB_BOOTSTRAP_NAME:-ci-boot}
@@ -92,10 +93,16 @@ A=$(job 2 2000) B=$(job 2 2000) C=$(job 1 2000) D=$(job 1 2000)
 unset JOB_LOADER JOB_MEM
 P=$(job 2 10)                                                   # stops paying
 F=$(job 2 10) E=$(job 2 10 --expires-at 1000000000) O=$(job 1 10)  # forged, expired, other node
-printf '\xff' | dd of="$work/j$F.bin" bs=1 seek=40 conv=notrunc status=none   # flip the nonce
+# flip FILE OFFSET: invert the byte's bits (writing a constant would change nothing when the
+# byte already has that value: 1 run in 256).
+flip() {
+    local b; b=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+    printf "\\x$(printf %02x $((b ^ 0xff)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+flip "$work/j$F.bin" 40                                           # flip the nonce
 G=$(JOB_LOADER=$stage2 job 2 10)                                  # uploads a wrong stage 2
 cp "$stage2" "$work/stage2-bad.bin"
-printf '\xff' | dd of="$work/stage2-bad.bin" bs=1 seek=100 conv=notrunc status=none
+flip "$work/stage2-bad.bin" 100
 
 strip -o "$root/usr/local/sbin/packetd" "$rel/packetd"
 strip -o "$root/usr/local/bin/token-tool" "$rel/token-tool"
@@ -122,7 +129,7 @@ if [ $kernel_mode = 0 ]; then
     out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300) || { echo "\$out"; exit 1; }
     echo "\${out%\}},\"running_ms\":\$(ms)}"; exit 0
 fi
-out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
+out=\$(token-tool --json boot "\$1" \$t --listen-timeout 300 --compress-level ${BOOTSTRAP_ZLIB:-1} --stage2 /etc/packetd/stage2.bin --kernel /etc/packetd/vmlinux \
     --initrd /etc/packetd/initrd.gz --cmdline "console=hvc0 lab.ip=@ADDR@") || { echo "\$out"; exit 1; }
 addr=\$(echo "\$out" | sed -n 's/.*"addr":"\([0-9.]*\)".*/\1/p')
 for i in \$(seq 600); do

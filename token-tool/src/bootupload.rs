@@ -66,6 +66,18 @@ pub fn looks_compressed(b: &[u8]) -> bool {
     MAGICS.iter().any(|m| b.starts_with(m))
 }
 
+/// Lowest CPU priority for the calling thread: the compression has the whole wait for the
+/// node's answer to run in and should not slow anything else on the customer's machine (in the
+/// lab, the other node's `xl create` runs in the same emulated dom0). Best effort.
+fn background() {
+    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with who 0
+    // is the calling thread (nice values are per thread).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        eprintln!("token-tool: could not lower the compression's priority (going on)");
+    }
+}
+
 /// zlib at `level`, kept only when it saves at least 1/16 of the bytes.
 fn pack(b: &[u8], level: u8) -> Option<Vec<u8>> {
     let z = miniz_oxide::deflate::compress_to_vec_zlib(b, level);
@@ -153,6 +165,7 @@ impl Upload {
     pub fn start_packing(&mut self, level: u8) {
         let (k, i) = (self.kernel.clone(), self.initrd.clone());
         self.packer = Some(std::thread::spawn(move || {
+            background();
             let t = Instant::now();
             let kernel = pack(&k, level);
             let initrd = (!i.is_empty() && !looks_compressed(&i))
