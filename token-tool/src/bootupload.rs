@@ -282,29 +282,72 @@ pub fn run(conn: TcpStream, u: &mut Upload, quiet: bool) -> anyhow::Result<serde
         ProgressStyle::with_template("  uploading {bytes}/{total_bytes} {bar:30} {bytes_per_sec}")
             .expect("static template"),
     );
-    for it in [&kernel, &initrd, &cmdline] {
-        let tag = it.tag;
-        w.write_all(&it.header).map_err(|e| lost(tag, e, &steps))?;
-        for c in it.body.chunks(64 * 1024) {
-            if let Err(e) = w.write_all(c) {
-                // Stage 2 may have refused and closed: its line says why.
-                let why = read_line(&mut r).unwrap_or_default();
-                let m = match why.strip_prefix(up::ERROR) {
-                    Some(m) => {
-                        return Err(fail("upload-refused", format!("stage 2: {m}"), &steps).into())
+    // The items go back to back: stage 2 reads them in order, so waiting for each
+    // acknowledgement would only leave the link idle between items. A reader thread takes the
+    // acknowledgements as they come, timed; the first unexpected line ends it.
+    let items = [&kernel, &initrd, &cmdline];
+    let (acks, sent) = std::thread::scope(|sc| {
+        let r = &mut r;
+        let reader = sc.spawn(move || {
+            let mut got = Vec::new();
+            for it in items {
+                match read_line(r) {
+                    Ok(l) => {
+                        let ok = l == it.ack;
+                        got.push((l, ms(t.elapsed())));
+                        if !ok {
+                            return (got, None);
+                        }
                     }
-                    None => format!("sending {tag}: {e}"),
-                };
-                return Err(fail("upload-lost", m, &steps).into());
+                    Err(e) => return (got, Some(e)),
+                }
             }
-            bar.inc(c.len() as u64);
+            (got, None)
+        });
+        let mut send = || -> Result<(), (&'static str, std::io::Error)> {
+            for it in items {
+                w.write_all(&it.header).map_err(|e| (it.tag, e))?;
+                for c in it.body.chunks(64 * 1024) {
+                    w.write_all(c).map_err(|e| (it.tag, e))?;
+                    bar.inc(c.len() as u64);
+                }
+            }
+            Ok(())
+        };
+        let sent = send();
+        (
+            reader.join().expect("the acknowledgement reader panicked"),
+            sent,
+        )
+    });
+    let (lines, read_err) = acks;
+    for (it, (l, at)) in items.iter().zip(&lines) {
+        if *l != it.ack {
+            // Stage 2 refused (and closed): its line says why.
+            let m = l.strip_prefix(up::ERROR).unwrap_or(l);
+            let kind = if l.is_empty() {
+                "upload-lost"
+            } else {
+                "upload-refused"
+            };
+            let m = if l.is_empty() {
+                format!(
+                    "the connection closed before the acknowledgement of {}",
+                    it.tag
+                )
+            } else {
+                format!("stage 2: {m}")
+            };
+            return Err(fail(kind, m, &steps).into());
         }
-        let ack = read_line(&mut r).map_err(|e| lost(tag, e, &steps))?;
-        if ack != it.ack {
-            let m = ack.strip_prefix(up::ERROR).unwrap_or(&ack);
-            return Err(fail("upload-refused", format!("stage 2: {m}"), &steps).into());
-        }
-        steps["acks_ms"][tag] = json!(ms(t.elapsed()));
+        steps["acks_ms"][it.tag] = json!(at);
+    }
+    if let Err((tag, e)) = sent {
+        return Err(lost(&format!("sending {tag}"), e, &steps).into());
+    }
+    if let Some(e) = read_err {
+        let tag = items[lines.len().min(2)].tag;
+        return Err(lost(tag, e, &steps).into());
     }
     bar.finish_and_clear();
     steps["kernel_ms"] = json!(ms(t.elapsed()));
@@ -411,6 +454,17 @@ mod tests {
         boot_error: Option<&'static str>,
         version: u32,
     ) -> (TcpStream, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+        fake_loader_refusing(want, boot_error, version, None)
+    }
+
+    /// The same, refusing `refuse` by its header (an error line and the connection closed
+    /// without reading the item's bytes), as stage 2 does for an item that does not fit.
+    fn fake_loader_refusing(
+        want: [u8; 20],
+        boot_error: Option<&'static str>,
+        version: u32,
+        refuse: Option<Item>,
+    ) -> (TcpStream, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
         use sha1::Digest;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -449,6 +503,12 @@ mod tests {
                         return;
                     }
                 };
+                if refuse == Some(item) {
+                    let t = item.tag_str_of(coding);
+                    c.write_all(format!("error {t} of {n} bytes does not fit\n").as_bytes())
+                        .unwrap();
+                    return;
+                }
                 let mut b = vec![0; n as usize];
                 c.read_exact(&mut b).unwrap();
                 let tag = item.tag_str_of(coding);
@@ -575,6 +635,29 @@ mod tests {
         run(c, &mut u, true).unwrap();
         let got: Vec<_> = rx.iter().collect();
         assert_eq!(got[2].1, b"console=hvc0 lab.ip=127.0.0.1 x=127.0.0.1");
+    }
+
+    #[test]
+    fn a_refused_item_is_upload_refused_with_stage_2s_reason() {
+        for (item, tag) in [(Item::Kernel, "KERZ"), (Item::Initrd, "INRD")] {
+            let mut u = upload();
+            // Big enough not to fit in the socket buffers while the item is refused.
+            let mut k = u.kernel.to_vec();
+            for i in 0..3_000_000u32 {
+                k.push((i.wrapping_mul(2_654_435_761) >> 24) as u8);
+            }
+            u.kernel = k.into();
+            u.start_packing(1);
+            let (c, _rx) = fake_loader_refusing(u.stage2_sha1(), None, 2, Some(item));
+            let e = run(c, &mut u, true).unwrap_err();
+            let f = e.downcast_ref::<UploadFailed>().unwrap();
+            assert_eq!(f.kind, "upload-refused", "{item:?}: {}", f.message);
+            assert!(
+                f.message.starts_with(&format!("stage 2: {tag} of ")),
+                "{}",
+                f.message
+            );
+        }
     }
 
     #[test]
