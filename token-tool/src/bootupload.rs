@@ -12,8 +12,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,7 +30,9 @@ pub struct Upload {
     /// Longest wait for any one answer line (stage 1's verdict, stage 2's acks).
     pub timeout: Duration,
     /// The compression running in the background ([`Upload::start_packing`]).
-    packer: Option<JoinHandle<Packed>>,
+    packer: Option<Receiver<Packed>>,
+    /// Longest wait for it after stage 2's greeting ([`PACK_WAIT`]).
+    pack_wait: Duration,
 }
 
 /// In the command line, replaced by the address the node gave the domain (the loader's
@@ -66,17 +68,9 @@ pub fn looks_compressed(b: &[u8]) -> bool {
     MAGICS.iter().any(|m| b.starts_with(m))
 }
 
-/// Lowest CPU priority for the calling thread: the compression has the whole wait for the
-/// node's answer to run in and should not slow anything else on the customer's machine (in the
-/// lab, the other node's `xl create` runs in the same emulated dom0). Best effort.
-fn background() {
-    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with who 0
-    // is the calling thread (nice values are per thread).
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-    if rc != 0 {
-        eprintln!("token-tool: could not lower the compression's priority (going on)");
-    }
-}
+/// Longest wait, after stage 2's greeting, for a compression still running; stage 2 refuses
+/// a connection idle for 30 s.
+pub const PACK_WAIT: Duration = Duration::from_secs(10);
 
 /// zlib at `level`, kept only when it saves at least 1/16 of the bytes.
 fn pack(b: &[u8], level: u8) -> Option<Vec<u8>> {
@@ -157,6 +151,7 @@ impl Upload {
             cmdline: cmdline.as_bytes().to_vec(),
             timeout,
             packer: None,
+            pack_wait: PACK_WAIT,
         })
     }
 
@@ -164,19 +159,21 @@ impl Upload {
     /// thread at zlib `level` (1..=9); [`run`] takes the result when stage 2 can use it.
     pub fn start_packing(&mut self, level: u8) {
         let (k, i) = (self.kernel.clone(), self.initrd.clone());
-        self.packer = Some(std::thread::spawn(move || {
-            background();
+        let (tx, rx) = mpsc::channel();
+        self.packer = Some(rx);
+        std::thread::spawn(move || {
             let t = Instant::now();
             let kernel = pack(&k, level);
             let initrd = (!i.is_empty() && !looks_compressed(&i))
                 .then(|| pack(&i, level))
                 .flatten();
-            Packed {
+            // The upload may have gone on without it (PACK_WAIT).
+            let _ = tx.send(Packed {
                 kernel,
                 initrd,
                 ms: ms(t.elapsed()),
-            }
-        }));
+            });
+        });
     }
 
     pub fn stage2_sha1(&self) -> [u8; 20] {
@@ -207,6 +204,13 @@ pub fn run(conn: TcpStream, u: &mut Upload, quiet: bool) -> anyhow::Result<serde
         .context("setting the read timeout")?;
     conn.set_write_timeout(Some(u.timeout))
         .context("setting the write timeout")?;
+    // The loader's address, for @ADDR@ in the command line (taken now: a connection that
+    // breaks later no longer has a peer).
+    let peer = conn
+        .peer_addr()
+        .context("the loader's address")?
+        .ip()
+        .to_string();
     let mut w = conn.try_clone().context("cloning the connection")?;
     let mut r = BufReader::new(conn);
 
@@ -251,14 +255,25 @@ pub fn run(conn: TcpStream, u: &mut Upload, quiet: bool) -> anyhow::Result<serde
         .into());
     };
     steps["stage2_greeting"] = json!(arena);
-    // Version 2 takes compressed items: wait for the compression if it is still running.
+    // Version 2 takes compressed items: wait for the compression if it is still running,
+    // but not so long that stage 2 gives up on an idle connection: past PACK_WAIT the plain
+    // items go.
     let packed = match u.packer.take() {
-        Some(h) if up::greeting_version(arena) >= 2 => {
+        Some(rx) if up::greeting_version(arena) >= 2 => {
             let w = Instant::now();
-            let p = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the compression thread panicked"))?;
-            steps["compress_ms"] = json!(p.ms);
+            let p = match rx.recv_timeout(u.pack_wait) {
+                Ok(p) => {
+                    steps["compress_ms"] = json!(p.ms);
+                    p
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    steps["compress_ms"] = json!(null);
+                    Packed::default()
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the compression thread ended without a result")
+                }
+            };
             steps["compress_wait_ms"] = json!(ms(w.elapsed()));
             p
         }
@@ -266,10 +281,7 @@ pub fn run(conn: TcpStream, u: &mut Upload, quiet: bool) -> anyhow::Result<serde
     };
     let kernel = Wire::of(Item::Kernel, &u.kernel, packed.kernel.as_deref());
     let initrd = Wire::of(Item::Initrd, &u.initrd, packed.initrd.as_deref());
-    let line = match r.get_ref().peer_addr() {
-        Ok(a) => String::from_utf8_lossy(&u.cmdline).replace(ADDR, &a.ip().to_string()),
-        Err(e) => return Err(lost("the loader's address", e, &steps).into()),
-    };
+    let line = String::from_utf8_lossy(&u.cmdline).replace(ADDR, &peer);
     let cmdline = Wire::of(Item::Cmdline, line.as_bytes(), None);
     let total = (kernel.body.len() + initrd.body.len() + cmdline.body.len()) as u64;
     steps["acks_ms"] = json!({});
@@ -560,6 +572,7 @@ mod tests {
             cmdline: b"quiet".to_vec(),
             timeout: Duration::from_secs(10),
             packer: None,
+            pack_wait: PACK_WAIT,
         }
     }
 
@@ -604,6 +617,20 @@ mod tests {
             assert_eq!(got[1].1, u.initrd.to_vec());
             assert_eq!(got[2].1, b"quiet");
         }
+    }
+
+    #[test]
+    fn a_compression_still_running_after_the_wait_is_left_behind() {
+        let mut u = upload();
+        let (tx, rx) = mpsc::channel();
+        u.packer = Some(rx);
+        u.pack_wait = Duration::from_millis(100);
+        let (c, got) = fake_loader(u.stage2_sha1(), None, 2);
+        let steps = run(c, &mut u, true).unwrap();
+        assert!(steps["compress_ms"].is_null());
+        assert!(steps["compress_wait_ms"].as_f64().unwrap() >= 100.0);
+        assert_eq!(got.iter().next().unwrap().0, "KERN");
+        drop(tx);
     }
 
     #[test]
