@@ -168,8 +168,9 @@ sed -e 's|@NAME@|peer$i|' -e 's|@KERNEL@|$kernel|' -e 's|@EXTRA@|$extra|' \
 # Under emulation a vif hotplug script can time out (libxl gives up on it): such a create is
 # cleaned up and retried once, timed from the retry, and reported as retried.
 r=0; s=\$(date +%s%N); xl create -q /run/peer$i.cfg || { r=1; xl destroy peer$i; s=\$(date +%s%N); xl create -q /run/peer$i.cfg; } || exit 3
+c=\$(( (\$(date +%s%N) - s) / 1000000 ))
 for k in \$(seq 1200); do
-    $probe >/dev/null 2>&1 && { echo \$(( (\$(date +%s%N) - s) / 1000000 )) \$r; exit 0; }
+    $probe >/dev/null 2>&1 && { echo \$(( (\$(date +%s%N) - s) / 1000000 )) \$r \$c; exit 0; }
     sleep 0.2
 done; exit 4
 EOF
@@ -184,10 +185,11 @@ peer_batch() {
     wait || true
     printf -v "peer_wall_$1" %d $(( ($(date +%s%N) - t0) / 1000000 ))
     for h in 1 2; do for i in 1 2; do
-        # `lab exec` returns stdout before stderr: the figures are the line "MS RETRIED".
-        read -r v r < <(grep -E '^[0-9]+ [01]$' "$work/peer$h$i" | tail -n1)
+        # `lab exec` returns stdout before stderr: the figures are the line "MS RETRIED
+        # CREATE_MS" (CREATE_MS: when `xl create` returned).
+        read -r v r c < <(grep -E '^[0-9]+ [01] [0-9]+$' "$work/peer$h$i" | tail -n1)
         [[ $v =~ ^[0-9]+$ ]] || fail "peer xl create on host $h: $(cat "$work/peer$h$i")"
-        peers+=("{\"batch\":\"$1\",\"node\":$h,\"running_ms\":$v,\"retried\":$([ "$r" = 1 ] && echo true || echo false)}")
+        peers+=("{\"batch\":\"$1\",\"node\":$h,\"running_ms\":$v,\"created_ms\":$c,\"retried\":$([ "$r" = 1 ] && echo true || echo false)}")
         x "$h" "xl destroy peer$i" || fail "destroy peer$i"
     done; done
 }
