@@ -273,9 +273,11 @@ warned=$(x 2 "sed -n 's/^packetd: job $P: balance exhausted at \([0-9]*\),.*/\1/
 purged=$(x 2 "sed -n 's/^packetd: job $P closed at \([0-9]*\) (purged.*/\1/p' /var/log/packetd.log")
 [ -n "$warned" ] && [ -n "$purged" ] || fail "packetd's log lacks the warning or the purge of job $P"
 grace_s=$((purged - warned))
-# The grace is 10 s, checked once a second; `xl destroy` then takes seconds in emulated dom0.
+# The grace is 10 s, checked once a second; `xl destroy` then takes seconds in emulated dom0
+# (68.8 s seen from outside once, with a second 2-host lab on the machine, while packetd's log
+# said 10 s: the observer polls with `xl list`, itself slow there), hence the outer bound.
 [ "$grace_s" -ge 10 ] && [ "$grace_s" -le 12 ] || fail "packetd purged $grace_s s after warning (grace 10 s)"
-[ "$grace_ms" -ge 9000 ] && [ "$grace_ms" -le 60000 ] || fail "domain gone $grace_ms ms after the warning was seen"
+[ "$grace_ms" -ge 9000 ] && [ "$grace_ms" -le 120000 ] || fail "domain gone $grace_ms ms after the warning was seen"
 # The customer (host 1's dom0) fetches the certificate from node 2 by ICMP, then hands it to
 # the broker (here).
 cert() {
