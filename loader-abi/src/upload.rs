@@ -433,38 +433,12 @@ pub struct Session<'a> {
 /// Split `b` into a [`Session`]; every header is checked as the stages check it, and no byte
 /// may follow the command line.
 pub fn parse_session(b: &[u8]) -> Result<Session<'_>, UploadError> {
-    let len = parse_stage1_header(b)? as usize;
-    let rest = &b[STAGE1_HEADER_LEN..];
-    if rest.len() < len {
-        return Err(UploadError::Truncated {
-            have: STAGE1_HEADER_LEN + rest.len(),
-            need: STAGE1_HEADER_LEN + len,
-        });
-    }
-    let (stage2, mut rest) = rest.split_at(len);
-    let mut parts: [&[u8]; 3] = [&[]; 3];
-    for (part, item) in parts.iter_mut().zip(Item::ALL) {
-        let n = parse_item_header(rest, item)? as usize;
-        let body = &rest[ITEM_HEADER_LEN..];
-        if body.len() < n {
-            return Err(UploadError::Truncated {
-                have: rest.len(),
-                need: ITEM_HEADER_LEN + n,
-            });
-        }
-        let (this, after) = body.split_at(n);
-        *part = this;
-        rest = after;
-    }
-    check_cmdline(parts[2])?;
-    if !rest.is_empty() {
-        return Err(UploadError::Trailing(rest.len()));
-    }
+    let s = split_session(b, false)?;
     Ok(Session {
-        stage2,
-        kernel: parts[0],
-        initrd: parts[1],
-        cmdline: parts[2],
+        stage2: s.stage2,
+        kernel: s.kernel.data,
+        initrd: s.initrd.data,
+        cmdline: s.cmdline,
     })
 }
 
@@ -490,6 +464,12 @@ pub struct SessionV2<'a> {
 /// Split `b` into a [`SessionV2`], checking every header and prefix as stage 2 does (the
 /// streams themselves are checked when inflated, `crate::inflate`).
 pub fn parse_session_v2(b: &[u8]) -> Result<SessionV2<'_>, UploadError> {
+    split_session(b, true)
+}
+
+/// Both session forms: version 1 (`zlib` false) takes plain items only, as stage 2's version-1
+/// receive does.
+fn split_session(b: &[u8], zlib: bool) -> Result<SessionV2<'_>, UploadError> {
     let len = parse_stage1_header(b)? as usize;
     let rest = &b[STAGE1_HEADER_LEN..];
     if rest.len() < len {
@@ -505,7 +485,11 @@ pub fn parse_session_v2(b: &[u8]) -> Result<SessionV2<'_>, UploadError> {
         inflated: 0,
     }; 3];
     for (part, item) in parts.iter_mut().zip(Item::ALL) {
-        let (coding, n) = parse_item_header_v2(rest, item)?;
+        let (coding, n) = if zlib {
+            parse_item_header_v2(rest, item)?
+        } else {
+            (Coding::Plain, parse_item_header(rest, item)?)
+        };
         let n = n as usize;
         let body = &rest[ITEM_HEADER_LEN..];
         if body.len() < n {
