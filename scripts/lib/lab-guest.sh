@@ -99,3 +99,17 @@ lab_guest_wait() {
              die "host $h: guest $name did not print /$re/ within $t s"; }
     log "host $h: guest $name printed /$re/"
 }
+
+# lab_stage_guest NAME: the prologue of a stage that runs one guest on host 1 of its own lab.
+# Boots the lab unless it is up; removes a guest NAME left behind and its console log; on exit
+# destroys the guest and takes down a lab it booted.
+lab_stage_guest() {
+    LAB_STAGE_GUEST=$1 LAB_STAGE_STARTED=0
+    if [ "$(lab_hosts)" = 0 ]; then lab_up 1; LAB_STAGE_STARTED=1; fi
+    trap lab_stage_guest_cleanup EXIT
+    lab_exec_raw 1 30 "" "xl destroy $1; rm -f /var/log/xen/console/guest-$1.log" >/dev/null 2>&1 || true
+}
+lab_stage_guest_cleanup() {
+    lab_exec_raw 1 30 "" "xl destroy $LAB_STAGE_GUEST" >/dev/null 2>&1 || true
+    [ "$LAB_STAGE_STARTED" = 0 ] || lab_down
+}

@@ -22,14 +22,7 @@ ip=$LAB_SUBNET.120
 
 img=$(bash "$REPO_ROOT/scripts/build-checkpoint-guest")
 
-started=0
-if [ "$(lab_hosts)" = 0 ]; then lab_up 1; started=1; fi
-cleanup() {
-    lab_exec_raw 1 30 "" "xl destroy $name" >/dev/null 2>&1 || true
-    [ "$started" = 0 ] || lab_down
-}
-trap cleanup EXIT
-lab_exec_raw 1 30 "" "xl destroy $name; rm -f /var/log/xen/console/guest-$name.log" >/dev/null 2>&1 || true
+lab_stage_guest "$name"
 t0=$(date +%s)
 lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory 256 \
     --ip "$ip" --extra "ckpt.test=$pages${bad:+ ckpt.bad=1}" --wait 'CKPT-TEST-EXIT' --timeout 300
