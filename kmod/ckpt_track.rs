@@ -1089,14 +1089,20 @@ impl FaultTracker {
     pub(crate) fn revived(&mut self) {
         // SAFETY: nothing else runs.
         let t = unsafe { &mut *self.inner };
-        t.cow.store(false, Ordering::Release);
-        t.disarm = true;
-        t.walk_err = false;
-        let _ = arm(t, false);
-        // SAFETY: plain stores of the kernel's hook pointers.
-        unsafe { ckpt_track_hooks(0) };
-        LIVE.store(ptr::null_mut(), Ordering::Release);
+        disarm_all(t);
     }
+}
+
+/// Ends copy-on-write and tracking: every protected kernel entry writable again, the hooks
+/// removed, no live tracker.
+fn disarm_all(t: &mut Inner) {
+    t.cow.store(false, Ordering::Release);
+    t.disarm = true;
+    t.walk_err = false;
+    let _ = arm(t, false);
+    // SAFETY: plain stores of the kernel's hook pointers.
+    unsafe { ckpt_track_hooks(0) };
+    LIVE.store(ptr::null_mut(), Ordering::Release);
 }
 
 impl Drop for FaultTracker {
@@ -1111,13 +1117,7 @@ impl Drop for FaultTracker {
             unsafe extern "C" fn cb(arg: *mut c_void) -> c_int {
                 // SAFETY: as arm_cb.
                 let t = unsafe { &mut *(arg as *mut Inner) };
-                t.cow.store(false, Ordering::Release);
-                t.disarm = true;
-                t.walk_err = false;
-                let _ = arm(t, false);
-                // SAFETY: plain stores of the kernel's hook pointers.
-                unsafe { ckpt_track_hooks(0) };
-                LIVE.store(ptr::null_mut(), Ordering::Release);
+                disarm_all(t);
                 0
             }
             // SAFETY: cb gets our block and runs alone.
