@@ -318,20 +318,8 @@ impl Netfront {
             // SAFETY: rx_sring is our ring page.
             let prod = unsafe { vread(&raw const (*rx_sring()).rsp_prod) };
             if self.rx_rsp_cons == prod {
-                // Ask for an event on the next response, then re-check (RING_FINAL_CHECK).
-                // SAFETY: as above.
-                unsafe {
-                    vwrite(
-                        &raw mut (*rx_sring()).rsp_event,
-                        self.rx_rsp_cons.wrapping_add(1),
-                    )
-                };
-                fence(Ordering::SeqCst);
-                // SAFETY: as above.
-                if unsafe { vread(&raw const (*rx_sring()).rsp_prod) } == self.rx_rsp_cons {
-                    return None;
-                }
-                continue;
+                // Nothing (left) to consume; the sleep path re-arms rsp_event (idle_armed).
+                return None;
             }
             fence(Ordering::SeqCst);
             // SAFETY: responses up to rsp_prod are written by the backend; a response overlays
