@@ -97,6 +97,12 @@ extern "C" {
     fn ckpt_m2p_entries() -> c_ulong;
     fn ckpt_m2p() -> *const c_ulong;
     fn ckpt_pin_probe(mfn: c_ulong, pin_cmd: c_uint) -> c_int;
+    fn ckpt_pin_probe_many(
+        mfns: *const c_ulong,
+        cmds: *const c_uint,
+        n: c_uint,
+        pinned: *mut u8,
+    ) -> c_int;
     fn ckpt_clock_ns() -> u64;
     fn ckpt_read_cr0() -> c_ulong;
     fn ckpt_read_cr4() -> c_ulong;
@@ -321,6 +327,7 @@ struct State {
     clk_out: u64,
     /// Fault tracker: end of the vCPU state + page-type walk in the capture routine.
     clk_tables: u64,
+    clk_p2m: u64,
     /// The session's fault tracker (None: the scan tracker); docs/fault-tracker.md.
     fault: Option<FaultTracker>,
     /// The final set of a fault-tracker capture, filled by the capture routine.
@@ -375,6 +382,7 @@ impl State {
             clk_in: 0,
             clk_out: 0,
             clk_tables: 0,
+            clk_p2m: 0,
             fault: None,
             cap_send: VBuf::empty(),
             fault_err: 0,
@@ -859,7 +867,24 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         // SAFETY: bm holds need bytes = ceil(max_pfn/64) words, no other reference to it.
         let out = unsafe { core::slice::from_raw_parts_mut(bm.u64s(), need as usize / 8) };
         let dirty = f.collect(out)?;
-        let scanned = f.stats().protected;
+        let st = f.stats();
+        let scanned = st.protected;
+        pr_info!(
+            "fault tracker round {}: {} dirty, arm {} us ({} protected, {} left writable, {} always; {} entries looked at; {} mmu_update calls, {} entries, {} us; after the walk {} us), {} faults, {} pte marks so far\n",
+            s.round + 1,
+            dirty,
+            st.arm_ns / 1000,
+            st.protected,
+            st.open,
+            st.always,
+            st.visited,
+            st.mmu_calls,
+            st.mmu_entries,
+            st.mmu_ns / 1000,
+            st.arm_tail_ns / 1000,
+            st.faults,
+            st.pte_marks
+        );
         let (elided, free) = if s.track_flags & TRACK_ELIDE_FREE != 0 {
             elide_free(s, bm.u64s())
         } else {
@@ -1297,7 +1322,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         let st = f.stats();
         s.cap_free = st.cap_free;
         pr_info!(
-            "fault tracker capture{}: pause {} us = vCPU + page types {} us, final set {} us, walk {} us ({} protected), copies {} us ({} pages, {} kept writable for the resume)\n",
+            "fault tracker capture{}: pause {} us = vCPU + page types {} us (p2m {} us, {} tables), final set {} us (probe {} us, classify {} us), walk {} us ({} protected; {} entries looked at; {} mmu_update calls, {} entries, {} us; after the walk {} us), copies {} us ({} pages, {} kept writable for the resume)\n",
             if st.copied_all {
                 " (FIFO event channels: whole set copied)"
             } else {
@@ -1305,9 +1330,18 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
             },
             s.clk_out.saturating_sub(s.clk_in) / 1000,
             s.clk_tables.saturating_sub(s.clk_in) / 1000,
+            s.clk_p2m.saturating_sub(s.clk_in) / 1000,
+            s.pt_pages,
             st.cap_prep_ns / 1000,
+            st.cap_probe_ns / 1000,
+            st.cap_classify_ns / 1000,
             st.cap_walk_ns / 1000,
             st.protected,
+            st.visited,
+            st.mmu_calls,
+            st.mmu_entries,
+            st.mmu_ns / 1000,
+            st.arm_tail_ns / 1000,
             st.cap_copy_ns / 1000,
             st.pause_copies,
             st.cap_unprotected
@@ -1493,12 +1527,8 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
         s.walk_err = true; // a table the guest uses is always mapped (read-only)
         return;
     }
-    // Xen decides pinned-ness; ask it (pin succeeds only on an unpinned page, and is undone).
-    let mfn = p2m(pfn);
-    // SAFETY: hypercall wrapper; the page is a validated table of this level.
-    let pinned =
-        unsafe { ckpt_pin_probe(mfn as c_ulong, MMUEXT_PIN_L1_TABLE + (level as c_uint - 1)) } != 0;
-    mark_table(s, pfn, level, pinned);
+    // Pinned or not is asked of Xen after the walk, for all tables at once (probe_pins).
+    mark_table(s, pfn, level, false);
     if level == 1 {
         return;
     }
@@ -1524,6 +1554,71 @@ fn walk(s: &mut State, pfn: u64, level: u8) {
                 return;
             }
         }
+    }
+}
+
+/// Xen decides pinned-ness: every table the walk marked is asked (a pin succeeds only on an
+/// unpinned page, and is undone at once), PROBE_BATCH tables per multicall.
+fn probe_pins(s: &mut State) {
+    const PROBE_BATCH: usize = 32; // ckpt_shim.c's CKPT_PROBE_BATCH
+    let mut mfns = [0 as c_ulong; PROBE_BATCH];
+    let mut cmds = [0 as c_uint; PROBE_BATCH];
+    let mut pfns = [0usize; PROBE_BATCH];
+    let mut pinned = [0u8; PROBE_BATCH];
+    let types = s.cap_types.ptr;
+    let n_pfns = s.max_pfn as usize;
+    let mut n = 0;
+    let mut flush = |n: usize, mfns: &[c_ulong], cmds: &[c_uint], pfns: &[usize]| {
+        // SAFETY: n <= PROBE_BATCH entries of each array; the tables are validated tables
+        // of the levels given (the walk found them).
+        if unsafe {
+            ckpt_pin_probe_many(
+                mfns.as_ptr(),
+                cmds.as_ptr(),
+                n as c_uint,
+                pinned.as_mut_ptr(),
+            )
+        } != 0
+        {
+            for k in 0..n {
+                // SAFETY: as above, one table.
+                pinned[k] = u8::from(unsafe { ckpt_pin_probe(mfns[k], cmds[k]) } != 0);
+            }
+        }
+        for k in 0..n {
+            if pinned[k] != 0 {
+                // SAFETY: pfns[k] < max_pfn; cap_types has max_pfn bytes.
+                unsafe { *types.add(pfns[k]) |= TYPE_PINNED };
+            }
+        }
+    };
+    let mut pfn = 0;
+    while pfn < n_pfns {
+        if pfn % 8 == 0 && pfn + 8 <= n_pfns {
+            // Eight type bytes at a time: tables are rare among ordinary and not-RAM pages.
+            // SAFETY: cap_types (vmalloc'd, page aligned) has max_pfn bytes.
+            let w = unsafe { ptr::read_unaligned(types.add(pfn) as *const u64) };
+            if w == 0 || w == u64::from_ne_bytes([TYPE_NOT_RAM; 8]) {
+                pfn += 8;
+                continue;
+            }
+        }
+        // SAFETY: as above.
+        let level = unsafe { *types.add(pfn) } & checkpoint_abi::page_type::LEVEL_MASK;
+        if (1..=4).contains(&level) {
+            mfns[n] = p2m(pfn as u64) as c_ulong;
+            cmds[n] = MMUEXT_PIN_L1_TABLE + (level as c_uint - 1);
+            pfns[n] = pfn;
+            n += 1;
+            if n == PROBE_BATCH {
+                flush(n, &mfns, &cmds, &pfns);
+                n = 0;
+            }
+        }
+        pfn += 1;
+    }
+    if n > 0 {
+        flush(n, &mfns, &cmds, &pfns);
     }
 }
 
@@ -1576,17 +1671,35 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
         *(b.add(vcpu_ctx::RDX) as *mut u64) = start_info_gfn as u64;
     }
 
-    // Page-type map: not-RAM marks first, then the tables.
-    for pfn in 0..s.max_pfn {
-        let e = p2m(pfn);
+    // Page-type map: not-RAM marks first, then the tables. One pass over every pfn in the
+    // pause: the pointers are taken out of `s` first so that the loop is only loads and
+    // stores.
+    let (dst_p2m, dst_types, n) = (s.cap_p2m.u64s(), s.cap_types.ptr, s.max_pfn as usize);
+    // SAFETY: exported kernel variables, fixed after boot.
+    let (src, lim) = unsafe {
+        (
+            xen_p2m_addr as *const c_ulong,
+            (xen_p2m_size as usize).min(n),
+        )
+    };
+    for i in 0..n {
+        let e = if i < lim {
+            // SAFETY: i < xen_p2m_size; the p2m array is mapped for its whole size.
+            unsafe { ptr::read_volatile(src.add(i)) as u64 }
+        } else {
+            P2M_INVALID
+        };
         // SAFETY: cap_p2m and cap_types hold max_pfn entries.
         unsafe {
-            *s.cap_p2m.u64s().add(pfn as usize) = e;
-            *s.cap_types.ptr.add(pfn as usize) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
+            *dst_p2m.add(i) = e;
+            *dst_types.add(i) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
         }
     }
+    // SAFETY: sched_clock wrapper.
+    s.clk_p2m = unsafe { ckpt_clock_ns() };
     // SAFETY: the kernel calls pgd_cb for each pinned top-level table, passing `state` on.
     unsafe { xen_checkpoint_for_each_pgd(pgd_cb, state) };
+    probe_pins(s);
     for i in 0..s.n_frames {
         // SAFETY: xen_p2m_addr spans n_frames pages of the p2m's virtual area.
         unsafe {

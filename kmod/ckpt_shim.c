@@ -57,6 +57,8 @@ unsigned long ckpt_m2p_entries(void);
 const unsigned long *ckpt_m2p(void);
 unsigned long long ckpt_clock_ns(void);
 int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd);
+int ckpt_pin_probe_many(const unsigned long *mfns, const unsigned int *cmds, unsigned int n,
+			unsigned char *pinned);
 unsigned long ckpt_read_cr0(void);
 int ckpt_unpin_table(unsigned long mfn);
 int ckpt_hold_arm(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport);
@@ -177,6 +179,39 @@ int ckpt_pin_probe(unsigned long mfn, unsigned int pin_cmd)
 		return 1;
 	op.cmd = MMUEXT_UNPIN_TABLE;
 	HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
+	return 0;
+}
+
+#define CKPT_PROBE_BATCH 32
+static struct multicall_entry ckpt_probe_mc[CKPT_PROBE_BATCH];
+static struct mmuext_op ckpt_probe_ops[2 * CKPT_PROBE_BATCH];
+
+/*
+ * ckpt_pin_probe for up to CKPT_PROBE_BATCH tables in one multicall (the capture probes
+ * every table in its pause): per table one mmuext_op call of two ops, pin then unpin. Xen
+ * ends a call at its first failing op, so a refused pin leaves that table as it was, and
+ * the other calls of the batch run regardless. Sets pinned[k] to what ckpt_pin_probe would
+ * return for table k. Returns non-zero if the multicall itself failed (then every pair
+ * either ran whole or not at all: the caller asks again one by one). Capture routine only:
+ * the buffers are static and Xen writes the results into them.
+ */
+int ckpt_pin_probe_many(const unsigned long *mfns, const unsigned int *cmds, unsigned int n,
+			unsigned char *pinned)
+{
+	unsigned int k;
+
+	if (n > CKPT_PROBE_BATCH)
+		return -1;
+	for (k = 0; k < n; k++) {
+		ckpt_probe_ops[2 * k] = (struct mmuext_op){ .cmd = cmds[k], .arg1.mfn = mfns[k] };
+		ckpt_probe_ops[2 * k + 1] =
+			(struct mmuext_op){ .cmd = MMUEXT_UNPIN_TABLE, .arg1.mfn = mfns[k] };
+		MULTI_mmuext_op(&ckpt_probe_mc[k], &ckpt_probe_ops[2 * k], 2, NULL, DOMID_SELF);
+	}
+	if (HYPERVISOR_multicall(ckpt_probe_mc, n))
+		return -1;
+	for (k = 0; k < n; k++)
+		pinned[k] = ckpt_probe_mc[k].result != 0;
 	return 0;
 }
 

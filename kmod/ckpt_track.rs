@@ -57,6 +57,13 @@ const P2M_FOREIGN: u64 = 1 << 63;
 /// mmu_update requests per hypercall while arming.
 const BATCH: usize = 128;
 
+/// A page written in two rounds in a row is left writable for this many rounds (and
+/// reported dirty in each), then write-protected again to see whether it is still written.
+/// A page rewritten all the time is sent in every round anyway; protecting it again at
+/// every re-arm only costs its writer a fault per round (under TCG the dearest part of
+/// tracking). A page written once is protected again at once, as before.
+const HOT_ROUNDS: u8 = 3;
+
 extern "C" {
     fn ckpt_vzalloc(size: c_ulong) -> *mut c_void;
     fn ckpt_vfree(p: *mut c_void);
@@ -114,6 +121,8 @@ pub(crate) struct Stats {
     pub(crate) pte_marks: u64,
     /// Entries write-protected by the last arming walk.
     pub(crate) protected: u64,
+    /// Pages the last arming left writable (HOT_ROUNDS).
+    pub(crate) open: u64,
     /// Pages dirty in every round (unprotectable aliases, tables, grants, per-CPU).
     pub(crate) always: u64,
     /// Time of the last arming walk (stop_machine), ns.
@@ -132,6 +141,16 @@ pub(crate) struct Stats {
     pub(crate) cap_prep_ns: u64,
     pub(crate) cap_walk_ns: u64,
     pub(crate) cap_copy_ns: u64,
+    /// The capture's final-set step in detail: the kmalloc probe, the struct-page pass (ns).
+    pub(crate) cap_probe_ns: u64,
+    pub(crate) cap_classify_ns: u64,
+    /// The last arming walk in detail: mmu_update hypercalls, entries they carried, time in
+    /// them, L1 entries looked at, and the time after the page-table walk (grants, p2m).
+    pub(crate) mmu_calls: u64,
+    pub(crate) mmu_entries: u64,
+    pub(crate) mmu_ns: u64,
+    pub(crate) visited: u64,
+    pub(crate) arm_tail_ns: u64,
     /// The capture copied the whole final set in the pause (FIFO event channels).
     pub(crate) copied_all: bool,
     /// The snapshot buffer ran out after the capture: the capture is void.
@@ -204,6 +223,16 @@ struct Inner {
     vmemmap_end: u64,
     /// Written by any context during a round; swapped out by collect.
     dirty: Bits,
+    /// Pages a write was noted for since the last arming (faults, PTE-hook marks, ended
+    /// grants): the candidates to be left writable.
+    wrote: Bits,
+    /// Pages the last arming left writable (see HOT_ROUNDS): dirty in the round that
+    /// follows. `hot_left[pfn]`: arms to go before the page is protected again.
+    open: Bits,
+    /// Pages written (or left writable) in the round before the one just ended.
+    prev: Bits,
+    hot_left: *mut u8,
+    open_n: u64,
     /// Pfns never protected (per-CPU areas); dirty in every round.
     excl: Bits,
     /// Pages dirty in every round, found by the last arming walk.
@@ -215,6 +244,10 @@ struct Inner {
     ignore: Bits,
     /// Linux's p2m at the last collect: a changed entry (balloon) makes the pfn dirty.
     p2m_prev: *mut u64,
+    /// The capture's walk: the pfn of the L1 table mapping each 2 MiB of the direct map
+    /// (u64::MAX: none), so that only the entries of the final set are looked at.
+    dm_tables: *mut u64,
+    dm_n: usize,
     /// mmu_update batch: BATCH (ptr, val) pairs.
     batch: *mut u64,
     batch_n: usize,
@@ -239,6 +272,13 @@ struct Inner {
     cap_prep_ns: u64,
     cap_walk_ns: u64,
     cap_copy_ns: u64,
+    cap_probe_ns: u64,
+    cap_classify_ns: u64,
+    mmu_calls: u64,
+    mmu_entries: u64,
+    mmu_ns: u64,
+    visited: u64,
+    arm_tail_ns: u64,
     copied_all: bool,
     /// slot + 1 of the pristine copy of a pfn, 0 = none.
     slot_of: *const AtomicU32,
@@ -344,6 +384,7 @@ impl Inner {
             self.cow_save(pfn);
         } else if pfn < self.max_pfn {
             self.dirty.set(pfn);
+            self.wrote.set(pfn);
         }
     }
 }
@@ -433,10 +474,16 @@ fn flush_batch(t: &mut Inner) {
     if t.batch_n == 0 {
         return;
     }
+    // SAFETY: sched_clock wrapper.
+    let t0 = unsafe { ckpt_clock_ns() };
     // SAFETY: batch holds batch_n valid (ptr, val) pairs; Xen validates each update.
     if unsafe { ckpt_track_mmu_update(t.batch, t.batch_n as c_uint) } < 0 {
         t.mmu_errors += 1;
     }
+    // SAFETY: as above.
+    t.mmu_ns += unsafe { ckpt_clock_ns() } - t0;
+    t.mmu_calls += 1;
+    t.mmu_entries += t.batch_n as u64;
     t.batch_n = 0;
 }
 
@@ -485,11 +532,22 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
                 continue; // PV guests have no superpages
             }
             match pte_pfn(e) {
+                Some(child) if level == 2 && t.capture_walk && t.in_direct_map(va) => {
+                    // The direct map's L1 tables: only the entries of the final set matter
+                    // here (capture_direct_map), not all of RAM.
+                    t.always.set(child);
+                    let k = ((va - t.page_offset) >> 21) as usize;
+                    if k < t.dm_n {
+                        // SAFETY: dm_tables has dm_n entries.
+                        unsafe { *t.dm_tables.add(k) = child };
+                    }
+                }
                 Some(child) => walk(t, child, level - 1, va, false),
                 None => t.walk_err = true,
             }
             continue;
         }
+        t.visited += 1;
         if t.capture_walk {
             capture_entry(t, table_mfn, idx, e, va);
             continue;
@@ -518,6 +576,9 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
             t.always.set(p);
             continue;
         }
+        if t.open.get(p) {
+            continue; // left writable for now: dirty in the next round
+        }
         let new = if user {
             e & !PTE_RW
         } else {
@@ -525,6 +586,38 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
         };
         queue_update(t, table_mfn, idx, new);
         t.protected += 1;
+    }
+}
+
+/// The capture's walk of the direct map: the entries of the pages of the final set and of
+/// the `nowp` pages (the only ones capture_entry changes there), found through the L1
+/// tables the page-table walk recorded, instead of every entry of RAM.
+fn capture_direct_map(t: &mut Inner) {
+    for w in 0..t.send.words {
+        let mut m = t.send.word(w).load(Ordering::Relaxed) | t.nowp.word(w).load(Ordering::Relaxed);
+        while m != 0 {
+            let p = w as u64 * 64 + m.trailing_zeros() as u64;
+            m &= m - 1;
+            let k = (p / 512) as usize;
+            if k >= t.dm_n {
+                break;
+            }
+            // SAFETY: k < dm_n.
+            let tp = unsafe { *t.dm_tables.add(k) };
+            if tp == u64::MAX {
+                continue;
+            }
+            // SAFETY: tp is a table page the walk found (RAM, mapped in the direct map).
+            let tbl = unsafe { ckpt_pfn_to_virt(tp as c_ulong) } as *const u64;
+            let idx = (p % 512) as usize;
+            // SAFETY: idx < 512 entries of a live table page; nothing changes it.
+            let e = unsafe { ptr::read_volatile(tbl.add(idx)) };
+            if e & PTE_PRESENT == 0 {
+                continue;
+            }
+            t.visited += 1;
+            capture_entry(t, p2m(tp), idx, e, t.page_offset + p * PAGE as u64);
+        }
     }
 }
 
@@ -614,11 +707,30 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
     t.protected = 0;
     t.first_pgd = true;
     t.batch_n = 0;
+    t.mmu_calls = 0;
+    t.mmu_entries = 0;
+    t.mmu_ns = 0;
+    t.visited = 0;
+    if !t.disarm && !t.capture_walk {
+        fold_open(t);
+        plan_open(t);
+    }
+    if t.capture_walk {
+        for k in 0..t.dm_n {
+            // SAFETY: dm_tables has dm_n entries.
+            unsafe { *t.dm_tables.add(k) = u64::MAX };
+        }
+    }
     // SAFETY: the kernel calls pgd_cb for init_mm's pgd first, then every pgd on its list.
     unsafe { xen_checkpoint_for_each_pgd(pgd_cb, t as *mut Inner as *mut c_void) };
+    if t.capture_walk {
+        capture_direct_map(t);
+    }
     flush_batch(t);
     // SAFETY: plain hypercall.
     unsafe { ckpt_track_flush_all() };
+    // SAFETY: sched_clock wrapper.
+    let t_tail = unsafe { ckpt_clock_ns() };
     let mut rc = 0;
     if !t.disarm {
         if grants {
@@ -635,10 +747,18 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
             let a = t.always.word(w);
             a.store((a.load(Ordering::Relaxed) | x) & !ign, Ordering::Relaxed);
         }
+        // SAFETY: exported kernel variables, fixed after boot.
+        let (src, lim) = unsafe { (xen_p2m_addr as *const c_ulong, xen_p2m_size as u64) };
+        let prevs = t.p2m_prev;
         for pfn in 0..t.max_pfn {
-            let e = p2m(pfn);
+            let e = if pfn < lim {
+                // SAFETY: pfn < xen_p2m_size; the p2m array is mapped for its whole size.
+                unsafe { ptr::read_volatile(src.add(pfn as usize)) as u64 }
+            } else {
+                P2M_INVALID
+            };
             // SAFETY: p2m_prev has max_pfn entries.
-            let prev = unsafe { &mut *t.p2m_prev.add(pfn as usize) };
+            let prev = unsafe { &mut *prevs.add(pfn as usize) };
             if e != *prev {
                 *prev = e;
                 if is_ram(e) {
@@ -653,7 +773,9 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
         t.always_n = n;
     }
     // SAFETY: as above.
-    t.arm_ns = unsafe { ckpt_clock_ns() } - t0;
+    let t_end = unsafe { ckpt_clock_ns() };
+    t.arm_ns = t_end - t0;
+    t.arm_tail_ns = t_end - t_tail;
     if t.walk_err {
         rc = -EIO;
     }
@@ -664,6 +786,52 @@ unsafe extern "C" fn arm_cb(arg: *mut c_void) -> c_int {
     // SAFETY: arg is the tracker's Inner; stop_machine runs us alone.
     let t = unsafe { &mut *(arg as *mut Inner) };
     arm(t, true) as c_int
+}
+
+/// The pages left writable by the last arming were written or not: either way they are
+/// dirty in the round that ends now.
+fn fold_open(t: &Inner) {
+    for w in 0..t.open.words {
+        let o = t.open.word(w).load(Ordering::Relaxed);
+        if o != 0 {
+            t.dirty.word(w).fetch_or(o, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Which pages this arming leaves writable (HOT_ROUNDS): a page written in the round just
+/// ended and in the one before, for HOT_ROUNDS rounds; a page at the end of its rounds is
+/// protected again (if it is still written, it faults once and opens again).
+fn plan_open(t: &mut Inner) {
+    let mut n = 0;
+    for w in 0..t.open.words {
+        let wrote = t.wrote.word(w).swap(0, Ordering::Relaxed);
+        let was = t.open.word(w).load(Ordering::Relaxed);
+        let prev = t.prev.word(w).swap(wrote | was, Ordering::Relaxed);
+        let mut cand = was | (wrote & prev);
+        let mut now = 0u64;
+        while cand != 0 {
+            let b = cand.trailing_zeros();
+            cand &= cand - 1;
+            let pfn = w * 64 + b as usize;
+            // SAFETY: hot_left has max_pfn bytes (bits above max_pfn are never set);
+            // nothing else runs (stop_machine).
+            let h = unsafe { &mut *t.hot_left.add(pfn) };
+            *h = if was & (1 << b) != 0 {
+                h.saturating_sub(1)
+            } else {
+                HOT_ROUNDS
+            };
+            if *h > 0 {
+                now |= 1 << b;
+            }
+        }
+        if now | was != 0 {
+            t.open.word(w).store(now, Ordering::Relaxed);
+        }
+        n += now.count_ones() as u64;
+    }
+    t.open_n = n;
 }
 
 /// Moves the dirty pages of the round just ended into `out` (OR) and clears them.
@@ -704,6 +872,12 @@ impl FaultTracker {
         i.vmemmap = unsafe { ckpt_track_vmemmap() } as u64;
         i.vmemmap_end = i.vmemmap + max_pfn * 64;
         i.dirty = Bits::alloc(max_pfn)?;
+        i.wrote = Bits::alloc(max_pfn)?;
+        i.open = Bits::alloc(max_pfn)?;
+        i.prev = Bits::alloc(max_pfn)?;
+        i.hot_left = valloc(max_pfn as usize)? as *mut u8;
+        i.dm_n = max_pfn.div_ceil(512) as usize;
+        i.dm_tables = valloc(i.dm_n * 8)? as *mut u64;
         i.excl = Bits::alloc(max_pfn)?;
         i.always = Bits::alloc(max_pfn)?;
         i.granted = Bits::alloc(max_pfn)?;
@@ -872,18 +1046,28 @@ impl FaultTracker {
             ckpt_track_kmalloc_probe(frames);
             ckpt_track_kmalloc_class(frames * 8)
         };
-        // The final set: written since the last collect (the probe included), plus the
-        // always-dirty pages.
+        // SAFETY: sched_clock wrapper.
+        let tp = unsafe { ckpt_clock_ns() };
+        t.cap_probe_ns = tp - t0;
+        // The final set: written since the last collect (the probe included), the pages
+        // left writable by it, plus the always-dirty pages.
+        fold_open(t);
         take_round(t, send);
         // SAFETY: both bitmaps hold ceil(max_pfn/64) words; nothing else runs.
         unsafe {
             ckpt_track_classify(
-                t.freeb.w as *mut c_ulong,
+                if elide {
+                    t.freeb.w as *mut c_ulong
+                } else {
+                    ptr::null_mut()
+                },
                 t.nowp.w as *mut c_ulong,
                 t.max_pfn as c_ulong,
                 class,
             )
         };
+        // SAFETY: sched_clock wrapper.
+        t.cap_classify_ns = unsafe { ckpt_clock_ns() } - tp;
         let mut left_out = 0u64;
         for (w, v) in send.iter_mut().enumerate().take(t.send.words) {
             if elide {
@@ -1068,6 +1252,7 @@ impl FaultTracker {
             faults: t.faults.load(Ordering::Relaxed),
             pte_marks: t.pte_marks.load(Ordering::Relaxed),
             protected: t.protected,
+            open: t.open_n,
             always: t.always_n,
             arm_ns: t.arm_ns,
             snapshot_used: t.snap_next.load(Ordering::Relaxed).min(t.snap_cap),
@@ -1078,6 +1263,13 @@ impl FaultTracker {
             cap_prep_ns: t.cap_prep_ns,
             cap_walk_ns: t.cap_walk_ns,
             cap_copy_ns: t.cap_copy_ns,
+            cap_probe_ns: t.cap_probe_ns,
+            cap_classify_ns: t.cap_classify_ns,
+            mmu_calls: t.mmu_calls,
+            mmu_entries: t.mmu_entries,
+            mmu_ns: t.mmu_ns,
+            visited: t.visited,
+            arm_tail_ns: t.arm_tail_ns,
             copied_all: t.copied_all,
             aborted: t.aborted.load(Ordering::Relaxed),
         }
@@ -1139,6 +1331,9 @@ impl Drop for FaultTracker {
         }
         for b in [
             &mut t.dirty,
+            &mut t.wrote,
+            &mut t.open,
+            &mut t.prev,
             &mut t.excl,
             &mut t.always,
             &mut t.granted,
@@ -1152,6 +1347,8 @@ impl Drop for FaultTracker {
             b.free();
         }
         vfree(t.p2m_prev as *mut c_void);
+        vfree(t.hot_left as *mut c_void);
+        vfree(t.dm_tables as *mut c_void);
         vfree(t.slot_of as *mut c_void);
         vfree(t.batch as *mut c_void);
         vfree(self.inner as *mut c_void);
@@ -1175,11 +1372,13 @@ fn for_each_buffer_pfn(t: &Inner, mut f: impl FnMut(u64)) {
     };
     let bits = t.dirty.words * 8;
     for b in [
-        &t.dirty, &t.excl, &t.always, &t.granted, &t.ignore, &t.send, &t.claimed, &t.saved,
-        &t.nowp, &t.freeb,
+        &t.dirty, &t.wrote, &t.open, &t.prev, &t.excl, &t.always, &t.granted, &t.ignore, &t.send,
+        &t.claimed, &t.saved, &t.nowp, &t.freeb,
     ] {
         each(b.w as *const c_void, bits);
     }
+    each(t.hot_left as *const c_void, t.max_pfn as usize);
+    each(t.dm_tables as *const c_void, t.dm_n * 8);
     each(t.p2m_prev as *const c_void, t.max_pfn as usize * 8);
     each(t.slot_of as *const c_void, t.max_pfn as usize * 4);
     each(t.batch as *const c_void, BATCH * 16);

@@ -18,6 +18,7 @@
 #include <xen/interface/xen.h>
 #include <xen/interface/grant_table.h>
 #include <linux/slab.h>
+#include <linux/bitmap.h>
 #include <linux/syscore_ops.h>
 #include <xen/events.h>
 
@@ -173,37 +174,45 @@ unsigned long ckpt_track_irq_save(void)
 
 void ckpt_track_irq_restore(unsigned long flags) { local_irq_restore(flags); }
 
-/* In stop_machine (exact: no CPU holds a zone or slab lock): sets in @free_words the bit of
- * every pfn below @max_pfn in a free buddy block (returns how many) and in @small_words the
- * bit of every page of a slab whose objects are at most @max_obj bytes. */
+/* In stop_machine (exact: no CPU holds a zone or slab lock): sets in @free_words (if not
+ * NULL) the bit of every pfn below @max_pfn in a free buddy block (returns how many) and in
+ * @small_words the bit of every page of a slab whose objects are at most @max_obj bytes.
+ * It runs in the capture pause, so it steps over whole free blocks and folios and asks
+ * pfn_valid() once per subsection (its granularity), not once per pfn. */
 unsigned long ckpt_track_classify(unsigned long *free_words, unsigned long *small_words,
 				  unsigned long max_pfn, unsigned long max_obj)
 {
-	unsigned long pfn = 0, n = 0, run, end;
+	unsigned long pfn = 0, n = 0, valid_end = 0, end, order;
 	struct folio *folio;
+	struct page *page;
 
 	while (pfn < max_pfn) {
-		run = ckpt_free_run(pfn);
-		if (run) {
-			end = min(pfn + run, max_pfn);
-			n += end - pfn;
-			for (; pfn < end; pfn++)
-				__set_bit(pfn, free_words);
-			continue;
+		if (pfn >= valid_end) {
+			valid_end = ALIGN(pfn + 1, PAGES_PER_SUBSECTION);
+			if (!pfn_valid(pfn)) {
+				pfn = valid_end;
+				continue;
+			}
 		}
-		if (!pfn_valid(pfn)) {
-			pfn++;
-			continue;
+		page = pfn_to_page(pfn);
+		if (PageBuddy(page)) {
+			order = READ_ONCE(page->private);	/* see ckpt_free_run() */
+			if (order <= MAX_PAGE_ORDER && !(pfn & ((1UL << order) - 1))) {
+				end = min(pfn + (1UL << order), max_pfn);
+				n += end - pfn;
+				if (free_words)
+					bitmap_set(free_words, pfn, end - pfn);
+				pfn = end;
+				continue;
+			}
 		}
-		folio = page_folio(pfn_to_page(pfn));
+		folio = page_folio(page);
 		end = min(folio_pfn(folio) + folio_nr_pages(folio), max_pfn);
 		if (end <= pfn)
 			end = pfn + 1;
 		if (folio_test_slab(folio) && ksize(folio_address(folio)) <= max_obj)
-			for (; pfn < end; pfn++)
-				__set_bit(pfn, small_words);
-		else
-			pfn = end;
+			bitmap_set(small_words, pfn, end - pfn);
+		pfn = end;
 	}
 	return n;
 }

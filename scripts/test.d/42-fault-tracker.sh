@@ -37,6 +37,8 @@ lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --
 consolelog() { lab_exec_raw 1 30 "" "cat /var/log/xen/console/guest-$name.log"; }
 out=$(consolelog | tr -d '\r')
 grep -E '^TRACK-ORACLE' <<<"$out" >&2 || true
+# The module's own account of each round and capture (where the pause goes).
+grep -E 'fault tracker (round|capture)|fault tracker:' <<<"$out" | sed 's/^.*checkpoint: /  kernel: /' | awk '!seen[$0]++' >&2 || true
 grep -q 'CKPT-MODULE-LOADED' <<<"$out" || die "module did not load"
 grep -q '^TRACK-ORACLE PASS' <<<"$out" || { tail -n 40 <<<"$out" >&2; die "track-oracle failed"; }
 # PASS means each check ran: the oracle over rounds 2.., and one digest per tracker, equal.
