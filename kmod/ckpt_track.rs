@@ -532,6 +532,15 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
                 continue; // PV guests have no superpages
             }
             match pte_pfn(e) {
+                Some(child)
+                    if level == 2
+                        && t.capture_walk
+                        && va >= t.skip_lo
+                        && va + (1 << 21) <= t.skip_hi =>
+                {
+                    // 2 MiB of the snapshot buffer: ignored pages, nothing to look at.
+                    t.always.set(child);
+                }
                 Some(child) if level == 2 && t.capture_walk && t.in_direct_map(va) => {
                     // The direct map's L1 tables: only the entries of the final set matter
                     // here (capture_direct_map), not all of RAM.
