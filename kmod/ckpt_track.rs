@@ -18,6 +18,9 @@
 //!   per-CPU areas are never protected (Xen and the fault path itself write there): the
 //!   pages they map are dirty in every round and copied in the capture pause, as are page
 //!   tables, pages granted writable to another domain, and pages whose p2m entry changed.
+//! A page written in two rounds in a row is left writable for the next [`HOT_ROUNDS`]
+//! rounds and reported dirty in each (it would be resent anyway; protecting it again only
+//! costs its writer a fault per round).
 //!
 //! Concurrency: the hooks run in any context with interrupts or preemption off and touch
 //! only atomics and the tracker's vmalloc'd buffers (which are never protected: their
