@@ -593,6 +593,9 @@ impl State {
             if r == REF_EXCLUDED {
                 // Excluded pages are not the fault tracker's business either.
                 b.for_each_pfn(|pfn| f.ignore(pfn));
+            } else {
+                // A freed buffer's pages go back to the allocator: tracked (and sent) again.
+                b.for_each_pfn(|pfn| f.unignore(pfn));
             }
         }
     }
@@ -626,7 +629,7 @@ impl State {
         if let Some(f) = &self.fault {
             let t = f.stats();
             pr_info!(
-                "fault tracker: {} faults, {} pte marks, last arm {} protected + {} always in {} us, snapshot {} used ({} in the pause){}{}\n",
+                "fault tracker: {} faults, {} pte marks, last arm {} protected + {} always in {} us, snapshot {} used ({} in the pause), {} mmu_update requests refused{}\n",
                 t.faults,
                 t.pte_marks,
                 t.protected,
@@ -634,8 +637,8 @@ impl State {
                 t.arm_ns / 1000,
                 t.snapshot_used,
                 t.pause_copies,
+                t.mmu_errors,
                 if t.aborted { ", ABORTED (snapshot full)" } else { "" },
-                if t.mmu_errors != 0 { ", mmu_update errors" } else { "" },
             );
         }
         if !self.oracle_hashes.is_empty() {
@@ -1041,6 +1044,7 @@ pub unsafe extern "C" fn ckpt_rs_read(
             Some(f) if s.held && rf != REF_EXCLUDED && f.in_capture(pfn) => Some(f),
             _ => None,
         };
+        let from_capture = cow.is_some();
         if let Some(f) = cow {
             // The capture-point content: the pristine copy, or the page not yet written.
             if let Err(e) = f.read_page(pfn, bounce) {
@@ -1091,6 +1095,11 @@ pub unsafe extern "C" fn ckpt_rs_read(
             // SAFETY: bounce is one module-owned page.
             let h = unsafe { hash_page(bounce) };
             s.set_ref(pfn, h);
+            if !from_capture {
+                if let Some(f) = &s.fault {
+                    f.read_done(pfn);
+                }
+            }
         }
         // SAFETY: buf + i*PAGE lies within the user's len bytes; copy_to_user checks it.
         if unsafe {
@@ -1221,7 +1230,9 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     s.oracle_digest = 0;
     s.oracle_diff = 0;
     s.oracle_late = 0;
-    s.oracle_hashes = VBuf::empty();
+    let old = core::mem::replace(&mut s.oracle_hashes, VBuf::empty());
+    s.mark_refs(&old, REF_NEVER_READ);
+    drop(old);
     if s.cap_oracle && s.fault.is_some() {
         let h = VBuf::alloc(s.max_pfn as usize * 8).ok_or(-ENOMEM)?;
         s.mark_refs(&h, REF_EXCLUDED);
@@ -1315,6 +1326,18 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
             p[6],
             p[7]
         );
+        if let Some(f) = &s.fault {
+            for &pfn in p.iter().take(s.oracle_diff.min(8) as usize) {
+                let (bits, pte, slab) = f.diag(pfn);
+                pr_info!(
+                    "oracle: pfn {:#x} changed unseen: bits {:#x} (send nowp always excl granted saved claimed free) pte {:#x} slab {}\n",
+                    pfn,
+                    bits,
+                    pte,
+                    slab
+                );
+            }
+        }
     }
     if let Some(f) = &s.fault {
         // Free pages were left out in the capture routine (exact there; a page freed after

@@ -134,7 +134,8 @@ pub(crate) struct Stats {
     pub(crate) snapshot_used: u64,
     /// Of which copied in the capture pause.
     pub(crate) pause_copies: u64,
-    /// mmu_update batches Xen refused while arming (should stay 0).
+    /// mmu_update requests Xen refused (arming: should stay 0; disarming: entries whose
+    /// page became a page table since it was protected).
     pub(crate) mmu_errors: u64,
     /// The capture step: pages of the final set left out as free (elision), pages copied
     /// in the pause because Xen may write them while Linux resumes (small kmalloc slabs,
@@ -188,6 +189,10 @@ impl Bits {
     fn get(&self, pfn: u64) -> bool {
         self.word((pfn / 64) as usize).load(Ordering::Acquire) & (1u64 << (pfn % 64)) != 0
     }
+    fn clear(&self, pfn: u64) {
+        self.word((pfn / 64) as usize)
+            .fetch_and(!(1u64 << (pfn % 64)), Ordering::AcqRel);
+    }
     fn clear_all(&self) {
         for i in 0..self.words {
             self.word(i).store(0, Ordering::Relaxed);
@@ -236,6 +241,10 @@ struct Inner {
     prev: Bits,
     hot_left: *mut u8,
     open_n: u64,
+    /// Pages a round reported that the owner has not read since: reported again by the
+    /// next round and part of the capture's final set, as the ABI promises for both
+    /// trackers ("a page the caller does not read stays dirty"). Owner calls only.
+    pending: Bits,
     /// Pfns never protected (per-CPU areas); dirty in every round.
     excl: Bits,
     /// Pages dirty in every round, found by the last arming walk.
@@ -480,9 +489,7 @@ fn flush_batch(t: &mut Inner) {
     // SAFETY: sched_clock wrapper.
     let t0 = unsafe { ckpt_clock_ns() };
     // SAFETY: batch holds batch_n valid (ptr, val) pairs; Xen validates each update.
-    if unsafe { ckpt_track_mmu_update(t.batch, t.batch_n as c_uint) } < 0 {
-        t.mmu_errors += 1;
-    }
+    t.mmu_errors += unsafe { ckpt_track_mmu_update(t.batch, t.batch_n as c_uint) } as u64;
     // SAFETY: as above.
     t.mmu_ns += unsafe { ckpt_clock_ns() } - t0;
     t.mmu_calls += 1;
@@ -849,8 +856,9 @@ fn plan_open(t: &mut Inner) {
 /// Moves the dirty pages of the round just ended into `out` (OR) and clears them.
 fn take_round(t: &Inner, out: &mut [u64]) {
     for (w, o) in out.iter_mut().enumerate().take(t.dirty.words) {
-        let v =
-            t.dirty.word(w).swap(0, Ordering::AcqRel) | t.always.word(w).load(Ordering::Relaxed);
+        let v = t.dirty.word(w).swap(0, Ordering::AcqRel)
+            | t.always.word(w).load(Ordering::Relaxed)
+            | t.pending.word(w).load(Ordering::Relaxed);
         *o |= v & !t.ignore.word(w).load(Ordering::Relaxed);
     }
 }
@@ -890,6 +898,7 @@ impl FaultTracker {
         i.hot_left = valloc(max_pfn as usize)? as *mut u8;
         i.dm_n = max_pfn.div_ceil(512) as usize;
         i.dm_tables = valloc(i.dm_n * 8)? as *mut u64;
+        i.pending = Bits::alloc(max_pfn)?;
         i.excl = Bits::alloc(max_pfn)?;
         i.always = Bits::alloc(max_pfn)?;
         i.granted = Bits::alloc(max_pfn)?;
@@ -954,6 +963,25 @@ impl FaultTracker {
         }
     }
 
+    /// Undoes [`FaultTracker::ignore`] (a buffer of the caller was freed): the page is an
+    /// ordinary page again, dirty in this round since its content changed unseen.
+    pub(crate) fn unignore(&self, pfn: u64) {
+        let t = self.inner();
+        if pfn < t.max_pfn && t.ignore.get(pfn) {
+            t.ignore.clear(pfn);
+            t.dirty.set(pfn);
+        }
+    }
+
+    /// The owner read `pfn` (before the capture): it is no longer pending. A write after
+    /// the read faults and makes it dirty again.
+    pub(crate) fn read_done(&self, pfn: u64) {
+        let t = self.inner();
+        if pfn < t.max_pfn {
+            t.pending.clear(pfn);
+        }
+    }
+
     /// Makes `pfn` dirty in every round and copied in the capture pause, never protected
     /// (pages another domain writes without a grant: the xenstore and console rings).
     pub(crate) fn always(&self, pfn: u64) {
@@ -985,14 +1013,15 @@ impl FaultTracker {
                 return rc as c_int;
             }
             // The round's out-bitmap is the tracker's `send` buffer (unused until capture).
+            // What it reports stays pending until the owner reads it.
             let s = &t.send;
             for w in 0..s.words {
-                let v = t.dirty.word(w).swap(0, Ordering::AcqRel)
-                    | t.always.word(w).load(Ordering::Relaxed);
-                s.word(w).store(
-                    v & !t.ignore.word(w).load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
+                let v = (t.dirty.word(w).swap(0, Ordering::AcqRel)
+                    | t.always.word(w).load(Ordering::Relaxed)
+                    | t.pending.word(w).load(Ordering::Relaxed))
+                    & !t.ignore.word(w).load(Ordering::Relaxed);
+                s.word(w).store(v, Ordering::Relaxed);
+                t.pending.word(w).store(v, Ordering::Relaxed);
             }
             0
         }
@@ -1346,6 +1375,7 @@ impl Drop for FaultTracker {
             &mut t.wrote,
             &mut t.open,
             &mut t.prev,
+            &mut t.pending,
             &mut t.excl,
             &mut t.always,
             &mut t.granted,
@@ -1384,8 +1414,8 @@ fn for_each_buffer_pfn(t: &Inner, mut f: impl FnMut(u64)) {
     };
     let bits = t.dirty.words * 8;
     for b in [
-        &t.dirty, &t.wrote, &t.open, &t.prev, &t.excl, &t.always, &t.granted, &t.ignore, &t.send,
-        &t.claimed, &t.saved, &t.nowp, &t.freeb,
+        &t.dirty, &t.pending, &t.wrote, &t.open, &t.prev, &t.excl, &t.always, &t.granted,
+        &t.ignore, &t.send, &t.claimed, &t.saved, &t.nowp, &t.freeb,
     ] {
         each(b.w as *const c_void, bits);
     }

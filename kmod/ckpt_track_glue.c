@@ -125,9 +125,23 @@ int ckpt_track_pte_cmpxchg(unsigned long *ptep, unsigned long old, unsigned long
 }
 
 /* reqs: count pairs (machine address of the entry | MMU_NORMAL_PT_UPDATE, new value). */
+/* Returns how many requests Xen refused. Xen stops a batch at the first refused request
+ * (a disarm can meet an entry whose page has become a page table since it was protected:
+ * Xen refuses to make it writable), so the rest of the batch is sent again without it. */
 int ckpt_track_mmu_update(const unsigned long *reqs, unsigned int count)
 {
-	return HYPERVISOR_mmu_update((struct mmu_update *)reqs, count, NULL, DOMID_SELF);
+	unsigned int done, refused = 0;
+
+	while (count) {
+		done = 0;
+		if (HYPERVISOR_mmu_update((struct mmu_update *)reqs, count, &done, DOMID_SELF) >= 0)
+			break;
+		refused++;
+		done = min(done + 1, count);
+		reqs += 2 * done;
+		count -= done;
+	}
+	return refused;
 }
 
 void ckpt_track_flush_all(void)
