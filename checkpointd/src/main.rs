@@ -572,9 +572,10 @@ fn cmd_save(file: &Path, precopy: &Precopy, json: bool, quiet: bool) -> Result<(
             use std::fmt::Write as _;
             let _ = writeln!(
                 text,
-                "saved {} in {:.2} s: {} rounds, {} bytes, pre-copy stopped: {:?}",
+                "saved {} in {:.2} s ({} tracker): {} rounds, {} bytes, pre-copy stopped: {:?}",
                 file.display(),
                 t0.elapsed().as_secs_f64(),
+                s.tracker,
                 s.rounds.len(),
                 s.total_bytes,
                 s.stop_reason

@@ -331,6 +331,8 @@ pub struct SaveSummary {
     pub millis: u64,
     /// Free-page elision was on.
     pub elide_free: bool,
+    /// The dirty tracker: "fault" or "scan".
+    pub tracker: &'static str,
     /// Snapshot pages the guest could afford when the capture was decided.
     pub snapshot_budget: u64,
     /// Processes slowed down to converge, and pre-copy rounds taken while throttling.
@@ -809,6 +811,7 @@ pub fn stream<S: PageSource, W: Write>(
         pfns,
         millis: t0.elapsed().as_millis() as u64,
         elide_free: conv.elide_free,
+        tracker: if conv.fault_tracker { "fault" } else { "scan" },
         snapshot_budget: budget,
         throttled: thr.procs,
         throttle_rounds: thr.rounds,
