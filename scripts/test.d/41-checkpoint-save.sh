@@ -140,7 +140,8 @@ lab_guest_wait "$dst" "$name" 'PATTERN-P-(INTACT|CHANGED)' 120
 log_restore=$(consolelog)
 grep -q "PATTERN-P-INTACT $pages/$pages" <<<"$log_restore" \
     || fail "the revived guest's buffer does not hold pattern P: $(grep PATTERN-P- <<<"$log_restore")"
-grep -E '^restore: |unpinned its L4' <<<"$log_restore" >&2 || true
+grep -E '^restore: |unpinned its L4|fault tracker: ' <<<"$log_restore" >&2 || true
+! grep -E '^(WARNING|BUG|Oops|Kernel panic)' <<<"$log_restore" >&2 || fail "the guest restored in place logged a kernel warning or oops"
 grep -q 'revived by inflate-loader: unpinned its L4 .*: rc 0' <<<"$log_restore" || fail "the revived guest did not unpin the loader's L4"
 phase_a_ms=$(grep -o 'restore: phase A: .*, [0-9]* ms$' <<<"$log_restore" | tail -n1 | sed 's/.*, \([0-9]*\) ms$/\1/')
 mem_after=$mem_before
@@ -171,6 +172,7 @@ lab_guest_wait "$dst" "$name" 'PATTERN-P-(INTACT|CHANGED)' 120
 consolelog | grep -q "PATTERN-P-INTACT $pages/$pages" \
     || fail "the guest revived by xl restore does not hold pattern P: $(consolelog | grep PATTERN-P-)"
 alive "the guest revived by xl restore"
+! consolelog | grep -E '^(WARNING|BUG|Oops|Kernel panic)' >&2 || fail "the guest revived by xl restore logged a kernel warning or oops"
 xd "xl destroy $name" >/dev/null 2>&1 || true
 log "export --xen + xl restore: restore returned after $xl_restore_ms ms, ping after $xl_restore_to_ping_ms ms, P intact"
 
