@@ -1345,7 +1345,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         let st = f.stats();
         s.cap_free = st.cap_free;
         pr_info!(
-            "fault tracker capture{}: pause {} us = vCPU + page types {} us (p2m {} us, {} tables), final set {} us (probe {} us, classify {} us), walk {} us ({} protected; {} entries looked at; {} mmu_update calls, {} entries, {} us; after the walk {} us), copies {} us ({} pages, {} kept writable for the resume)\n",
+            "fault tracker capture{}: pause {} us = vCPU + page types {} us (p2m {} us, {} tables), final set {} us (probe {} us, classify {} us), walk {} us ({} protected; {} entries looked at: user {}, vmalloc {}, vmemmap {}, image {}, direct map {}; {} mmu_update calls, {} entries, {} us; after the walk {} us), copies {} us ({} pages, {} kept writable for the resume; always-dirty {}: {} tables, {} per-CPU or kernel image, {} granted)\n",
             if st.copied_all {
                 " (FIFO event channels: whole set copied)"
             } else {
@@ -1361,13 +1361,22 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
             st.cap_walk_ns / 1000,
             st.protected,
             st.visited,
+            st.walk_kinds[0],
+            st.walk_kinds[1],
+            st.walk_kinds[2],
+            st.walk_kinds[3],
+            st.walk_kinds[4],
             st.mmu_calls,
             st.mmu_entries,
             st.mmu_ns / 1000,
             st.arm_tail_ns / 1000,
             st.cap_copy_ns / 1000,
             st.pause_copies,
-            st.cap_unprotected
+            st.cap_unprotected,
+            st.always,
+            st.always_parts[0],
+            st.always_parts[1],
+            st.always_parts[2]
         );
         let words = bm.u64s();
         s.snap_n = 0;

@@ -154,6 +154,9 @@ pub(crate) struct Stats {
     pub(crate) mmu_entries: u64,
     pub(crate) mmu_ns: u64,
     pub(crate) visited: u64,
+    pub(crate) walk_kinds: [u64; 5],
+    /// Of `always`: table pages, per-CPU and slot-511 pages, granted pages.
+    pub(crate) always_parts: [u64; 3],
     pub(crate) arm_tail_ns: u64,
     /// The capture copied the whole final set in the pause (FIFO event channels).
     pub(crate) copied_all: bool,
@@ -290,6 +293,14 @@ struct Inner {
     mmu_entries: u64,
     mmu_ns: u64,
     visited: u64,
+    /// The capture walk's entries by kind: user, other kernel (vmalloc, ...), vmemmap,
+    /// kernel image and modules (L4 slot 511), direct map (final set only).
+    walk_kinds: [u64; 5],
+    /// Of the always-dirty pages of the last arming: table pages, per-CPU and slot-511
+    /// pages (`excl`), granted pages.
+    always_tables: u64,
+    always_excl: u64,
+    always_granted: u64,
     arm_tail_ns: u64,
     copied_all: bool,
     /// slot + 1 of the pristine copy of a pfn, 0 = none.
@@ -519,8 +530,11 @@ fn canonical(va: u64) -> u64 {
 
 /// Walks the table at `pfn` (level 4..1) whose entries map from `base`.
 fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
-    t.always.set(pfn); // table pages change without a guest fault
-                       // SAFETY: pfn is RAM (checked by m2p); table pages are mapped in the direct map.
+    // Table pages change without a guest fault.
+    if !t.always.set(pfn) {
+        t.always_tables += 1;
+    }
+    // SAFETY: pfn is RAM (checked by m2p); table pages are mapped in the direct map.
     let tbl = unsafe { ckpt_pfn_to_virt(pfn as c_ulong) } as *const u64;
     let table_mfn = p2m(pfn);
     let span = 1u64 << (12 + 9 * (level as u64 - 1));
@@ -549,12 +563,16 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
                         && va + (1 << 21) <= t.skip_hi =>
                 {
                     // 2 MiB of the snapshot buffer: ignored pages, nothing to look at.
-                    t.always.set(child);
+                    if !t.always.set(child) {
+                        t.always_tables += 1;
+                    }
                 }
                 Some(child) if level == 2 && t.capture_walk && t.in_direct_map(va) => {
                     // The direct map's L1 tables: only the entries of the final set matter
                     // here (capture_direct_map), not all of RAM.
-                    t.always.set(child);
+                    if !t.always.set(child) {
+                        t.always_tables += 1;
+                    }
                     let k = ((va - t.page_offset) >> 21) as usize;
                     if k < t.dm_n {
                         // SAFETY: dm_tables has dm_n entries.
@@ -568,6 +586,16 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
         }
         t.visited += 1;
         if t.capture_walk {
+            let kind = if va < (1 << 47) {
+                0
+            } else if t.in_vmemmap(va) {
+                2
+            } else if va >= 0xffff_ffff_8000_0000 {
+                3
+            } else {
+                1
+            };
+            t.walk_kinds[kind] += 1;
             capture_entry(t, table_mfn, idx, e, va);
             continue;
         }
@@ -635,6 +663,7 @@ fn capture_direct_map(t: &mut Inner) {
                 continue;
             }
             t.visited += 1;
+            t.walk_kinds[4] += 1;
             capture_entry(t, p2m(tp), idx, e, t.page_offset + p * PAGE as u64);
         }
     }
@@ -730,6 +759,10 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
     t.mmu_entries = 0;
     t.mmu_ns = 0;
     t.visited = 0;
+    t.walk_kinds = [0; 5];
+    t.always_tables = 0;
+    t.always_excl = 0;
+    t.always_granted = 0;
     if !t.disarm && !t.capture_walk {
         fold_open(t);
         plan_open(t);
@@ -760,9 +793,14 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
             }
         }
         for w in 0..t.excl.words {
-            let x =
-                t.excl.word(w).load(Ordering::Relaxed) | t.granted.word(w).load(Ordering::Relaxed);
+            let (e, g) = (
+                t.excl.word(w).load(Ordering::Relaxed),
+                t.granted.word(w).load(Ordering::Relaxed),
+            );
+            let x = e | g;
             let ign = t.ignore.word(w).load(Ordering::Relaxed);
+            t.always_excl += (e & !ign).count_ones() as u64;
+            t.always_granted += (g & !e & !ign).count_ones() as u64;
             let a = t.always.word(w);
             a.store((a.load(Ordering::Relaxed) | x) & !ign, Ordering::Relaxed);
         }
@@ -1310,6 +1348,8 @@ impl FaultTracker {
             mmu_entries: t.mmu_entries,
             mmu_ns: t.mmu_ns,
             visited: t.visited,
+            walk_kinds: t.walk_kinds,
+            always_parts: [t.always_tables, t.always_excl, t.always_granted],
             arm_tail_ns: t.arm_tail_ns,
             copied_all: t.copied_all,
             aborted: t.aborted.load(Ordering::Relaxed),
