@@ -862,7 +862,14 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
             // ends the round (a page the scan sees changed was written after its last read,
             // hence after the re-arm that preceded that read).
             let obm = VBuf::alloc(need as usize).ok_or(-ENOMEM)?;
-            let (od, ..) = scan_round(s, obm.u64s());
+            let (mut od, ..) = scan_round(s, obm.u64s());
+            if let Some(f) = &s.fault {
+                // Pages only the capture takes (always-dirty kinds) are not in rounds.
+                // SAFETY: obm holds need bytes = ceil(max_pfn/64) words, no other reference.
+                od = f.clear_deferred(unsafe {
+                    core::slice::from_raw_parts_mut(obm.u64s(), need as usize / 8)
+                });
+            }
             to_user_bytes(r.oracle_bitmap, obm.ptr, need as usize)?;
             r.oracle_dirty = od;
         }

@@ -252,6 +252,8 @@ struct Inner {
     excl: Bits,
     /// Pages dirty in every round, found by the last arming walk.
     always: Bits,
+    /// `always` of the arming before: a page that left it (a vmap undone) is dirty once.
+    was_always: Bits,
     /// Writable grants seen by the last grant walk (the grant table is unmapped during
     /// the capture, so the capture uses these).
     granted: Bits,
@@ -751,7 +753,14 @@ unsafe extern "C" fn grant_cb(gfn: c_ulong, arg: *mut c_void) {
 fn arm(t: &mut Inner, grants: bool) -> c_long {
     // SAFETY: sched_clock wrapper.
     let t0 = unsafe { ckpt_clock_ns() };
-    t.always.clear_all();
+    if !t.capture_walk {
+        for w in 0..t.always.words {
+            let a = t.always.word(w).swap(0, Ordering::Relaxed);
+            t.was_always.word(w).store(a, Ordering::Relaxed);
+        }
+    }
+    // The capture walk adds to the last arming's set: a page that left it since may have
+    // changed unseen, and rounds do not report these pages, so the capture takes them.
     t.protected = 0;
     t.first_pgd = true;
     t.batch_n = 0;
@@ -819,13 +828,25 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
             if e != *prev {
                 *prev = e;
                 if is_ram(e) {
+                    // Repopulated by Xen: dirty for the round (rounds report `dirty`) and
+                    // for a capture walk (the final set takes `always`).
+                    t.dirty.set(pfn);
                     t.always.set(pfn);
                 }
             }
         }
         let mut n = 0;
         for w in 0..t.always.words {
-            n += t.always.word(w).load(Ordering::Relaxed).count_ones() as u64;
+            let a = t.always.word(w).load(Ordering::Relaxed);
+            n += a.count_ones() as u64;
+            if !t.capture_walk {
+                // Left the always-dirty kinds since the last arming (not reported by the
+                // rounds while it was one): dirty once.
+                let left = t.was_always.word(w).load(Ordering::Relaxed) & !a;
+                if left != 0 {
+                    t.dirty.word(w).fetch_or(left, Ordering::Relaxed);
+                }
+            }
         }
         t.always_n = n;
     }
@@ -896,6 +917,7 @@ fn take_round(t: &Inner, out: &mut [u64]) {
     for (w, o) in out.iter_mut().enumerate().take(t.dirty.words) {
         let v = t.dirty.word(w).swap(0, Ordering::AcqRel)
             | t.always.word(w).load(Ordering::Relaxed)
+            | t.granted.word(w).load(Ordering::Relaxed)
             | t.pending.word(w).load(Ordering::Relaxed);
         *o |= v & !t.ignore.word(w).load(Ordering::Relaxed);
     }
@@ -939,6 +961,7 @@ impl FaultTracker {
         i.pending = Bits::alloc(max_pfn)?;
         i.excl = Bits::alloc(max_pfn)?;
         i.always = Bits::alloc(max_pfn)?;
+        i.was_always = Bits::alloc(max_pfn)?;
         i.granted = Bits::alloc(max_pfn)?;
         i.ignore = Bits::alloc(max_pfn)?;
         i.send = Bits::alloc(max_pfn)?;
@@ -1011,6 +1034,19 @@ impl FaultTracker {
         }
     }
 
+    /// Clears in `words` (ceil(max_pfn/64) words) the pages rounds do not report because
+    /// only the capture can take them (the always-dirty kinds): the oracle's comparison
+    /// leaves them out; the capture digest covers them.
+    pub(crate) fn clear_deferred(&self, words: &mut [u64]) -> u64 {
+        let t = self.inner();
+        let mut n = 0;
+        for (w, o) in words.iter_mut().enumerate().take(t.always.words) {
+            *o &= !t.always.word(w).load(Ordering::Relaxed);
+            n += o.count_ones() as u64;
+        }
+        n
+    }
+
     /// The owner read `pfn` (before the capture): it is no longer pending. A write after
     /// the read faults and makes it dirty again.
     pub(crate) fn read_done(&self, pfn: u64) {
@@ -1051,11 +1087,12 @@ impl FaultTracker {
                 return rc as c_int;
             }
             // The round's out-bitmap is the tracker's `send` buffer (unused until capture).
-            // What it reports stays pending until the owner reads it.
+            // What it reports stays pending until the owner reads it. The always-dirty
+            // pages are not reported: the capture copies them in any case, so sending them
+            // in every round (about 2000 pages) would only slow pre-copy down.
             let s = &t.send;
             for w in 0..s.words {
                 let v = (t.dirty.word(w).swap(0, Ordering::AcqRel)
-                    | t.always.word(w).load(Ordering::Relaxed)
                     | t.pending.word(w).load(Ordering::Relaxed))
                     & !t.ignore.word(w).load(Ordering::Relaxed);
                 s.word(w).store(v, Ordering::Relaxed);
@@ -1418,6 +1455,7 @@ impl Drop for FaultTracker {
             &mut t.pending,
             &mut t.excl,
             &mut t.always,
+            &mut t.was_always,
             &mut t.granted,
             &mut t.ignore,
             &mut t.send,
@@ -1454,8 +1492,21 @@ fn for_each_buffer_pfn(t: &Inner, mut f: impl FnMut(u64)) {
     };
     let bits = t.dirty.words * 8;
     for b in [
-        &t.dirty, &t.pending, &t.wrote, &t.open, &t.prev, &t.excl, &t.always, &t.granted,
-        &t.ignore, &t.send, &t.claimed, &t.saved, &t.nowp, &t.freeb,
+        &t.dirty,
+        &t.pending,
+        &t.wrote,
+        &t.open,
+        &t.prev,
+        &t.excl,
+        &t.always,
+        &t.was_always,
+        &t.granted,
+        &t.ignore,
+        &t.send,
+        &t.claimed,
+        &t.saved,
+        &t.nowp,
+        &t.freeb,
     ] {
         each(b.w as *const c_void, bits);
     }
