@@ -844,7 +844,8 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
     // oracle_bitmap: only with the fault tracker's oracle mode.
     let oracle = r.oracle_bitmap != 0;
     if r.flags != 0
-        || r.reserved != [0; 3]
+        || r.deferred != 0
+        || r.reserved != [0; 2]
         || r.oracle_dirty != 0
         || (oracle && s.track_flags & TRACK_ORACLE == 0)
         || r.bitmap_bytes < need
@@ -879,6 +880,9 @@ fn next_round(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         let dirty = f.collect(out)?;
         let st = f.stats();
         let scanned = st.protected;
+        // What the capture will take besides the rounds' pages (checkpointd sizes the
+        // snapshot buffer with it).
+        r.deferred = st.always;
         pr_info!(
             "fault tracker round {}: {} dirty, arm {} us ({} protected, {} left writable, {} always; {} entries looked at; {} mmu_update calls, {} entries, {} us; after the walk {} us), {} faults, {} pte marks so far\n",
             s.round + 1,

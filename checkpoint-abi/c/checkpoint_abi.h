@@ -154,7 +154,8 @@ struct ckpt_round { /* 112 bytes */
 	uint64_t free; /* 64 */
 	uint64_t oracle_bitmap; /* 72 */
 	uint64_t oracle_dirty; /* 80 */
-	uint64_t reserved[3]; /* 88 */
+	uint64_t deferred; /* 88 */
+	uint64_t reserved[2]; /* 96 */
 };
 _Static_assert(sizeof(struct ckpt_round) == 112, "ckpt_round size");
 _Static_assert(offsetof(struct ckpt_round, bitmap) == 0, "ckpt_round.bitmap");
@@ -168,7 +169,8 @@ _Static_assert(offsetof(struct ckpt_round, unreadable) == 56, "ckpt_round.unread
 _Static_assert(offsetof(struct ckpt_round, free) == 64, "ckpt_round.free");
 _Static_assert(offsetof(struct ckpt_round, oracle_bitmap) == 72, "ckpt_round.oracle_bitmap");
 _Static_assert(offsetof(struct ckpt_round, oracle_dirty) == 80, "ckpt_round.oracle_dirty");
-_Static_assert(offsetof(struct ckpt_round, reserved) == 88, "ckpt_round.reserved");
+_Static_assert(offsetof(struct ckpt_round, deferred) == 88, "ckpt_round.deferred");
+_Static_assert(offsetof(struct ckpt_round, reserved) == 96, "ckpt_round.reserved");
 
 struct ckpt_capture { /* 128 bytes */
 	uint64_t flags; /* 0 */

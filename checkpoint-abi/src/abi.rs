@@ -193,7 +193,8 @@ pub mod dev {
             free: u64 = "uint64_t",
             oracle_bitmap: u64 = "uint64_t",
             oracle_dirty: u64 = "uint64_t",
-            reserved: [u64; 3] = "uint64_t[3]",
+            deferred: u64 = "uint64_t",
+            reserved: [u64; 2] = "uint64_t[2]",
         }
     }
 

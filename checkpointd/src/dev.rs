@@ -127,6 +127,7 @@ impl PageSource for Device {
             dirty: r.dirty,
             unreadable: r.unreadable,
             free: r.free,
+            deferred: r.deferred,
         })
     }
     fn read_pages(&mut self, pfn: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -659,7 +659,9 @@ pub fn stream<S: PageSource, W: Write>(
             .unwrap_or(u64::MAX)
             .min(src.snapshot_budget())
             .max(1);
-        let fits = fits_budget(dirty, budget);
+        // The final set: this round's pages (not read before the capture), what is written
+        // meanwhile, and the pages only the capture takes.
+        let fits = fits_budget(dirty + scan.deferred, budget);
         let converging = matches!(
             reason,
             StopReason::SmallDirtySet | StopReason::DowntimeTarget
@@ -701,6 +703,7 @@ pub fn stream<S: PageSource, W: Write>(
         // more than the guest can afford.
         let cap = policy
             .snapshot_size(dirty, pfns)
+            .saturating_add(scan.deferred)
             .max(needed.saturating_mul(2).min(pfns))
             .min(budget);
         if let Some(t) = &policy.hold {

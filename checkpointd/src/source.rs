@@ -39,6 +39,9 @@ pub struct RoundScan {
     pub unreadable: u64,
     /// Pages on the free lists, left out of the bitmap (free-page elision).
     pub free: u64,
+    /// Pages the capture will take besides the round's (the fault tracker's always-dirty
+    /// pages, which rounds leave out; 0 for the scan tracker).
+    pub deferred: u64,
 }
 
 /// A process and how many pages of a dirty set it maps writable.
