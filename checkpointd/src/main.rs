@@ -49,7 +49,7 @@ struct Precopy {
     no_elide_free: bool,
     /// Dirty tracker: `fault` (write faults, copy-on-write at the capture; the capture pause
     /// does not grow with memory) or `scan` (hashes every page every round; the oracle).
-    #[arg(long, value_enum, default_value_t = Tracker::Scan)]
+    #[arg(long, value_enum, default_value_t = Tracker::Fault)]
     tracker: Tracker,
     /// When pre-copy stops converging, slow down the processes that dirty most: `auto` only
     /// when the dirty set does not fit the snapshot budget, `always` whenever it stops
