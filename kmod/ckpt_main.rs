@@ -424,6 +424,23 @@ fn p2m(pfn: u64) -> u64 {
     unsafe { ptr::read_volatile(xen_p2m_addr.add(pfn as usize)) as u64 }
 }
 
+/// Calls `f(pfn, entry)` for every pfn below `n` in order, as [`p2m`] would return them:
+/// the passes over all of RAM (in the capture pause and at each re-arm) read the array
+/// pointer and size once instead of per pfn.
+fn for_each_p2m(n: u64, mut f: impl FnMut(u64, u64)) {
+    // SAFETY: exported kernel variables, fixed after boot.
+    let (src, lim) = unsafe { (xen_p2m_addr as *const c_ulong, xen_p2m_size as u64) };
+    for pfn in 0..n {
+        let e = if pfn < lim {
+            // SAFETY: as in p2m.
+            unsafe { ptr::read_volatile(src.add(pfn as usize)) as u64 }
+        } else {
+            P2M_INVALID
+        };
+        f(pfn, e);
+    }
+}
+
 fn is_ram(e: u64) -> bool {
     checkpoint_abi::dev::p2m_is_ram(e)
 }
@@ -566,6 +583,20 @@ fn set_ref_class(refs: &VBuf, zeroed: &VBuf, max_pfn: u64, pfn: u64, r: u64) {
         }
     }
     *e = r;
+}
+
+/// The oracle's kernel-log line for a page it found wrong: the tracker's bits for it, its
+/// direct-map entry and the object size of its slab.
+fn log_diag(f: &FaultTracker, pfn: u64, what: &str) {
+    let (bits, pte, slab) = f.diag(pfn);
+    pr_info!(
+        "oracle: pfn {:#x} {}: bits {:#x} (send nowp always excl granted saved claimed free) pte {:#x} slab {}\n",
+        pfn,
+        what,
+        bits,
+        pte,
+        slab
+    );
 }
 
 fn bitmap_bytes(max_pfn: u64) -> u64 {
@@ -1068,14 +1099,7 @@ pub unsafe extern "C" fn ckpt_rs_read(
                     unsafe { (hash_page(bounce), *s.oracle_hashes.u64s().add(pfn as usize)) };
                 if h != want {
                     if s.oracle_late < 4 {
-                        let (bits, pte, slab) = f.diag(pfn);
-                        pr_info!(
-                            "oracle: pfn {:#x} read back different: bits {:#x} (send nowp always excl granted saved claimed free) pte {:#x} slab {}\n",
-                            pfn,
-                            bits,
-                            pte,
-                            slab
-                        );
+                        log_diag(f, pfn, "read back different");
                     }
                     if (s.oracle_late as usize) < s.oracle_late_pfns.len() {
                         s.oracle_late_pfns[s.oracle_late as usize] = pfn;
@@ -1339,14 +1363,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         );
         if let Some(f) = &s.fault {
             for &pfn in p.iter().take(s.oracle_diff.min(8) as usize) {
-                let (bits, pte, slab) = f.diag(pfn);
-                pr_info!(
-                    "oracle: pfn {:#x} changed unseen: bits {:#x} (send nowp always excl granted saved claimed free) pte {:#x} slab {}\n",
-                    pfn,
-                    bits,
-                    pte,
-                    slab
-                );
+                log_diag(f, pfn, "changed unseen");
             }
         }
     }
@@ -1717,27 +1734,14 @@ pub unsafe extern "C" fn ckpt_capture_rest(start_info_gfn: c_ulong, state: *mut 
     // Page-type map: not-RAM marks first, then the tables. One pass over every pfn in the
     // pause: the pointers are taken out of `s` first so that the loop is only loads and
     // stores.
-    let (dst_p2m, dst_types, n) = (s.cap_p2m.u64s(), s.cap_types.ptr, s.max_pfn as usize);
-    // SAFETY: exported kernel variables, fixed after boot.
-    let (src, lim) = unsafe {
-        (
-            xen_p2m_addr as *const c_ulong,
-            (xen_p2m_size as usize).min(n),
-        )
-    };
-    for i in 0..n {
-        let e = if i < lim {
-            // SAFETY: i < xen_p2m_size; the p2m array is mapped for its whole size.
-            unsafe { ptr::read_volatile(src.add(i)) as u64 }
-        } else {
-            P2M_INVALID
-        };
+    let (dst_p2m, dst_types) = (s.cap_p2m.u64s(), s.cap_types.ptr);
+    for_each_p2m(s.max_pfn, |pfn, e| {
         // SAFETY: cap_p2m and cap_types hold max_pfn entries.
         unsafe {
-            *dst_p2m.add(i) = e;
-            *dst_types.add(i) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
+            *dst_p2m.add(pfn as usize) = e;
+            *dst_types.add(pfn as usize) = if is_ram(e) { 0 } else { TYPE_NOT_RAM };
         }
-    }
+    });
     // SAFETY: sched_clock wrapper.
     s.clk_p2m = unsafe { ckpt_clock_ns() };
     // SAFETY: the kernel calls pgd_cb for each pinned top-level table, passing `state` on.

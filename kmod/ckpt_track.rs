@@ -31,6 +31,9 @@ use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+// Linux's p2m, read the module's one way (docs/checkpoint-abi.md for the entry bits).
+use super::{for_each_p2m, is_ram, p2m};
+
 const PAGE: usize = 4096;
 const EIO: c_long = 5;
 const ENOMEM: c_long = 12;
@@ -51,11 +54,6 @@ const PTE_SPECIAL: u64 = 1 << 9;
 /// bits 9-11 of an L1 entry; bits 52-62 are refused.
 pub(crate) const SOFT_WP: u64 = 1 << 11;
 const MFN_MASK: u64 = ((1u64 << 40) - 1) << 12;
-
-/// p2m entry bits: see docs/checkpoint-abi.md.
-const P2M_INVALID: u64 = u64::MAX;
-const P2M_IDENTITY: u64 = 1 << 62;
-const P2M_FOREIGN: u64 = 1 << 63;
 
 /// mmu_update requests per hypercall while arming.
 const BATCH: usize = 128;
@@ -111,7 +109,6 @@ extern "C" {
         arg: *mut c_void,
     ) -> c_int;
 
-    static xen_p2m_addr: *mut c_ulong;
     static xen_p2m_size: c_ulong;
 }
 
@@ -338,21 +335,6 @@ fn live() -> Option<&'static Inner> {
     unsafe { p.as_ref() }
 }
 
-fn p2m(pfn: u64) -> u64 {
-    // SAFETY: exported kernel variables, fixed after boot; the p2m array is mapped for its
-    // whole size (missing ranges point at Linux's shared "missing" page).
-    unsafe {
-        if pfn >= xen_p2m_size as u64 {
-            return P2M_INVALID;
-        }
-        *xen_p2m_addr.add(pfn as usize) as u64
-    }
-}
-
-fn is_ram(e: u64) -> bool {
-    e != P2M_INVALID && e & (P2M_IDENTITY | P2M_FOREIGN) == 0
-}
-
 /// mfn -> pfn through Xen's M2P, checked against the p2m (None: not this guest's RAM).
 /// Writes nothing but its stack (it runs in the fault hook).
 fn m2p(mfn: u64) -> Option<u64> {
@@ -530,12 +512,16 @@ fn canonical(va: u64) -> u64 {
     }
 }
 
-/// Walks the table at `pfn` (level 4..1) whose entries map from `base`.
-fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
-    // Table pages change without a guest fault.
+/// A page-table page: Xen changes it without a guest fault, so it is always dirty.
+fn note_table(t: &mut Inner, pfn: u64) {
     if !t.always.set(pfn) {
         t.always_tables += 1;
     }
+}
+
+/// Walks the table at `pfn` (level 4..1) whose entries map from `base`.
+fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
+    note_table(t, pfn);
     // SAFETY: pfn is RAM (checked by m2p); table pages are mapped in the direct map.
     let tbl = unsafe { ckpt_pfn_to_virt(pfn as c_ulong) } as *const u64;
     let table_mfn = p2m(pfn);
@@ -565,16 +551,12 @@ fn walk(t: &mut Inner, pfn: u64, level: u8, base: u64, l4_kernel: bool) {
                         && va + (1 << 21) <= t.skip_hi =>
                 {
                     // 2 MiB of the snapshot buffer: ignored pages, nothing to look at.
-                    if !t.always.set(child) {
-                        t.always_tables += 1;
-                    }
+                    note_table(t, child);
                 }
                 Some(child) if level == 2 && t.capture_walk && t.in_direct_map(va) => {
                     // The direct map's L1 tables: only the entries of the final set matter
                     // here (capture_direct_map), not all of RAM.
-                    if !t.always.set(child) {
-                        t.always_tables += 1;
-                    }
+                    note_table(t, child);
                     let k = ((va - t.page_offset) >> 21) as usize;
                     if k < t.dm_n {
                         // SAFETY: dm_tables has dm_n entries.
@@ -813,16 +795,9 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
             let a = t.always.word(w);
             a.store((a.load(Ordering::Relaxed) | x) & !ign, Ordering::Relaxed);
         }
-        // SAFETY: exported kernel variables, fixed after boot.
-        let (src, lim) = unsafe { (xen_p2m_addr as *const c_ulong, xen_p2m_size as u64) };
         let prevs = t.p2m_prev;
-        for pfn in 0..t.max_pfn {
-            let e = if pfn < lim {
-                // SAFETY: pfn < xen_p2m_size; the p2m array is mapped for its whole size.
-                unsafe { ptr::read_volatile(src.add(pfn as usize)) as u64 }
-            } else {
-                P2M_INVALID
-            };
+        let tr: &Inner = t;
+        for_each_p2m(tr.max_pfn, |pfn, e| {
             // SAFETY: p2m_prev has max_pfn entries.
             let prev = unsafe { &mut *prevs.add(pfn as usize) };
             if e != *prev {
@@ -830,11 +805,11 @@ fn arm(t: &mut Inner, grants: bool) -> c_long {
                 if is_ram(e) {
                     // Repopulated by Xen: dirty for the round (rounds report `dirty`) and
                     // for a capture walk (the final set takes `always`).
-                    t.dirty.set(pfn);
-                    t.always.set(pfn);
+                    tr.dirty.set(pfn);
+                    tr.always.set(pfn);
                 }
             }
-        }
+        });
         let mut n = 0;
         for w in 0..t.always.words {
             let a = t.always.word(w).load(Ordering::Relaxed);
@@ -991,14 +966,14 @@ impl FaultTracker {
                 i.ignore.set(pfn);
             }
         });
-        for pfn in 0..max_pfn {
-            let e = p2m(pfn);
+        let prevs = i.p2m_prev;
+        for_each_p2m(max_pfn, |pfn, e| {
             // SAFETY: p2m_prev has max_pfn entries.
-            unsafe { *i.p2m_prev.add(pfn as usize) = e };
+            unsafe { *prevs.add(pfn as usize) = e };
             if is_ram(e) {
                 i.dirty.set(pfn);
             }
-        }
+        });
         i.syscore = true;
         LIVE.store(p, Ordering::Release);
         // SAFETY: the hooks only reach `LIVE`, which is now complete; process context.
