@@ -66,6 +66,7 @@ void ckpt_hold_disarm(void);
 unsigned long long ckpt_hold_release(void);
 unsigned long ckpt_read_cr4(void);
 unsigned long ckpt_free_run(unsigned long pfn);
+unsigned long ckpt_buddy_run(struct page *page, unsigned long pfn);
 int ckpt_throttle_set(int pid, unsigned int stop_ms, unsigned int period_ms, u64 *stopped);
 int ckpt_throttle_release(int pid, u64 *stopped);
 void ckpt_throttle_release_all(void);
@@ -238,12 +239,14 @@ unsigned long ckpt_read_cr4(void) { return __read_cr4(); }
  */
 unsigned long ckpt_free_run(unsigned long pfn)
 {
-	struct page *page;
+	return pfn_valid(pfn) ? ckpt_buddy_run(pfn_to_page(pfn), pfn) : 0;
+}
+
+/* The same for a valid pfn and its page (callers that checked pfn_valid() already). */
+unsigned long ckpt_buddy_run(struct page *page, unsigned long pfn)
+{
 	unsigned long order;
 
-	if (!pfn_valid(pfn))
-		return 0;
-	page = pfn_to_page(pfn);
 	if (!PageBuddy(page))
 		return 0;
 	order = READ_ONCE(page->private);	/* the buddy order, see set_buddy_order() */

@@ -50,7 +50,7 @@ unsigned long ckpt_track_kmalloc_class(unsigned long bytes);
 void ckpt_track_kmalloc_probe(unsigned long frames);
 unsigned long ckpt_track_slab_size(unsigned long pfn);
 unsigned long ckpt_track_grant_frames(void);
-unsigned long ckpt_free_run(unsigned long pfn);
+unsigned long ckpt_buddy_run(struct page *page, unsigned long pfn);
 void ckpt_track_syscore(int on);
 int ckpt_track_evtchn_fifo(void);
 
@@ -196,7 +196,7 @@ void ckpt_track_irq_restore(unsigned long flags) { local_irq_restore(flags); }
 unsigned long ckpt_track_classify(unsigned long *free_words, unsigned long *small_words,
 				  unsigned long max_pfn, unsigned long max_obj)
 {
-	unsigned long pfn = 0, n = 0, valid_end = 0, end, order;
+	unsigned long pfn = 0, n = 0, valid_end = 0, end, run;
 	struct folio *folio;
 	struct page *page;
 
@@ -209,16 +209,14 @@ unsigned long ckpt_track_classify(unsigned long *free_words, unsigned long *smal
 			}
 		}
 		page = pfn_to_page(pfn);
-		if (PageBuddy(page)) {
-			order = READ_ONCE(page->private);	/* see ckpt_free_run() */
-			if (order <= MAX_PAGE_ORDER && !(pfn & ((1UL << order) - 1))) {
-				end = min(pfn + (1UL << order), max_pfn);
-				n += end - pfn;
-				if (free_words)
-					bitmap_set(free_words, pfn, end - pfn);
-				pfn = end;
-				continue;
-			}
+		run = ckpt_buddy_run(page, pfn);
+		if (run) {
+			end = min(pfn + run, max_pfn);
+			n += end - pfn;
+			if (free_words)
+				bitmap_set(free_words, pfn, end - pfn);
+			pfn = end;
+			continue;
 		}
 		folio = page_folio(page);
 		end = min(folio_pfn(folio) + folio_nr_pages(folio), max_pfn);
