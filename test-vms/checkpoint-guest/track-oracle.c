@@ -50,21 +50,15 @@ static double now(void)
 	return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-/* This process's user CPU time: mostly hash_page of every page read, which is this test's
- * own work (checkpointd does not hash), so the throughput figure is also given without it. */
-static double user_cpu(void)
+/* This process's CPU time, user (mostly hash_page of every page read: this test's own work,
+ * checkpointd does not hash, so the throughput figure is also given without it) and system
+ * (reading pages, the ioctls: printed beside the figure). */
+static void cpu_times(double *user, double *sys)
 {
 	struct rusage u;
 	getrusage(RUSAGE_SELF, &u);
-	return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6;
-}
-
-/* Its system CPU time (reading pages, the ioctls): printed beside the figure. */
-static double sys_cpu(void)
-{
-	struct rusage u;
-	getrusage(RUSAGE_SELF, &u);
-	return u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+	*user = u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6;
+	*sys = u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
 }
 
 static int test_bit(const uint64_t *b, uint64_t pfn) { return (b[pfn / 64] >> (pfn % 64)) & 1; }
@@ -167,8 +161,9 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
 		FAIL("%s: TRACK_START: %s", name, strerror(errno));
 	uint64_t c0 = *bench_count;
-	double t0 = now(), tmax = 0, u0 = user_cpu(), s0 = sys_cpu();
-	uint64_t missing_total = 0, oracle_total = 0, last = 0;
+	double t0 = now(), tmax = 0, u0, s0;
+	cpu_times(&u0, &s0);
+	uint64_t missing_total = 0, oracle_total = 0, last = 0, deferred = 0;
 	for (int r = 1; r <= rounds; r++) {
 		memset(bm, 0, words * 8);
 		memset(obm, 0, words * 8);
@@ -196,6 +191,7 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 		uint64_t n = r < rounds ? read_set(bm) : 0;
 		double r2 = now();
 		last = R.dirty;
+		deferred = R.deferred;
 		printf("TRACK-ORACLE %s round %d: pages %llu (read %llu) oracle %llu missing %llu "
 		       "ioctl %.0f ms read %.0f ms\n", name, r, (unsigned long long)R.dirty,
 		       (unsigned long long)n, (unsigned long long)R.oracle_dirty,
@@ -206,15 +202,19 @@ static void session(const char *name, uint64_t flags, int rounds, uint64_t snap_
 		if (r2 - r0 > tmax)
 			tmax = r2 - r0;
 	}
-	double t_end = now(), u_own = user_cpu() - u0, s_own = sys_cpu() - s0;
+	double t_end = now(), u_own, s_own;
+	cpu_times(&u_own, &s_own);
+	u_own -= u0;
+	s_own -= s0;
 	double tracked = (*bench_count - c0) / (t_end - t0);
 	double tracked_nh = (*bench_count - c0) / (t_end - t0 - u_own);
 	memset(cbm, 0, words * 8);
 	static uint8_t vcpu[8192];
-	/* The final set is the last round's set (not read) plus what was written since, about
-	 * one more round's set (rounds are slower on a loaded host): room for 2.5 of the last
-	 * one, within what the guest has free. */
-	uint64_t want = 2 * last + last / 2, avail = avail_pages();
+	/* The final set is the last round's set (not read), what was written since (about one
+	 * more round's set; rounds are slower on a loaded host) and the pages rounds leave to
+	 * the capture (deferred): room for 2.5 of the last set plus those, within what the
+	 * guest has free. */
+	uint64_t want = 2 * last + last / 2 + deferred, avail = avail_pages();
 	if (want < snap_pages)
 		want = snap_pages;
 	if (want > avail)
