@@ -113,3 +113,14 @@ lab_stage_guest_cleanup() {
     lab_exec_raw 1 30 "" "xl destroy $LAB_STAGE_GUEST" >/dev/null 2>&1 || true
     [ "$LAB_STAGE_STARTED" = 0 ] || lab_down
 }
+
+# lab_evtchn_arg KIND: the guest kernel argument for its event channels: `2l` (the default)
+# gives xen.fifo_events=0, so the fault tracker's capture is copy-on-write; `fifo` keeps
+# Linux's default FIFO event channels (the capture copies the whole final set).
+lab_evtchn_arg() {
+    case "${1:-2l}" in
+        2l) echo "xen.fifo_events=0" ;;
+        fifo) echo "" ;;
+        *) die "event channels: expected 2l or fifo, got '$1'" ;;
+    esac
+}

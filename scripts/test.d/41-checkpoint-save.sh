@@ -24,7 +24,7 @@
 # FIFO event channels, where the capture copies the whole final set: CI revives both kinds.
 # Prints one JSON line. ~8 min warm on a busy 2-core machine (the save is 2.5 of them).
 # Env: CKPT_LAB_NAME (default ckpt); CKPT_DEST_HOST=1 does everything on one host;
-# CKPT_FIFO=1 keeps FIFO event channels; CKPT_DIRTY=MIB:RATE runs the lab's dirtying workload (MIB MiB at RATE MiB/s) during the save;
+# CKPT_EVTCHN=fifo keeps FIFO event channels; CKPT_DIRTY=MIB:RATE runs the lab's dirtying workload (MIB MiB at RATE MiB/s) during the save;
 # CKPT_GUEST_MEM (MiB, default 128); RESTORE_DRY_RUN=1 adds the loader's dry run (pins, GDT
 # and M2P applied and undone before `ready`). A lab that is already up (scripts/lab up 2) is
 # used and left up.
@@ -36,7 +36,7 @@ export LAB_NAME=${CKPT_LAB_NAME:-ckpt}
 
 name=ckpts ip=$LAB_SUBNET.121 sport=5555 lport=7000 pages=${CKPT_PATTERN_PAGES:-64} dst=${CKPT_DEST_HOST:-2}
 gmem=${CKPT_GUEST_MEM:-128}
-evtchn="xen.fifo_events=0 "; [ "${CKPT_FIFO:-0}" = 1 ] && evtchn=
+evtchn=$(lab_evtchn_arg "${CKPT_EVTCHN:-2l}")
 # Loader domain: the guest's RAM plus the loader's own footprint (image with its restore
 # tables, boot mapping rounded to 4 MiB, margin): docs/restore.md "Sizing" gives the formula.
 lmem=${RESTORE_LOADER_MEM:-$((gmem + 16))}
@@ -85,7 +85,7 @@ xd "(setsid socat -u TCP-LISTEN:$sport,reuseaddr OPEN:/mnt/ckpt/ck.bin,creat,tru
     || fail "cannot start the receiver in dom0"
 t0=$(date +%s)
 lab_guest_create 1 "$name" --kernel "$img/vmlinuz" --ramdisk "$img/initrd.gz" --memory "$gmem" \
-    --ip "$ip" --extra "${evtchn}ckpt.save=$LAB_SUBNET.$dst:$sport ckpt.pattern=$pages${CKPT_DIRTY:+ ckpt.dirty=$CKPT_DIRTY}" --wait 'CKPT-SAVE-EXIT' --timeout 900
+    --ip "$ip" --extra "$evtchn ckpt.save=$LAB_SUBNET.$dst:$sport ckpt.pattern=$pages${CKPT_DIRTY:+ ckpt.dirty=$CKPT_DIRTY}" --wait 'CKPT-SAVE-EXIT' --timeout 900
 lab_guest_wait 1 "$name" 'PATTERN-Q-WRITTEN' 60
 out=$(consolelog 1)
 grep -E '^CKPT-(SAVE|PATTERN-P)' <<<"$out" >&2 || true

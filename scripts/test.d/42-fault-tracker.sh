@@ -23,7 +23,7 @@ rounds=${TRACK_ROUNDS:-4}
 # 2-level event channels: with FIFO ones Xen writes the event array without a guest fault and
 # the capture falls back to copying the whole final set (docs/fault-tracker.md); the
 # copy-on-write capture is what this stage checks. TRACK_EVTCHN=fifo keeps Linux's default.
-evtchn=$([ "${TRACK_EVTCHN:-2l}" = fifo ] && echo "" || echo "xen.fifo_events=0")
+evtchn=$(lab_evtchn_arg "${TRACK_EVTCHN:-2l}")
 snap=${TRACK_SNAPSHOT_PAGES:-12288}
 name=trkg
 ip=$LAB_SUBNET.122
