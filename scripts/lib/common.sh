@@ -32,6 +32,23 @@ debian_mirror() {
     echo "${m%/}"
 }
 
+# build_image_once OUT NAME CMD...: run CMD to build the guest image directory OUT unless
+# OUT/vmlinuz exists. Builds of one OUT are serialised: a second caller (a stage started
+# beside the first, on the same cache key) waits and reuses the first one's image.
+build_image_once() {
+    local out=$1 name=$2 fd rc=0; shift 2
+    [ -e "$out/vmlinuz" ] && return 0
+    mkdir -p "$(dirname "$out")"
+    exec {fd}>"$out.lock"
+    flock "$fd"
+    if [ ! -e "$out/vmlinuz" ]; then
+        log "building guest image $name"
+        "$@" >&2 || rc=$?
+    fi
+    exec {fd}>&-
+    return "$rc"
+}
+
 # recipe_hash FILE_OR_DIR...: a short, stable hash of the named inputs' contents.
 recipe_hash() {
     local f

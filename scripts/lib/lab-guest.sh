@@ -11,11 +11,8 @@ lab_image() {
     need_pkgs gcc libc6-dev
     hash=$( { recipe_hash "$rdir"; basename "$img"; dpkg-query -W gcc libc6-dev; } | sha256sum | cut -c1-16)
     out="$CACHE_ROOT/images/$recipe-$hash"
-    if [ ! -e "$out/vmlinuz" ]; then
-        mkdir -p "$CACHE_ROOT/images"
-        log "building guest image $recipe-$hash"
-        bash "$rdir/build.sh" "$img" "$out" >&2 || die "guest image $recipe failed to build"
-    fi
+    build_image_once "$out" "$recipe-$hash" bash "$rdir/build.sh" "$img" "$out" \
+        || die "guest image $recipe failed to build"
     echo "$out"
 }
 
