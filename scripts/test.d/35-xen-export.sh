@@ -12,8 +12,19 @@ export LAB_NAME=${LAB_EXPORT_NAME:-ci-export}
 # This script owns its lab: it goes down when the script ends, however it ends.
 export LAB_OWNER_PID=${LAB_OWNER_PID:-$$}
 lab="$REPO_ROOT/scripts/lab"
-fail() { echo "xen-export stage FAILED: $*" >&2; exit 1; }
 ex() { "$lab" exec 1 "$@"; }
+# What a failure needs to be understood from a CI log alone: the host's view of the guest,
+# Xen's last messages, dom0's room, the guest's console.
+fail() {
+    echo "xen-export stage FAILED: $*" >&2
+    {
+        echo "---- host 1 at the failure ----"
+        "$lab" exec -t 30 1 "xl list; xl dmesg | tail -n 20; free -m; df -m /tmp" 2>&1 || true
+        echo "---- guest g1's console, last 30 lines ----"
+        "$lab" guest-console-log 1 g1 2>&1 | tail -n 30 || true
+    } >&2
+    exit 1
+}
 
 # Stripped: a tenth of the size to push over the emulated control channel.
 eval "$(bash "$REPO_ROOT/scripts/build-checkpointd")"
