@@ -581,16 +581,7 @@ fn cmd_save(file: &Path, precopy: &Precopy, json: bool, quiet: bool) -> Result<(
                 s.stop_reason
             );
             for r in &s.rounds {
-                let name = if r.drain {
-                    "drain".to_string()
-                } else {
-                    format!("round {}", r.index)
-                };
-                let _ = writeln!(
-                    text,
-                    "  {name:<9} {:>8} pages ({} zero) {:>12} bytes {:>7} ms",
-                    r.pages, r.zero_pages, r.bytes, r.millis
-                );
+                let _ = writeln!(text, "{}", r.line());
             }
             let _ = writeln!(
                 text,

@@ -561,16 +561,7 @@ pub fn human(r: &Report) -> String {
             s.drain_estimate_ms
         );
         for x in &s.rounds {
-            let name = if x.drain {
-                "drain".to_string()
-            } else {
-                format!("round {}", x.index)
-            };
-            let _ = writeln!(
-                t,
-                "  {name:<9} {:>8} pages ({} zero) {:>12} bytes {:>7} ms",
-                x.pages, x.zero_pages, x.bytes, x.millis
-            );
+            let _ = writeln!(t, "{}", x.line());
         }
         let _ = writeln!(
             t,

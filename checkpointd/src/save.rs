@@ -314,6 +314,29 @@ pub struct RoundSummary {
     pub free_pages: u64,
     /// RAM pages the scan (or capture) behind this round's set could not read.
     pub unreadable_pages: u64,
+    /// Pages of this round's set not sent: their content equals the copy the receiver
+    /// already holds (docs/stream.md, "last copy wins"). Not counted in `pages`.
+    pub unchanged_pages: u64,
+}
+
+impl RoundSummary {
+    /// The round's line in the human summaries of `save` and `migrate`.
+    pub fn line(&self) -> String {
+        let name = if self.drain {
+            "drain".to_string()
+        } else {
+            format!("round {}", self.index)
+        };
+        let unchanged = if self.unchanged_pages > 0 {
+            format!(", {} unchanged not sent", self.unchanged_pages)
+        } else {
+            String::new()
+        };
+        format!(
+            "  {name:<9} {:>8} pages ({} zero{unchanged}) {:>12} bytes {:>7} ms",
+            self.pages, self.zero_pages, self.bytes, self.millis
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,7 +419,11 @@ fn dev(what: &'static str) -> impl FnOnce(io::Error) -> SaveError {
 
 struct Writer<W: Write> {
     enc: Encoder<W>,
+    /// Per pfn, the leaf hash of the copy the receiver holds (ZERO_LEAF if none yet).
     leaves: Vec<[u8; 32]>,
+    /// Pfns sent at least once: only these can be left out as unchanged, since the
+    /// receiver zero-fills a never-sent pfn at END, inside the downtime.
+    sent: Vec<u64>,
     buf: Vec<u8>,
     show: bool,
 }
@@ -501,6 +528,7 @@ impl<W: Write> Writer<W> {
         let mut batch: Vec<PageRef<'_>> = Vec::with_capacity(BATCH);
         for pfn in (0..pfns).filter(|&p| set[(p / 64) as usize] >> (p % 64) & 1 != 0) {
             self.leaves[pfn as usize] = ZERO_LEAF;
+            self.sent[(pfn / 64) as usize] |= 1 << (pfn % 64);
             batch.push((pfn, None));
             if batch.len() == BATCH {
                 self.enc.page_batch(&batch).map_err(SaveError::Write)?;
@@ -533,16 +561,28 @@ impl<W: Write> Writer<W> {
                     .try_into()
                     .unwrap();
                 let zero = page.iter().all(|&b| b == 0);
-                self.leaves[p as usize] = if zero {
+                let leaf = if zero {
                     ZERO_LEAF
                 } else {
                     leaf_hash(Some(page))
                 };
+                // Written but back to the content last sent (a page table, a stack or a
+                // per-CPU page the capture takes whether or not it changed): the
+                // receiver's copy is already right.
+                let (word, bit) = ((p / 64) as usize, p % 64);
+                if self.sent[word] >> bit & 1 != 0 && self.leaves[p as usize] == leaf {
+                    summary.unchanged_pages += 1;
+                    continue;
+                }
+                self.sent[word] |= 1 << bit;
+                self.leaves[p as usize] = leaf;
                 summary.zero_pages += zero as u64;
                 refs.push((p, (!zero).then_some(page)));
             }
-            self.enc.page_batch(&refs).map_err(SaveError::Write)?;
-            summary.pages += pfns.len() as u64;
+            if !refs.is_empty() {
+                self.enc.page_batch(&refs).map_err(SaveError::Write)?;
+            }
+            summary.pages += refs.len() as u64;
         }
         pending.clear();
         Ok(())
@@ -581,6 +621,7 @@ pub fn stream<S: PageSource, W: Write>(
     let mut w = Writer {
         enc,
         leaves: vec![ZERO_LEAF; pfns as usize],
+        sent: vec![0; words],
         buf: Vec::new(),
         show: show_progress,
     };
@@ -854,6 +895,9 @@ pub(crate) mod tests {
         pub(crate) free: std::ops::Range<usize>,
         elide: bool,
         pub(crate) released: Vec<u32>,
+        /// Pfns every capture takes whether or not they changed, as the fault tracker's
+        /// page tables, stacks and per-CPU pages (docs/fault-tracker.md).
+        pub(crate) always: std::ops::Range<usize>,
     }
 
     #[derive(Debug, Clone)]
@@ -896,6 +940,7 @@ pub(crate) mod tests {
                 free: 0..0,
                 elide: false,
                 released: Vec::new(),
+                always: 0..0,
             }
         }
         /// A process writing `writes_per_step` pages of `pages` per step.
@@ -1000,7 +1045,7 @@ pub(crate) mod tests {
             }
             let differing: Vec<usize> = (0..self.mem.len())
                 .filter(|&p| !(self.elide && self.free.contains(&p)))
-                .filter(|&p| self.reference[p] != Some(h(&self.mem[p])))
+                .filter(|&p| self.always.contains(&p) || self.reference[p] != Some(h(&self.mem[p])))
                 .collect();
             if self.no_space_first > 0 || differing.len() as u64 > max {
                 self.no_space_first = self.no_space_first.saturating_sub(1);
@@ -1264,6 +1309,25 @@ pub(crate) mod tests {
         let (s, _) = run(&mut g, &p);
         assert_eq!(s.stop_reason, StopReason::DowntimeTarget);
         assert_eq!(s.rounds.len(), 2, "round 0 and the drain");
+    }
+
+    #[test]
+    fn the_drain_leaves_out_pages_the_receiver_already_holds() {
+        // 300 pfns the capture takes though most did not change since round 0.
+        let mut g = FakeGuest::new(2000, 40);
+        g.always = 1500..1800;
+        let (s, c) = run(&mut g, &Policy::default());
+        assert_capture_point(&g, &c, false);
+        let drain = s.rounds.last().unwrap();
+        assert!(drain.drain);
+        // The workload writes only the low quarter, so none of 1500..1800 changed.
+        assert_eq!(drain.unchanged_pages, 300, "{drain:?}");
+        assert_eq!(drain.pages + drain.unchanged_pages, s.snapshot_pages);
+        // The stream itself carries only the others.
+        assert_eq!(c.checkpoint.rounds.last().unwrap().pages, drain.pages);
+        // Round 0 still sends every pfn, zero pages included: the receiver places them
+        // before the capture instead of zero-filling them at END.
+        assert_eq!((s.rounds[0].pages, s.rounds[0].unchanged_pages), (2000, 0));
     }
 
     /// The checkpoint holds every pfn's capture-point content (free pfns excepted when
