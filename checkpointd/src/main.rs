@@ -27,13 +27,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// The module's dirty tracker (docs/fault-tracker.md).
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Tracker {
-    Fault,
-    Scan,
-}
-
 /// Pre-copy options shared by `save` and `migrate`.
 #[derive(clap::Args)]
 struct Precopy {
@@ -49,8 +42,8 @@ struct Precopy {
     no_elide_free: bool,
     /// Dirty tracker: `fault` (write faults, copy-on-write at the capture; the capture pause
     /// does not grow with memory) or `scan` (hashes every page every round; the oracle).
-    #[arg(long, value_enum, default_value_t = Tracker::Fault)]
-    tracker: Tracker,
+    #[arg(long, value_enum, default_value_t = save::Tracker::Fault)]
+    tracker: save::Tracker,
     /// When pre-copy stops converging, slow down the processes that dirty most: `auto` only
     /// when the dirty set does not fit the snapshot budget, `always` whenever it stops
     /// shrinking, `off` never (a set over the budget is then an error).
@@ -72,7 +65,7 @@ impl Precopy {
     fn convergence(&self) -> save::Convergence {
         save::Convergence {
             elide_free: !self.no_elide_free,
-            fault_tracker: self.tracker == Tracker::Fault,
+            tracker: self.tracker,
             throttle: self.throttle,
             throttle_rounds: self.throttle_rounds,
             max_snapshot_pages: self.max_snapshot_mib.map(|m| (m << 20) / 4096),

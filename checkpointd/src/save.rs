@@ -7,6 +7,7 @@ use checkpoint_stream::digest::{leaf_hash, root_of_leaves, ZERO_LEAF};
 use checkpoint_stream::{Encoder, PageRef, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -45,6 +46,26 @@ pub struct Policy {
     pub conv: Convergence,
 }
 
+/// The module's dirty tracker (docs/fault-tracker.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tracker {
+    /// Write faults, copy-on-write at the capture: the pause does not grow with memory.
+    #[default]
+    Fault,
+    /// Hashes every page every round: the oracle.
+    Scan,
+}
+
+impl fmt::Display for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tracker::Fault => "fault",
+            Tracker::Scan => "scan",
+        })
+    }
+}
+
 /// When to slow down the processes that dirty most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -62,9 +83,7 @@ pub enum ThrottleMode {
 pub struct Convergence {
     /// Leave pages on the guest's free lists out of the stream.
     pub elide_free: bool,
-    /// Track dirty pages by write faults, copy-on-write at the capture (else: the scan
-    /// tracker, which hashes memory every round).
-    pub fault_tracker: bool,
+    pub tracker: Tracker,
     pub throttle: ThrottleMode,
     /// Extra pre-copy rounds allowed once throttling has started.
     pub throttle_rounds: u32,
@@ -81,7 +100,7 @@ impl Default for Convergence {
     fn default() -> Self {
         Convergence {
             elide_free: true,
-            fault_tracker: false,
+            tracker: Tracker::default(),
             throttle: ThrottleMode::Auto,
             throttle_rounds: 6,
             max_snapshot_pages: None,
@@ -354,8 +373,7 @@ pub struct SaveSummary {
     pub millis: u64,
     /// Free-page elision was on.
     pub elide_free: bool,
-    /// The dirty tracker: "fault" or "scan".
-    pub tracker: &'static str,
+    pub tracker: Tracker,
     /// Snapshot pages the guest could afford when the capture was decided.
     pub snapshot_budget: u64,
     /// Processes slowed down to converge, and pre-copy rounds taken while throttling.
@@ -627,7 +645,7 @@ pub fn stream<S: PageSource, W: Write>(
     };
 
     let conv = policy.conv;
-    src.start_tracking(conv.elide_free, conv.fault_tracker)
+    src.start_tracking(conv.elide_free, conv.tracker == Tracker::Fault)
         .map_err(dev("starting dirty tracking"))?;
     let mut dirty_set = vec![0u64; words];
     let mut snap_set = vec![0u64; words];
@@ -855,7 +873,7 @@ pub fn stream<S: PageSource, W: Write>(
         pfns,
         millis: t0.elapsed().as_millis() as u64,
         elide_free: conv.elide_free,
-        tracker: if conv.fault_tracker { "fault" } else { "scan" },
+        tracker: conv.tracker,
         snapshot_budget: budget,
         throttled: thr.procs,
         throttle_rounds: thr.rounds,
