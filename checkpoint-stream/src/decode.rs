@@ -129,11 +129,13 @@ pub trait Sink {
     fn capture(&mut self, c: &Capture) -> Result<(), Error> {
         Ok(())
     }
-    /// Type bytes for pfns first_pfn.. (see format::page_type).
+    /// Type bytes for pfns first_pfn.. (see format::page_type). A REPEAT record arrives as
+    /// consecutive calls of at most 4096 bytes each.
     fn page_types(&mut self, first_pfn: u64, types: &[u8]) -> Result<(), Error> {
         Ok(())
     }
-    /// Source mfns for pfns first_pfn.. (INVALID_MFN for none).
+    /// Source mfns for pfns first_pfn.. (INVALID_MFN for none). A REPEAT record arrives as
+    /// consecutive calls of at most 512 mfns each.
     fn p2m(&mut self, first_pfn: u64, mfns: U64s<'_>) -> Result<(), Error> {
         Ok(())
     }
@@ -736,11 +738,25 @@ impl<'t> Decoder<'t> {
             PageTypes | P2m => {
                 let first = rd64(b, 0);
                 let count = rd32(b, 8) as u64;
-                if rd32(b, 12) != 0 {
-                    return Err(bad("reserved field is not zero"));
+                let flags = rd32(b, 12);
+                if flags & !TABLE_FLAG_REPEAT != 0 {
+                    return Err(bad("unknown PAGE_TYPES/P2M flags"));
                 }
+                let repeat = flags & TABLE_FLAG_REPEAT != 0;
                 let entry = if rec.ty == P2m { 8 } else { 1 };
-                if count == 0 || 16 + count as usize * entry != b.len() {
+                if repeat {
+                    if b.len() != 16 + entry {
+                        return Err(Error::BadLength {
+                            offset: rec.offset,
+                            record: rec.ty,
+                            len: rec.len,
+                            reason: "a REPEAT record holds exactly one entry",
+                        });
+                    }
+                    if count == 0 {
+                        return Err(bad("REPEAT count must be at least 1"));
+                    }
+                } else if count == 0 || 16 + count as usize * entry != b.len() {
                     return Err(Error::BadLength {
                         offset: rec.offset,
                         record: rec.ty,
@@ -772,13 +788,34 @@ impl<'t> Decoder<'t> {
                 }
                 *next = last + 1;
                 let data = &b[16..];
-                if rec.ty == P2m {
-                    sink.p2m(first, U64s(data))?;
-                } else {
-                    if !data.iter().all(|&t| page_type::valid(t)) {
-                        return Err(bad("unknown page type byte"));
+                if rec.ty == PageTypes && !data.iter().all(|&t| page_type::valid(t)) {
+                    return Err(bad("unknown page type byte"));
+                }
+                if !repeat {
+                    if rec.ty == P2m {
+                        sink.p2m(first, U64s(data))?;
+                    } else {
+                        sink.page_types(first, data)?;
                     }
-                    sink.page_types(first, data)?;
+                    return Ok(());
+                }
+                // Expand the run through the page buffer, idle outside PAGE_BATCH bodies: a
+                // sink sees chunks of at most 4096 types or 512 mfns, as from literal records.
+                for e in self.page.chunks_exact_mut(entry) {
+                    e.copy_from_slice(data);
+                }
+                let per_chunk = (PAGE_SIZE / entry) as u64;
+                let (mut pfn, mut left) = (first, count);
+                while left > 0 {
+                    let n = left.min(per_chunk);
+                    let chunk = &self.page[..n as usize * entry];
+                    if rec.ty == P2m {
+                        sink.p2m(pfn, U64s(chunk))?;
+                    } else {
+                        sink.page_types(pfn, chunk)?;
+                    }
+                    pfn += n;
+                    left -= n;
                 }
             }
             P2mFrames => {

@@ -160,6 +160,20 @@ impl<O: Output> Encoder<O> {
         Ok(())
     }
 
+    /// PAGE_TYPES REPEAT records: type `ty` for the `count` pfns from first_pfn (one record
+    /// per 2^32 - 1 pfns; none for a count of 0).
+    pub fn page_types_repeat(
+        &mut self,
+        first_pfn: u64,
+        count: u64,
+        ty: u8,
+    ) -> Result<(), O::Error> {
+        for_repeat_chunks(first_pfn, count, |pfn, n| {
+            let head = table_head(pfn, n, TABLE_FLAG_REPEAT);
+            self.rec(RecordType::PageTypes, &[&head, &[ty]])
+        })
+    }
+
     /// P2M records for pfns first_pfn.., split into chunks of 512.
     pub fn p2m(&mut self, first_pfn: u64, mfns: &[u64]) -> Result<(), O::Error> {
         for (i, chunk) in mfns.chunks(MAX_P2M_CHUNK).enumerate() {
@@ -172,6 +186,15 @@ impl<O: Output> Encoder<O> {
             self.rec(RecordType::P2m, &[&b[..16 + 8 * chunk.len()]])?;
         }
         Ok(())
+    }
+
+    /// P2M REPEAT records: mfn `mfn` for the `count` pfns from first_pfn (one record per
+    /// 2^32 - 1 pfns; none for a count of 0).
+    pub fn p2m_repeat(&mut self, first_pfn: u64, count: u64, mfn: u64) -> Result<(), O::Error> {
+        for_repeat_chunks(first_pfn, count, |pfn, n| {
+            let head = table_head(pfn, n, TABLE_FLAG_REPEAT);
+            self.rec(RecordType::P2m, &[&head, &mfn.to_le_bytes()])
+        })
     }
 
     /// P2M_FRAMES records: pfns of the pages holding the guest's p2m array, in order.
@@ -209,5 +232,60 @@ impl<O: Output> Encoder<O> {
     pub fn end(mut self) -> Result<O, O::Error> {
         self.rec(RecordType::End, &[])?;
         Ok(self.out)
+    }
+}
+
+/// The 16-byte head of a PAGE_TYPES or P2M body: first_pfn, count, flags.
+fn table_head(first_pfn: u64, count: u32, flags: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&first_pfn.to_le_bytes());
+    b[8..12].copy_from_slice(&count.to_le_bytes());
+    b[12..16].copy_from_slice(&flags.to_le_bytes());
+    b
+}
+
+/// Split `count` pfns from `first_pfn` into REPEAT counts of at most 2^32 - 1.
+fn for_repeat_chunks<E>(
+    first_pfn: u64,
+    count: u64,
+    mut emit: impl FnMut(u64, u32) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut pfn, mut left) = (first_pfn, count);
+    while left > 0 {
+        let n = left.min(MAX_REPEAT_COUNT);
+        emit(pfn, n as u32)?;
+        // Wrapping: tests write hostile first pfns near 2^64 with this encoder.
+        pfn = pfn.wrapping_add(n);
+        left -= n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_counts_are_split_at_the_u32_limit() {
+        let mut got = [(0u64, 0u32); 3];
+        let mut k = 0;
+        for_repeat_chunks(10, 2 * MAX_REPEAT_COUNT + 5, |p, n| -> Result<(), ()> {
+            got[k] = (p, n);
+            k += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                (10, u32::MAX),
+                (10 + MAX_REPEAT_COUNT, u32::MAX),
+                (10 + 2 * MAX_REPEAT_COUNT, 5)
+            ]
+        );
+        for_repeat_chunks(0, 0, |_, _| -> Result<(), ()> {
+            panic!("no records for 0")
+        })
+        .unwrap();
     }
 }

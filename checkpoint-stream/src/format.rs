@@ -19,6 +19,10 @@ pub const MAX_BATCH: usize = 512;
 pub const MAX_P2M_CHUNK: usize = 512;
 /// Page-type entries per record.
 pub const MAX_TYPES_CHUNK: usize = 4096;
+/// PAGE_TYPES and P2M flags (u32 at body offset 12): one entry stands for all `count` pfns.
+pub const TABLE_FLAG_REPEAT: u32 = 1;
+/// Largest count of a REPEAT record (the count field is a u32).
+pub const MAX_REPEAT_COUNT: u64 = u32::MAX as u64;
 /// Largest body of any record other than PAGE_BATCH (fits the decoder's fixed buffer).
 pub const MAX_SMALL_BODY: usize = 16384;
 /// Largest kernel string in HEADER.

@@ -529,3 +529,267 @@ fn decoder_size() {
     println!("size_of::<Decoder>() = {n} bytes");
     assert!(n <= 24 * 1024, "{n} bytes");
 }
+
+// ---- PAGE_TYPES / P2M REPEAT records ----
+
+/// (PAGE_TYPES, P2M) records in a stream that carry the REPEAT flag, and all of them.
+fn count_table_records(data: &[u8]) -> ([usize; 2], [usize; 2]) {
+    let (mut repeat, mut all) = ([0; 2], [0; 2]);
+    let mut off = 16;
+    while off < data.len() {
+        let ty = u32::from_le_bytes(data[off..off + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap()) as usize;
+        let body = &data[off + 16..off + 16 + len];
+        let k = match ty {
+            5 => Some(0),
+            6 => Some(1),
+            _ => None,
+        };
+        if let Some(k) = k {
+            all[k] += 1;
+            if u32::from_le_bytes(body[12..16].try_into().unwrap()) & TABLE_FLAG_REPEAT != 0 {
+                repeat[k] += 1;
+            }
+        }
+        off += 16 + pad8(len);
+    }
+    (repeat, all)
+}
+
+#[test]
+fn a_repeat_record_of_one_entry_expands() {
+    let types = [0x84, 1, 0, 0, 0, 2, 3, 4 | page_type::PINNED];
+    let p2m = [0xABC, 101, 102, 103, 104, 105, 106, INVALID_MFN];
+    let d = build(|e, s| match s {
+        Stage::Types => {
+            e.page_types_repeat(0, 1, types[0]).unwrap();
+            e.page_types(1, &types[1..]).unwrap();
+            true
+        }
+        Stage::P2m => {
+            e.p2m_repeat(0, 1, p2m[0]).unwrap();
+            e.p2m(1, &p2m[1..7]).unwrap();
+            e.p2m_repeat(7, 1, INVALID_MFN).unwrap();
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(count_table_records(&d).0, [1, 2]);
+    let c = decode(&d).unwrap();
+    assert_eq!((&c.page_types[..], &c.p2m[..]), (&types[..], &p2m[..]));
+    decode_leaves(&d).unwrap();
+}
+
+/// A PAGE_TYPES or P2M body written field by field: first_pfn, count, flags, entries.
+fn table_record(
+    e: &mut Encoder<Vec<u8>>,
+    ty: RecordType,
+    first: u64,
+    count: u32,
+    flags: u32,
+    entries: &[u8],
+) {
+    let mut h = [0u8; 16];
+    h[0..8].copy_from_slice(&first.to_le_bytes());
+    h[8..12].copy_from_slice(&count.to_le_bytes());
+    h[12..16].copy_from_slice(&flags.to_le_bytes());
+    e.raw_record(ty as u32, &[&h, entries]).unwrap();
+}
+
+#[test]
+fn rejects_hostile_repeat_records() {
+    use RecordType::{P2m, PageTypes};
+    let err = |d: Vec<u8>| {
+        let e = decode(&d).unwrap_err();
+        // The allocation-free path gives the same error.
+        assert_eq!(decode_leaves(&d).unwrap_err(), e);
+        e
+    };
+    let types = |f: &dyn Fn(&mut Encoder<Vec<u8>>)| err(with(Stage::Types, f));
+    let p2m = |f: &dyn Fn(&mut Encoder<Vec<u8>>)| err(with(Stage::P2m, f));
+
+    // REPEAT holds exactly one entry.
+    let e = types(&|e| table_record(e, PageTypes, 0, 8, TABLE_FLAG_REPEAT, &[0, 0]));
+    assert!(
+        matches!(
+            e,
+            Error::BadLength {
+                record: PageTypes,
+                len: 18,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = p2m(&|e| table_record(e, P2m, 0, 8, TABLE_FLAG_REPEAT, &[0; 16]));
+    assert!(
+        matches!(
+            e,
+            Error::BadLength {
+                record: P2m,
+                len: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Unknown flag bits, with or without REPEAT.
+    for flags in [2, 3, 0x8000_0000] {
+        let e = types(&|e| table_record(e, PageTypes, 0, 8, flags, &[0; 8]));
+        assert!(
+            matches!(
+                e,
+                Error::BadValue {
+                    record: PageTypes,
+                    ..
+                }
+            ),
+            "{flags:#x}: {e}"
+        );
+        let e = p2m(&|e| table_record(e, P2m, 0, 8, flags, &[0; 64]));
+        assert!(
+            matches!(e, Error::BadValue { record: P2m, .. }),
+            "{flags:#x}: {e}"
+        );
+    }
+    // P2M_FRAMES keeps offset 12 reserved: no REPEAT there.
+    let e = err(with(Stage::Frames, |e| {
+        table_record(
+            e,
+            RecordType::P2mFrames,
+            0,
+            1,
+            TABLE_FLAG_REPEAT,
+            &6u64.to_le_bytes(),
+        )
+    }));
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                record: RecordType::P2mFrames,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // A REPEAT count of 0.
+    let e = types(&|e| table_record(e, PageTypes, 0, 0, TABLE_FLAG_REPEAT, &[0]));
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                record: PageTypes,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Counts past max_pfn, and hostile first pfns and counts that would overflow u64.
+    let e = p2m(&|e| e.p2m_repeat(0, 9, 1).unwrap());
+    assert!(
+        matches!(
+            e,
+            Error::PfnOutOfRange {
+                record: P2m,
+                pfn: 8,
+                max_pfn: 7,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = types(&|e| e.page_types_repeat(1, MAX_REPEAT_COUNT, 0).unwrap());
+    assert!(
+        matches!(
+            e,
+            Error::PfnOutOfRange {
+                record: PageTypes,
+                pfn: 0xFFFF_FFFF,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = p2m(&|e| e.p2m_repeat(u64::MAX - 1, 8, 1).unwrap());
+    assert!(
+        matches!(
+            e,
+            Error::PfnOutOfRange {
+                record: P2m,
+                pfn: u64::MAX,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = types(&|e| e.page_types_repeat(u64::MAX, MAX_REPEAT_COUNT, 0).unwrap());
+    assert!(
+        matches!(
+            e,
+            Error::PfnOutOfRange {
+                record: PageTypes,
+                pfn: u64::MAX,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Invalid type bytes: unknown, pinned normal page, pinned unpopulated pfn.
+    for t in [9, 0x80, 0x8F] {
+        let e = types(&|e| e.page_types_repeat(0, 8, t).unwrap());
+        assert!(
+            matches!(
+                e,
+                Error::BadValue {
+                    record: PageTypes,
+                    ..
+                }
+            ),
+            "{t:#x}: {e}"
+        );
+    }
+
+    // Gaps and overlaps between REPEAT chunks and literal ones, either way round.
+    let ooo = |e: Error, want: RecordType| {
+        assert!(
+            matches!(e, Error::OutOfOrder { record, .. } if record == want),
+            "{e}"
+        )
+    };
+    ooo(
+        types(&|e| {
+            e.page_types_repeat(0, 4, 0).unwrap();
+            e.page_types(3, &[0; 5]).unwrap()
+        }),
+        PageTypes,
+    );
+    ooo(
+        types(&|e| {
+            e.page_types_repeat(0, 3, 0).unwrap();
+            e.page_types(4, &[0; 4]).unwrap()
+        }),
+        PageTypes,
+    );
+    ooo(
+        p2m(&|e| {
+            e.p2m(0, &[1; 4]).unwrap();
+            e.p2m_repeat(5, 3, INVALID_MFN).unwrap()
+        }),
+        P2m,
+    );
+    ooo(
+        p2m(&|e| {
+            e.p2m_repeat(0, 5, INVALID_MFN).unwrap();
+            e.p2m_repeat(4, 4, INVALID_MFN).unwrap()
+        }),
+        P2m,
+    );
+    // A REPEAT that stops short leaves the table incomplete at DIGEST.
+    let e = types(&|e| e.page_types_repeat(0, 7, 0).unwrap());
+    assert!(matches!(e, Error::Missing(_)), "{e}");
+}
