@@ -149,15 +149,24 @@ impl<O: Output> Encoder<O> {
         self.rec(RecordType::Capture, &[&b])
     }
 
-    /// PAGE_TYPES records for pfns first_pfn.., split into chunks of 4096.
+    /// PAGE_TYPES records for pfns first_pfn..: a REPEAT record for every run of at least
+    /// `REPEAT_MIN_TYPES` equal bytes, chunks of up to 4096 bytes for the rest.
     pub fn page_types(&mut self, first_pfn: u64, types: &[u8]) -> Result<(), O::Error> {
-        for (i, chunk) in types.chunks(MAX_TYPES_CHUNK).enumerate() {
-            let mut b = [0u8; 16];
-            b[0..8].copy_from_slice(&(first_pfn + (i * MAX_TYPES_CHUNK) as u64).to_le_bytes());
-            b[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
-            self.rec(RecordType::PageTypes, &[&b, chunk])?;
-        }
-        Ok(())
+        for_runs(types, REPEAT_MIN_TYPES, |at, n, repeat| {
+            let pfn = first_pfn.wrapping_add(at as u64);
+            if repeat {
+                return self.page_types_repeat(pfn, n as u64, types[at]);
+            }
+            for (i, chunk) in types[at..at + n].chunks(MAX_TYPES_CHUNK).enumerate() {
+                let head = table_head(
+                    pfn.wrapping_add((i * MAX_TYPES_CHUNK) as u64),
+                    chunk.len() as u32,
+                    0,
+                );
+                self.rec(RecordType::PageTypes, &[&head, chunk])?;
+            }
+            Ok(())
+        })
     }
 
     /// PAGE_TYPES REPEAT records: type `ty` for the `count` pfns from first_pfn (one record
@@ -174,18 +183,28 @@ impl<O: Output> Encoder<O> {
         })
     }
 
-    /// P2M records for pfns first_pfn.., split into chunks of 512.
+    /// P2M records for pfns first_pfn..: a REPEAT record for every run of at least
+    /// `REPEAT_MIN_P2M` equal mfns, chunks of up to 512 mfns for the rest.
     pub fn p2m(&mut self, first_pfn: u64, mfns: &[u64]) -> Result<(), O::Error> {
-        for (i, chunk) in mfns.chunks(MAX_P2M_CHUNK).enumerate() {
-            let mut b = [0u8; 16 + 8 * MAX_P2M_CHUNK];
-            b[0..8].copy_from_slice(&(first_pfn + (i * MAX_P2M_CHUNK) as u64).to_le_bytes());
-            b[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
-            for (j, m) in chunk.iter().enumerate() {
-                b[16 + 8 * j..24 + 8 * j].copy_from_slice(&m.to_le_bytes());
+        for_runs(mfns, REPEAT_MIN_P2M, |at, n, repeat| {
+            let pfn = first_pfn.wrapping_add(at as u64);
+            if repeat {
+                return self.p2m_repeat(pfn, n as u64, mfns[at]);
             }
-            self.rec(RecordType::P2m, &[&b[..16 + 8 * chunk.len()]])?;
-        }
-        Ok(())
+            for (i, chunk) in mfns[at..at + n].chunks(MAX_P2M_CHUNK).enumerate() {
+                let mut b = [0u8; 8 * MAX_P2M_CHUNK];
+                for (j, m) in chunk.iter().enumerate() {
+                    b[8 * j..8 * j + 8].copy_from_slice(&m.to_le_bytes());
+                }
+                let head = table_head(
+                    pfn.wrapping_add((i * MAX_P2M_CHUNK) as u64),
+                    chunk.len() as u32,
+                    0,
+                );
+                self.rec(RecordType::P2m, &[&head, &b[..8 * chunk.len()]])?;
+            }
+            Ok(())
+        })
     }
 
     /// P2M REPEAT records: mfn `mfn` for the `count` pfns from first_pfn (one record per
@@ -244,6 +263,31 @@ fn table_head(first_pfn: u64, count: u32, flags: u32) -> [u8; 16] {
     b
 }
 
+/// Walk `v` in order as runs of at least `min` equal values (`emit(at, len, true)`) and the
+/// stretches between them (`emit(at, len, false)`); together they cover `v` exactly once.
+fn for_runs<T: PartialEq, E>(
+    v: &[T],
+    min: usize,
+    mut emit: impl FnMut(usize, usize, bool) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut literal, mut i) = (0, 0);
+    while i < v.len() {
+        let end = i + v[i..].iter().take_while(|x| **x == v[i]).count();
+        if end - i >= min {
+            if literal < i {
+                emit(literal, i - literal, false)?;
+            }
+            emit(i, end - i, true)?;
+            literal = end;
+        }
+        i = end;
+    }
+    if literal < v.len() {
+        emit(literal, v.len() - literal, false)?;
+    }
+    Ok(())
+}
+
 /// Split `count` pfns from `first_pfn` into REPEAT counts of at most 2^32 - 1.
 fn for_repeat_chunks<E>(
     first_pfn: u64,
@@ -264,6 +308,56 @@ fn for_repeat_chunks<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runs(v: &[u8], min: usize) -> [(usize, usize, bool); 8] {
+        let mut out = [(0, 0, false); 8];
+        let mut k = 0;
+        for_runs(v, min, |at, n, r| -> Result<(), ()> {
+            out[k] = (at, n, r);
+            k += 1;
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn runs_of_at_least_min_are_split_out_in_order() {
+        let none = (0, 0, false);
+        // Runs of exactly min at the start and end, a shorter one left in the literal part.
+        let v = [1, 1, 1, 2, 3, 3, 4, 4, 4];
+        assert_eq!(
+            runs(&v, 3),
+            [
+                (0, 3, true),
+                (3, 3, false),
+                (6, 3, true),
+                none,
+                none,
+                none,
+                none,
+                none
+            ]
+        );
+        // Two adjacent runs of different values, no literal between them.
+        let v = [5, 5, 5, 5, 6, 6, 6, 7];
+        assert_eq!(
+            runs(&v, 3),
+            [
+                (0, 4, true),
+                (4, 3, true),
+                (7, 1, false),
+                none,
+                none,
+                none,
+                none,
+                none
+            ]
+        );
+        // Nothing long enough: one literal stretch; empty input: nothing.
+        assert_eq!(runs(&[1, 1, 2, 2, 1], 3)[..2], [(0, 5, false), none]);
+        assert_eq!(runs(&[], 3)[0], none);
+    }
 
     #[test]
     fn repeat_counts_are_split_at_the_u32_limit() {

@@ -23,6 +23,10 @@ pub const MAX_TYPES_CHUNK: usize = 4096;
 pub const TABLE_FLAG_REPEAT: u32 = 1;
 /// Largest count of a REPEAT record (the count field is a u32).
 pub const MAX_REPEAT_COUNT: u64 = u32::MAX as u64;
+/// Shortest run of equal entries the encoder sends as one REPEAT record: a REPEAT record is
+/// 40 bytes with its header, against 8 bytes per P2M entry and 1 per type byte written out.
+pub const REPEAT_MIN_P2M: usize = 64;
+pub const REPEAT_MIN_TYPES: usize = 256;
 /// Largest body of any record other than PAGE_BATCH (fits the decoder's fixed buffer).
 pub const MAX_SMALL_BODY: usize = 16384;
 /// Largest kernel string in HEADER.
