@@ -1,5 +1,6 @@
-//! Prints the worked example of docs/stream.md (the test in tests/decode.rs checks the doc
-//! against the encoder): `cargo run -p checkpoint-stream --example worked_example`.
+//! Prints the worked example of docs/stream.md and its REPEAT example (the tests in
+//! tests/decode.rs check the doc against the encoder):
+//! `cargo run -p checkpoint-stream --example worked_example`.
 
 use checkpoint_stream::digest::root_of_pages;
 use checkpoint_stream::*;
@@ -47,6 +48,31 @@ fn main() {
     let end_at = e.bytes() as usize;
     let out = e.end().unwrap();
     marks.push((end_at, "END"));
+    dump(&out, &marks);
+
+    // The tail of the tables of a 128 MiB guest (max_pfn 0x3ffff, RAM pfns 0..0x7fff): two
+    // records, shown without a preamble, offsets from the first record.
+    println!();
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    e.page_types_repeat(0x8000, 0x38000, page_type::UNPOPULATED)
+        .unwrap();
+    let p2m_at = e.bytes() as usize - 16;
+    e.p2m_repeat(0x8000, 0x38000, INVALID_MFN).unwrap();
+    let out = e.into_inner();
+    dump(
+        &out[16..],
+        &[
+            (
+                0,
+                "PAGE_TYPES, REPEAT: pfns 0x8000..=0x3ffff unpopulated (0x0f)",
+            ),
+            (p2m_at, "P2M, REPEAT: pfns 0x8000..=0x3ffff no frame"),
+        ],
+    );
+}
+
+/// Hex, 8 bytes a line, with a note where a record starts.
+fn dump(out: &[u8], marks: &[(usize, &str)]) {
     for (i, chunk) in out.chunks(8).enumerate() {
         let off = i * 8;
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();

@@ -482,12 +482,12 @@ fn leaf_table_must_cover_the_guest() {
     assert_eq!(e, Error::LeafTableTooSmall { have: 4, need: 8 });
 }
 
-/// The worked example of docs/stream.md, byte for byte.
-#[test]
-fn worked_example_in_docs_matches_the_encoder() {
+/// The bytes of the hex block between `<!-- NAME-begin -->` and `<!-- NAME-end -->` in
+/// docs/stream.md.
+fn doc_hex(name: &str) -> Vec<u8> {
     let doc = include_str!("../../docs/stream.md");
-    let start = doc.find("<!-- example-hex-begin -->").expect("marker");
-    let end = doc.find("<!-- example-hex-end -->").expect("marker");
+    let start = doc.find(&format!("<!-- {name}-begin -->")).expect("marker");
+    let end = doc.find(&format!("<!-- {name}-end -->")).expect("marker");
     let mut hex = String::new();
     for line in doc[start..end].lines().filter(|l| l.starts_with("    ")) {
         // "    OFFSET: xx xx ...  # comment"
@@ -495,10 +495,16 @@ fn worked_example_in_docs_matches_the_encoder() {
         let l = l.split_once(':').map(|x| x.1).unwrap_or("");
         hex.extend(l.chars().filter(|c| c.is_ascii_hexdigit()));
     }
-    let bytes: Vec<u8> = (0..hex.len())
+    (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
+        .collect()
+}
+
+/// The worked example of docs/stream.md, byte for byte.
+#[test]
+fn worked_example_in_docs_matches_the_encoder() {
+    let bytes = doc_hex("example-hex");
     let mut e = Encoder::new(Vec::new()).unwrap();
     e.header(1, b"6.12").unwrap();
     e.round(0, false).unwrap();
@@ -980,6 +986,37 @@ fn rejects_hostile_repeat_records() {
     // A REPEAT that stops short leaves the table incomplete at DIGEST.
     let e = types(&|e| e.page_types_repeat(0, 7, 0).unwrap());
     assert!(matches!(e, Error::Missing(_)), "{e}");
+}
+
+/// The REPEAT example of docs/stream.md: exactly the encoder's bytes, and, spliced into a
+/// stream of a guest with max_pfn 262143 and 32768 RAM pfns, it decodes to the tables it says.
+#[test]
+fn repeat_example_in_docs_decodes() {
+    let bytes = doc_hex("example-repeat");
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    e.page_types_repeat(0x8000, 0x38000, page_type::UNPOPULATED)
+        .unwrap();
+    e.p2m_repeat(0x8000, 0x38000, INVALID_MFN).unwrap();
+    assert_eq!(
+        bytes,
+        e.into_inner()[16..],
+        "docs/stream.md REPEAT example differs from the encoder"
+    );
+    assert_eq!(bytes.len(), 80);
+
+    let (types, p2m) = guest_128m_tables();
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    e.header(0x3FFFF, b"tables").unwrap();
+    e.capture(0, 1, 0).unwrap();
+    e.page_types(0, &types[..0x8000]).unwrap();
+    e.p2m(0, &p2m[..0x8000]).unwrap();
+    let mut data = e.into_inner();
+    data.extend_from_slice(&bytes);
+    let mut e = Encoder::new(Vec::new()).unwrap();
+    e.vcpu(0, VcpuKind::Basic, &[1]).unwrap();
+    e.digest(&root_of_pages(0x3FFFF, |_| None)).unwrap();
+    data.extend_from_slice(&e.end().unwrap()[16..]);
+    assert_tables_decode_to(&data, &types, &p2m);
 }
 
 /// The byte saving on the tables of a 128 MiB guest (max_pfn 262143, 32768 RAM pfns), sent
