@@ -134,6 +134,11 @@ enum Cmd {
         /// A send that makes no progress for this many seconds means the link is gone.
         #[arg(long, default_value_t = 30)]
         link_timeout: u64,
+        /// The migration connection's send buffer (KiB; 0: the kernel's autotuning). The
+        /// kernel writes what waits there during each round, so it is dirty again in the
+        /// next one: keep it near what the link carries in flight.
+        #[arg(long, value_name = "KIB", default_value_t = 256)]
+        send_buffer_kib: usize,
         #[command(flatten)]
         precopy: Precopy,
         /// Print the report as JSON.
@@ -247,6 +252,7 @@ fn main() -> Result<()> {
             result_timeout,
             arrival_timeout,
             link_timeout,
+            send_buffer_kib,
             precopy,
             json,
             quiet,
@@ -259,6 +265,7 @@ fn main() -> Result<()> {
                 timeout: secs(timeout),
                 connect_timeout: secs(10),
                 link_timeout: secs(link_timeout),
+                send_buffer: (send_buffer_kib > 0).then_some(send_buffer_kib << 10),
                 result_timeout: secs(result_timeout),
                 arrival_timeout: secs(arrival_timeout),
                 max_rounds: precopy.max_rounds,

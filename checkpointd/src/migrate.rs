@@ -73,6 +73,8 @@ pub struct Options {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub link_timeout: Duration,
+    /// SO_SNDBUF of the migration connection in bytes (None: the kernel's autotuning).
+    pub send_buffer: Option<usize>,
     pub result_timeout: Duration,
     pub arrival_timeout: Duration,
     pub max_rounds: u32,
@@ -368,6 +370,18 @@ pub fn migrate<S: PageSource>(src: &mut S, w: World<'_>, opts: &Options, t0: Ins
         }
     };
     let _ = conn.set_write_timeout(Some(opts.link_timeout));
+    // What sits in the socket's send buffer was written by the kernel during the round,
+    // so it is in the next dirty set: a buffer sized for the link, not autotuned to
+    // megabytes, keeps that small.
+    if let Some(bytes) = opts.send_buffer {
+        if let Err(e) = crate::sys::set_send_buffer(&conn, bytes) {
+            return finish(
+                rep,
+                Outcome::NotStarted,
+                Some(format!("cannot size the send buffer: {e}")),
+            );
+        }
+    }
     let policy = Policy {
         max_rounds: opts.max_rounds,
         small_dirty: opts.small_dirty,
@@ -819,6 +833,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             link_timeout: Duration::from_secs(5),
+            send_buffer: Some(64 << 10),
             result_timeout: Duration::from_secs(5),
             arrival_timeout: Duration::from_secs(5),
             max_rounds: 8,
@@ -998,7 +1013,12 @@ mod tests {
             id: ID,
             guest_mac: MAC,
         };
-        let rep = migrate(&mut g, w, &opts(), Instant::now());
+        // Nobody reads the connection: an unbounded send buffer lets round 0 complete.
+        let o = Options {
+            send_buffer: None,
+            ..opts()
+        };
+        let rep = migrate(&mut g, w, &o, Instant::now());
         assert!(src.join().unwrap());
         assert_eq!(rep.outcome, Outcome::Arrived, "{}", human(&rep));
         assert_eq!(rep.exit_code, 0);

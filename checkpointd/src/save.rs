@@ -14,10 +14,11 @@ use std::time::Instant;
 
 /// Size of the vCPU context the device returns (Xen's vcpu_guest_context, x86_64).
 pub const VCPU_CONTEXT_BYTES: usize = checkpoint_abi::vcpu_ctx::SIZE;
-/// Pages per device read (the ABI's limit per pread).
-const READ_CHUNK: usize = 256;
-/// Pages per PAGE_BATCH record.
-const BATCH: usize = 256;
+/// Pages per device read (the ABI allows up to 256 per pread).
+const READ_CHUNK: usize = 64;
+/// Pages per PAGE_BATCH record. The read buffer holds at most BATCH + READ_CHUNK - 1
+/// pages, and every round rewrites it, so it is dirty in every round: keep it small.
+const BATCH: usize = 64;
 
 /// When to stop pre-copying.
 #[derive(Debug, Clone, Copy)]
@@ -1273,7 +1274,7 @@ pub(crate) mod tests {
     fn a_too_small_snapshot_buffer_grows_from_what_the_capture_needed() {
         // Buffer = exactly the last dirty set, but the guest writes more before the capture:
         // the first capture fails for space, the retry gets twice what it needed.
-        let mut g = FakeGuest::new(3000, 200);
+        let mut g = FakeGuest::new(3000, 20);
         let p = Policy {
             small_dirty: 100_000,
             snapshot_factor: 1,

@@ -55,6 +55,11 @@ pub fn abandon(s: &impl AsFd) {
     let _ = setsockopt(s, sockopt::Linger, &reset);
 }
 
+/// Set a socket's send buffer (SO_SNDBUF; Linux doubles the value for its bookkeeping).
+pub fn set_send_buffer(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    setsockopt(s, sockopt::SndBuf, &bytes).map_err(io::Error::from)
+}
+
 /// The name of the interface that holds IPv4 address `ip`.
 pub fn iface_with_addr(ip: Ipv4Addr) -> io::Result<String> {
     getifaddrs()?
