@@ -22,6 +22,7 @@
 # refusing or gone before its point of no return.
 # usage: scripts/lab scenario self-migrate [--mem MIB] [--fill MIB] [--rate MIB_S] [--keep]
 #        [--no-baseline] [--faults kill,corrupt,cut] [--timeout SECS]
+# SELF_MIGRATE_OPTS: more `checkpointd migrate` options for row 2 (e.g. --send-buffer-kib 0).
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 . "$REPO_ROOT/scripts/lib/lab.sh"
@@ -160,7 +161,7 @@ lab_exec_raw 2 30 "" "grep -qx '1 before' /tmp/tcp.log" || die "the guest's TCP 
 
 start_loader
 log "row 2: checkpointd migrate of $name to the loader domain $lname ($lip) on host 2"
-m2=$(LAB_MEASURE_RECOVER=120 lab_measure_migration 2 "$ip" 7 -- migrate_and_wait "--downtime-ms 300")
+m2=$(LAB_MEASURE_RECOVER=120 lab_measure_migration 2 "$ip" 7 -- migrate_and_wait "--downtime-ms 300 ${SELF_MIGRATE_OPTS:-}")
 src_json=$(console 1 "$name" | grep -a '^{"outcome"' | tail -n1 || true)
 dst_json=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log 2>/dev/null" | grep -a '^{"outcome"' | tail -n1 || true)
 moved=false; grep -q '"cmd_status":0' <<<"$m2" && moved=true
