@@ -17,7 +17,8 @@
 # With --faults the fail-safe cases run after the rows (each on a fresh loader):
 #   kill     the loader domain is destroyed during the pre-copy rounds
 #   corrupt  one byte of the stream is flipped on the way (a relay in host 2's dom0)
-#   cut      the loader's link goes down right after the capture (during the drain)
+#   cut      the link is lost at the capture: a relay passes the stream up to its CAPTURE
+#            record, then goes silent
 # each must end with the source resumed (distinct exit code, probe recovered) and the loader
 # refusing or gone before its point of no return.
 # usage: scripts/lab scenario self-migrate [--mem MIB] [--fill MIB] [--rate MIB_S] [--keep]
@@ -200,7 +201,7 @@ wait_source_exit() {
 fault_rows=()
 fault_fail=0
 run_fault() {
-    local f=$1 expect code serving=false on1=false loader_says="" t0 d
+    local f=$1 expect code serving=false on1=false loader_says="" relay_says="" t0 d
     [ "$f" = roundtrip ] && { run_roundtrip; return; }
     start_loader
     lab_exec_raw 1 30 "" ": >/var/log/xen/console/guest-$name.log" >/dev/null
@@ -220,12 +221,14 @@ run_fault() {
             request "migrate $LAB_SUBNET.2:7001 --link-timeout 10" | grep -q started || die "fault $f: request refused" ;;
         cut)
             expect=11
-            request "migrate $lip:$lport --link-timeout 10 --result-timeout 20" | grep -q started || die "fault $f: request refused"
-            # The capture arms the output hold: from then on the guest answers no ping. Two
-            # missed pings in a row = captured; then the loader's link goes down (the drain).
-            d=$(lab_exec_raw 2 30 "" "xl domid $lname")
-            lab_exec_raw 2 "$timeout" "" "miss=0; while [ \$miss -lt 2 ]; do if busybox ping -c1 -W1 $ip >/dev/null 2>&1; then miss=0; else miss=\$((miss+1)); fi; done; ip link set vif$d.0 down; echo cut" >&2
-            loader_says="link cut after the capture" ;;
+            # Through a relay that passes the stream up to its CAPTURE record and then goes
+            # silent both ways: the link is lost exactly at the capture, however short the
+            # drain that follows (watching for the output hold from outside raced with it).
+            relay=$(lab_push_cached 2 "$REPO_ROOT/scripts/lib/lab-relay.pl")
+            lab_exec_raw 2 30 "" "setsid perl $relay 7001 $lip $lport capture </dev/null >/tmp/relay.log 2>&1 & echo \$! >/tmp/relay.pid" >/dev/null
+            sleep 1
+            request "migrate $LAB_SUBNET.2:7001 --link-timeout 10 --result-timeout 20" | grep -q started || die "fault $f: request refused"
+            loader_says="link cut at the capture" ;;
         roundtrip)
             run_roundtrip; return ;;
         *) die "unknown fault '$f' (kill, corrupt, cut, roundtrip)" ;;
@@ -235,12 +238,17 @@ run_fault() {
     lab_exec_raw 1 30 "" "xl domid $name" >/dev/null 2>&1 && on1=true
     if [ "$f" = corrupt ]; then
         loader_says=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log | grep -aiE 'corrupt|refus|checksum' | tail -n1" || true)
-        lab_exec_raw 2 30 "" "kill \$(cat /tmp/relay.pid) 2>/dev/null; cat /tmp/relay.log" >&2 || true
+    fi
+    if [ "$f" = corrupt ] || [ "$f" = cut ]; then
+        relay_says=$(lab_exec_raw 2 30 "" "kill \$(cat /tmp/relay.pid) 2>/dev/null; cat /tmp/relay.log" || true)
+        echo "$relay_says" >&2
+        [ "$f" = cut ] && loader_says="relay: $(grep -a silent <<<"$relay_says" || echo 'never saw the CAPTURE record')"
     fi
     lab_exec_raw 2 30 "" "xl destroy $lname" >/dev/null 2>&1 || true
     local ok=false
     [ "$code" = "$expect" ] && [ "$serving" = true ] && [ "$on1" = true ] && ok=true
     [ "$f" = corrupt ] && ! grep -qi corrupt <<<"$loader_says" && ok=false
+    [ "$f" = cut ] && ! grep -q 'CAPTURE record)' <<<"$loader_says" && ok=false
     [ "$ok" = true ] || fault_fail=1
     log "fault $f: source exit ${code:-none} (expected $expect), serving again: $serving, still on host 1: $on1; loader: $loader_says"
     fault_rows+=("$(printf '{"fault":"%s","ok":%s,"source_exit":%s,"expected_exit":%d,"source_serving":%s,"source_on_host1":%s,"loader":%s}' \
