@@ -585,12 +585,14 @@ fn cmd_save(file: &Path, precopy: &Precopy, json: bool, quiet: bool) -> Result<(
             }
             let _ = writeln!(
                 text,
-                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages (budget {}), {} attempt(s)",
+                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages (budget {}), {} attempt(s); after the drain: tables and digest {} ms (digest {} ms)",
                 s.capture_pause_ns as f64 / 1e6,
                 s.suspend_ns as f64 / 1e6,
                 s.snapshot_pages,
                 s.snapshot_budget,
-                s.capture_attempts
+                s.capture_attempts,
+                s.tables_ms,
+                s.digest_ms
             );
             let drain = s.rounds.last();
             let _ = writeln!(

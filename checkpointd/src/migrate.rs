@@ -579,10 +579,12 @@ pub fn human(r: &Report) -> String {
         }
         let _ = writeln!(
             t,
-            "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages",
+            "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages; after the drain: tables and digest {} ms (digest {} ms)",
             s.capture_pause_ns as f64 / 1e6,
             s.suspend_ns as f64 / 1e6,
-            s.snapshot_pages
+            s.snapshot_pages,
+            s.tables_ms,
+            s.digest_ms
         );
         for p in &s.throttled {
             let _ = writeln!(

@@ -380,6 +380,10 @@ pub struct SaveSummary {
     /// Processes slowed down to converge, and pre-copy rounds taken while throttling.
     pub throttled: Vec<Throttled>,
     pub throttle_rounds: u32,
+    /// From the drain's end to END: the capture's tables read and sent, and the digest.
+    pub tables_ms: u64,
+    /// Of that, computing the digest's root over every pfn's leaf.
+    pub digest_ms: u64,
 }
 
 #[derive(Debug)]
@@ -819,6 +823,7 @@ pub fn stream<S: PageSource, W: Write>(
     drain.unreadable_pages = cap_unreadable;
     rounds.push(drain);
 
+    let t_tables = Instant::now();
     let types = src
         .captured_page_types()
         .map_err(dev("reading the page-type map"))?;
@@ -856,12 +861,14 @@ pub fn stream<S: PageSource, W: Write>(
     w.enc
         .vcpu(0, VcpuKind::Basic, &vcpu)
         .map_err(SaveError::Write)?;
-    w.enc
-        .digest(&root_of_leaves(&w.leaves))
-        .map_err(SaveError::Write)?;
+    let t_digest = Instant::now();
+    let root = root_of_leaves(&w.leaves);
+    let digest_ms = t_digest.elapsed().as_millis() as u64;
+    w.enc.digest(&root).map_err(SaveError::Write)?;
     let total_bytes = w.enc.bytes() + 16;
     let mut out = w.enc.end().map_err(SaveError::Write)?;
     out.flush().map_err(SaveError::Write)?;
+    let tables_ms = t_tables.elapsed().as_millis() as u64;
     Ok(SaveOutcome::Saved(SaveSummary {
         rounds,
         stop_reason,
@@ -878,6 +885,8 @@ pub fn stream<S: PageSource, W: Write>(
         snapshot_budget: budget,
         throttled: thr.procs,
         throttle_rounds: thr.rounds,
+        tables_ms,
+        digest_ms,
     }))
 }
 
