@@ -180,10 +180,21 @@ stream_rate=$(perl -e 'my $j = shift; my ($b, $ms) = (0, 0);
     while ($j =~ /"drain":false,"pages":\d+,"zero_pages":\d+,"bytes":(\d+),"millis":(\d+)/g) { $b += $1; $ms += $2 }
     print $ms > 0 ? sprintf("%.3f", $b / $ms / 1000) : "null"' "$src_json")
 reason=$(sed -n 's/.*"reason":"\([^"]*\)".*/\1/p' <<<"$src_json")
+# The loader's own time for the stream's last piece and END (its checks and the digest).
+loader_end_ms=$(lab_exec_raw 2 30 "" "tr -d '\r' </var/log/xen/console/guest-$lname.log 2>/dev/null" \
+    | sed -n 's/.*last piece and END checked in \([0-9]*\) ms.*/\1/p' | tail -n1 || true)
+# Where the downtime went, from the source's report (ms).
+perl -e 'my ($j, $e) = @ARGV; my %v;
+    for my $k (qw(suspend_ns tables_ms digest_ms verdict_ms commit_to_arrival_ms source_pause_ms)) { ($v{$k}) = $j =~ /"$k":(\d+)/ }
+    my ($pages, $ms, $same) = $j =~ /"drain":true,"pages":(\d+),"zero_pages":\d+,"bytes":\d+,"millis":(\d+).*?"unchanged_pages":(\d+)/;
+    exit 0 unless defined $pages;
+    printf STDERR "row 2 downtime parts: suspend %d ms; drain %d pages (%d unchanged, not sent) %d ms; tables and digest %s ms (digest %s); END -> ready %s ms (loader: last piece and END %s ms); COMMIT -> arrival %s ms; source pause %s ms\n",
+        $v{suspend_ns} / 1e6, $pages, $same, $ms, map { $_ // "?" } @v{qw(tables_ms digest_ms verdict_ms)}, $e || "?", @v{qw(commit_to_arrival_ms source_pause_ms)};' \
+    "${src_json:-}" "${loader_end_ms:-}" || true
 ok=false; [ "$moved" = true ] && [ "$tcp_ok" = true ] && [ "$on_host1" = false ] && [ "$alive" = true ] && ok=true
-self_row=$(printf '{"method":"checkpointd migrate","ok":%s,"restore_available":%s,"reason":%s,"bytes_sent":%s,"tcp_connection_survived":%s,"workload_alive":%s,"source_gone":%s,"stream_rate_mb_s":%s,"measure":%s,"source_report":%s,"arrived_report":%s}' \
+self_row=$(printf '{"method":"checkpointd migrate","ok":%s,"restore_available":%s,"reason":%s,"bytes_sent":%s,"tcp_connection_survived":%s,"workload_alive":%s,"source_gone":%s,"stream_rate_mb_s":%s,"loader_end_ms":%s,"measure":%s,"source_report":%s,"arrived_report":%s}' \
     "$ok" "$moved" "$(json_str "${reason:-}")" "${stream_bytes:-null}" "$tcp_ok" "$alive" \
-    "$([ "$on_host1" = false ] && echo true || echo false)" "$stream_rate" "$m2" "${src_json:-null}" "${dst_json:-null}")
+    "$([ "$on_host1" = false ] && echo true || echo false)" "$stream_rate" "${loader_end_ms:-null}" "$m2" "${src_json:-null}" "${dst_json:-null}")
 
 # When the move did not happen, the fail-safe must have worked: the source answers again,
 # still on host 1.
