@@ -176,7 +176,10 @@ lab_start_host() {
 lab_wait_host() {
     local n=$1 d t0; d=$(host_dir "$n"); t0=$(date +%s)
     while :; do
-        qemu_alive "$n" || { tail -n 30 "$d/serial.log" "$d/qemu.log" >&2 2>/dev/null; die "host $n: QEMU exited during boot (logs in $d)"; }
+        # Right after `qemu ... &` the pid may still be the forked shell, not yet QEMU: give
+        # the exec a moment before calling it dead (that race once failed a CI run).
+        qemu_alive "$n" || { sleep 1; qemu_alive "$n"; } \
+            || { tail -n 30 "$d/serial.log" "$d/qemu.log" >&2 2>/dev/null; die "host $n: QEMU exited during boot (logs in $d)"; }
         if grep -q LAB-DOM0-READY "$d/serial.log" 2>/dev/null \
             && [ "$(lab_exec_raw "$n" 20 "" "echo ok" 2>/dev/null)" = ok ]; then
             return 0

@@ -46,7 +46,8 @@ env -u LAB_OWNER_PID LAB_SMOKE_NAME="$LAB_NAME" bash "$REPO_ROOT/scripts/test.d/
 stage=$!
 wait_for "stage 20 started no QEMU" 900 has_qemu >/dev/null
 qemu=$(lab_qemu_pids | xargs)
-kill -9 "$stage"
+kill -9 "$stage" 2>/dev/null \
+    || fail "stage 20 ended by itself before it could be killed: $(tail -n 3 "$CACHE_ROOT/run/$prefix-1.stage.log" | tr '\n' ' ')"
 wait "$stage" 2>/dev/null || true
 took=$(wait_for "QEMU $qemu of lab $LAB_NAME still running after its stage was killed" 20 no_qemu)
 log "reap 1: stage 20 (pid $stage) killed with SIGKILL while booting; its QEMU ($qemu) gone ${took} s later"
