@@ -583,17 +583,7 @@ fn cmd_save(file: &Path, precopy: &Precopy, json: bool, quiet: bool) -> Result<(
             for r in &s.rounds {
                 let _ = writeln!(text, "{}", r.line());
             }
-            let _ = writeln!(
-                text,
-                "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages (budget {}), {} attempt(s); after the drain: tables and digest {} ms (digest {} ms)",
-                s.capture_pause_ns as f64 / 1e6,
-                s.suspend_ns as f64 / 1e6,
-                s.snapshot_pages,
-                s.snapshot_budget,
-                s.capture_attempts,
-                s.tables_ms,
-                s.digest_ms
-            );
+            let _ = writeln!(text, "{}", s.capture_line());
             let drain = s.rounds.last();
             let _ = writeln!(
                 text,

@@ -577,15 +577,7 @@ pub fn human(r: &Report) -> String {
         for x in &s.rounds {
             let _ = writeln!(t, "{}", x.line());
         }
-        let _ = writeln!(
-            t,
-            "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages; after the drain: tables and digest {} ms (digest {} ms)",
-            s.capture_pause_ns as f64 / 1e6,
-            s.suspend_ns as f64 / 1e6,
-            s.snapshot_pages,
-            s.tables_ms,
-            s.digest_ms
-        );
+        let _ = writeln!(t, "{}", s.capture_line());
         for p in &s.throttled {
             let _ = writeln!(
                 t,

@@ -59,11 +59,13 @@ pub enum Tracker {
 }
 
 impl fmt::Display for Tracker {
+    /// The option's own value name (`fault`, `scan`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Tracker::Fault => "fault",
-            Tracker::Scan => "scan",
-        })
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -384,6 +386,22 @@ pub struct SaveSummary {
     pub tables_ms: u64,
     /// Of that, computing the digest's root over every pfn's leaf.
     pub digest_ms: u64,
+}
+
+impl SaveSummary {
+    /// The capture's line in the human summaries of `save` and `migrate`.
+    pub fn capture_line(&self) -> String {
+        format!(
+            "  capture pause {:.3} ms (suspend sequence {:.3} ms), {} snapshot pages (budget {}), {} attempt(s); after the drain: tables and digest {} ms (digest {} ms)",
+            self.capture_pause_ns as f64 / 1e6,
+            self.suspend_ns as f64 / 1e6,
+            self.snapshot_pages,
+            self.snapshot_budget,
+            self.capture_attempts,
+            self.tables_ms,
+            self.digest_ms
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -1531,6 +1549,14 @@ pub(crate) mod tests {
             "{} vs {}",
             with.total_bytes,
             without.total_bytes
+        );
+    }
+
+    #[test]
+    fn tracker_names_are_the_option_values() {
+        assert_eq!(
+            (Tracker::Fault.to_string(), Tracker::Scan.to_string()),
+            ("fault".to_string(), "scan".to_string())
         );
     }
 
