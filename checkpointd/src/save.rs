@@ -425,12 +425,14 @@ pub enum SaveError {
     ShortRead { pfn: u64 },
     #[error("capture failed {0} times for lack of snapshot space; the guest dirties memory faster than rounds converge")]
     NoConvergence(u32),
-    #[error("pre-copy did not converge: {dirty} pages still dirty after {rounds} rounds, more than the snapshot budget of {budget} pages ({throttle}); nothing was captured, the guest runs on")]
+    #[error("pre-copy did not converge: {dirty} pages still dirty after {rounds} rounds, more than the snapshot budget of {budget} pages ({throttle}; dirty pages after each round: {history}); nothing was captured, the guest runs on")]
     DoesNotConverge {
         dirty: u64,
         budget: u64,
         rounds: u32,
         throttle: String,
+        /// The dirty-set size after each round, oldest first (comma-separated).
+        history: String,
     },
     #[error("the stream reached {bytes} bytes, over its bound of {limit} ({throttle}); nothing was captured, the guest runs on")]
     StreamBound {
@@ -684,6 +686,7 @@ pub fn stream<S: PageSource, W: Write>(
     let mut index = 0u32;
     let mut drain_estimate;
     let mut thr = Throttler::default();
+    let mut history = vec![dirty];
     let mut budget;
     let stream_limit = conv.max_stream_bytes.unwrap_or(u64::MAX);
     // With elision, the RAM pfns the first round leaves out (free, or the module's own
@@ -730,6 +733,7 @@ pub fn stream<S: PageSource, W: Write>(
         }
         scan = src.next_round(&mut dirty_set).map_err(dev("next round"))?;
         dirty = scan.dirty;
+        history.push(dirty);
         // While throttling, the extra rounds are counted by the throttler, not max_rounds.
         let rounds_done = index.saturating_sub(thr.rounds);
         let Some(reason) = policy.stop(rounds_done, dirty, last.min(prev), rate) else {
@@ -777,6 +781,11 @@ pub fn stream<S: PageSource, W: Write>(
                 budget,
                 rounds: index,
                 throttle: thr.describe(),
+                history: history
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         drain_estimate = drain_estimate_ms(dirty, rate);
@@ -1452,11 +1461,16 @@ pub(crate) mod tests {
         let p = Policy::default();
         let e = save(&mut g, Vec::new(), &p, false).unwrap_err();
         let SaveError::DoesNotConverge {
-            rounds, throttle, ..
+            rounds,
+            throttle,
+            history,
+            ..
         } = &e
         else {
             panic!("{e}")
         };
+        // The set before round 0, then one per round sent.
+        assert_eq!(history.split(", ").count(), *rounds as usize + 1, "{history}");
         assert!(
             *rounds <= p.max_rounds + p.conv.throttle_rounds + 1,
             "{rounds}"
