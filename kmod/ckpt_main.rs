@@ -1313,6 +1313,23 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         to_user(arg, &c)?;
         return Ok(0);
     }
+    let out_of_space = s.fault_err == -ENOSPC
+        || (s.fault_err == 0 && s.fault.as_ref().is_some_and(|f| f.stats().aborted));
+    if s.fault.is_some() && rc >= 0 && s.ran && !s.walk_err && out_of_space {
+        // Out of snapshot space in the pause or the resume: tracking goes on (the next
+        // round reports the final set and what was written since) and the owner learns
+        // what the capture needed, so that it can retry with a larger buffer.
+        let needed = s.fault.as_mut().map(|f| f.cancel_capture());
+        if let Some(Ok(needed)) = needed {
+            // The final-set bitmap goes back to the allocator: its pages are tracked again.
+            s.mark_refs(&bm, REF_NEVER_READ);
+            drop(bm);
+            s.free_capture();
+            c.snapshot_pages = needed;
+            let _ = to_user(arg, &c);
+            return Err(-ENOSPC);
+        }
+    }
     if s.fault.is_some() && (rc < 0 || s.fault_err != 0 || !s.ran || s.walk_err) {
         // The tracker may be in copy-on-write mode for a capture that did not happen: it
         // starts over (the next round reports every page again).

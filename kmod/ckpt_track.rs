@@ -302,6 +302,8 @@ struct Inner {
     always_granted: u64,
     arm_tail_ns: u64,
     copied_all: bool,
+    /// The capture removed every protection (FIFO): a void capture cannot be cancelled.
+    unprotected: bool,
     /// slot + 1 of the pristine copy of a pfn, 0 = none.
     slot_of: *const AtomicU32,
     snap: *mut u8,
@@ -385,11 +387,14 @@ impl Inner {
         self.saved.set(pfn);
     }
 
-    /// A write is about to be possible on `pfn`.
+    /// A write is about to be possible on `pfn`. After the capture the page is also marked
+    /// dirty: if the capture turns out void, tracking goes on from there
+    /// ([`FaultTracker::cancel_capture`]).
     fn note_write(&self, pfn: u64) {
         if self.cow.load(Ordering::Acquire) {
             self.cow_save(pfn);
-        } else if pfn < self.max_pfn {
+        }
+        if pfn < self.max_pfn {
             self.dirty.set(pfn);
             self.wrote.set(pfn);
         }
@@ -1122,6 +1127,7 @@ impl FaultTracker {
         t.saved.clear_all();
         t.nowp.clear_all();
         t.freeb.clear_all();
+        t.unprotected = false;
         // Linux's resume path (after this routine returns) kmallocs the grant table's frame
         // list and has Xen write it (GNTTABOP_setup_table); a Xen write into a
         // write-protected page fails and Linux BUGs. So: every page of a slab cache that
@@ -1174,7 +1180,14 @@ impl FaultTracker {
         if t.copied_all {
             // FIFO event channels: Xen writes pages of the set (the event array, the control
             // blocks) without a fault, and nothing says which: the whole set is copied now
-            // and the protection removed before the resume.
+            // and the protection removed before the resume. A set larger than the buffer
+            // voids the capture before anything changes, so tracking can go on.
+            let n: u64 = send.iter().map(|v| u64::from(v.count_ones())).sum();
+            if n > cap {
+                t.snap_next.store(n, Ordering::Release);
+                return -ENOSPC;
+            }
+            t.unprotected = true;
             t.cow.store(true, Ordering::Release);
             for pfn in 0..t.max_pfn {
                 if t.send.get(pfn) {
@@ -1237,6 +1250,58 @@ impl FaultTracker {
             return -ENOSPC;
         }
         0
+    }
+
+    /// After a capture that did not hold (the snapshot buffer ran out in the pause):
+    /// copy-on-write ends and tracking goes on, instead of starting over with every page
+    /// dirty. The owner read none of the final set since the capture, so it is dirty again,
+    /// with every page written since (`note_write` marks them in copy-on-write mode too).
+    /// The pages the capture left writable for the resume are in that set; the next round's
+    /// arming protects them again. Returns the snapshot pages the capture needed. Fails
+    /// (the caller then starts over) once a FIFO capture removed every protection.
+    pub(crate) fn cancel_capture(&mut self) -> Result<u64, c_long> {
+        unsafe extern "C" fn cb(arg: *mut c_void) -> c_int {
+            // SAFETY: as arm_cb.
+            let t = unsafe { &mut *(arg as *mut Inner) };
+            t.cow.store(false, Ordering::Release);
+            // The free pages the capture left out of the set too: one written since the
+            // last round may still be writable, so an allocation now would go unseen.
+            for w in 0..t.send.words {
+                let v = (t.send.word(w).swap(0, Ordering::Relaxed)
+                    | t.freeb.word(w).load(Ordering::Relaxed))
+                    & !t.always.word(w).load(Ordering::Relaxed)
+                    & !t.ignore.word(w).load(Ordering::Relaxed);
+                t.dirty.word(w).fetch_or(v, Ordering::Relaxed);
+            }
+            t.freeb.clear_all();
+            t.claimed.clear_all();
+            t.saved.clear_all();
+            t.nowp.clear_all();
+            for pfn in 0..t.max_pfn as usize {
+                // SAFETY: slot_of has max_pfn entries. A stale slot would hand a later
+                // capture's reader another page's copy.
+                unsafe { (*t.slot_of.add(pfn)).store(0, Ordering::Relaxed) };
+            }
+            // The caller frees the buffer once this returns; nothing copies into it now.
+            t.snap = ptr::null_mut();
+            t.snap_cap = 0;
+            t.skip_lo = 0;
+            t.skip_hi = 0;
+            t.aborted.store(false, Ordering::Release);
+            0
+        }
+        let t = self.inner();
+        if t.unprotected {
+            return Err(-EIO);
+        }
+        let needed = t.snap_next.load(Ordering::Acquire);
+        // SAFETY: cb gets our block and runs alone.
+        let rc = unsafe { ckpt_track_stop_machine(cb, self.inner as *mut c_void) };
+        if rc != 0 {
+            return Err(rc as c_long);
+        }
+        self.inner().snap_next.store(0, Ordering::Release);
+        Ok(needed)
     }
 
     /// The capture-point content of `pfn` into `dst` (one page): the pristine copy, or the

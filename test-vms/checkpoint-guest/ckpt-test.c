@@ -232,6 +232,52 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	spinner_pid = 0;
 }
 
+/*
+ * The fault tracker out of snapshot space in the capture pause: ENOSPC with the pages the
+ * capture needed, and tracking goes on. The next round reports the void capture's final set
+ * and what was written since, not every page again (which would send all of RAM anew and
+ * could never fit the budget that just ran out).
+ */
+static void fault_nospace(uint64_t *bm, uint64_t bmbytes)
+{
+	struct ckpt_track t = { .flags = CKPT_TRACK_FAULT | CKPT_TRACK_ELIDE_FREE };
+	struct ckpt_round r = { .bitmap = (uintptr_t)bm, .bitmap_bytes = bmbytes };
+	uint64_t all = 0, last = 0;
+
+	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
+		FAIL("TRACK_START(fault): %s", strerror(errno));
+	for (int k = 0; k < 3; k++) {
+		memset(bm, 0, bmbytes);
+		r = (struct ckpt_round){ .bitmap = (uintptr_t)bm, .bitmap_bytes = bmbytes };
+		if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+			FAIL("NEXT_ROUND (fault) %d: %s", k, strerror(errno));
+		if (k == 0)
+			all = r.dirty;
+		last = r.dirty;
+		read_set(bm);
+	}
+	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
+	uint64_t *snap = calloc(1, bmbytes);
+	struct ckpt_capture c = { .max_snapshot_pages = 1, .bitmap = (uintptr_t)snap, .bitmap_bytes = bmbytes,
+				  .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_CAPTURE, &c), ENOSPC, "fault tracker capture with a 1-page snapshot buffer");
+	if (c.snapshot_pages < 2)
+		FAIL("fault tracker ENOSPC reports %llu pages needed", (unsigned long long)c.snapshot_pages);
+	memset(bm, 0, bmbytes);
+	r = (struct ckpt_round){ .bitmap = (uintptr_t)bm, .bitmap_bytes = bmbytes };
+	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
+		FAIL("round after the fault tracker's ENOSPC: %s", strerror(errno));
+	printf("bad case: fault tracker snapshot exhausted -> ENOSPC (needed %llu); rounds %llu, %llu, after it %llu\n",
+	       (unsigned long long)c.snapshot_pages, (unsigned long long)all, (unsigned long long)last,
+	       (unsigned long long)r.dirty);
+	if (r.dirty * 2 > all)
+		FAIL("after ENOSPC the fault tracker reported %llu of %llu pages: it started over",
+		     (unsigned long long)r.dirty, (unsigned long long)all);
+	free(snap);
+	if (ioctl(fd, CKPT_IOC_TRACK_STOP))
+		FAIL("TRACK_STOP (fault): %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	int npages = argc > 1 ? atoi(argv[1]) : 64;
@@ -308,6 +354,7 @@ int main(int argc, char **argv)
 	}
 
 	bad_cases(bm, bmbytes);
+	fault_nospace(bm, bmbytes);
 
 	t.flags = 0;
 	if (ioctl(fd, CKPT_IOC_TRACK_START, &t))
