@@ -1473,7 +1473,11 @@ pub(crate) mod tests {
             panic!("{e}")
         };
         // The set before round 0, then one per round sent.
-        assert_eq!(history.split(", ").count(), *rounds as usize + 1, "{history}");
+        assert_eq!(
+            history.split(", ").count(),
+            *rounds as usize + 1,
+            "{history}"
+        );
         assert!(
             *rounds <= p.max_rounds + p.conv.throttle_rounds + 1,
             "{rounds}"
