@@ -110,6 +110,23 @@ static uint64_t count_over(double secs)
 	return *counter - a;
 }
 
+/* A capture with a 1-page snapshot buffer must fail with ENOSPC and say how many pages it
+ * needed. */
+static uint64_t capture_nospace(uint64_t bmbytes, const char *what)
+{
+	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
+	uint64_t *snap = calloc(1, bmbytes);
+	struct ckpt_capture c = { .max_snapshot_pages = 1, .bitmap = (uintptr_t)snap, .bitmap_bytes = bmbytes,
+				  .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
+	if (!snap)
+		FAIL("out of memory");
+	EXPECT_ERR(ioctl(fd, CKPT_IOC_CAPTURE, &c), ENOSPC, what);
+	if (c.snapshot_pages < 2)
+		FAIL("%s: ENOSPC reports %llu pages needed", what, (unsigned long long)c.snapshot_pages);
+	free(snap);
+	return c.snapshot_pages;
+}
+
 /*
  * The bad cases that need the module (docs/checkpoint-abi.md): a session started twice, the
  * module unloaded while tracking, the snapshot buffer exhausted (clean ENOSPC, the guest runs
@@ -165,13 +182,7 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	printf("bad case: %d pages allocated after a round and written are all dirty\n", n);
 
 	/* Snapshot exhausted: ENOSPC, nothing held, the guest runs on, the session too. */
-	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
-	uint64_t *snap = calloc(1, bmbytes);
-	struct ckpt_capture c = { .max_snapshot_pages = 1, .bitmap = (uintptr_t)snap, .bitmap_bytes = bmbytes,
-				  .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
-	EXPECT_ERR(ioctl(fd, CKPT_IOC_CAPTURE, &c), ENOSPC, "capture with a 1-page snapshot buffer");
-	if (c.snapshot_pages < 2)
-		FAIL("ENOSPC capture reports %llu pages needed", (unsigned long long)c.snapshot_pages);
+	uint64_t needed = capture_nospace(bmbytes, "capture with a 1-page snapshot buffer");
 	struct ckpt_facts f2;
 	if (ioctl(fd, CKPT_IOC_GET_FACTS, &f2) || f2.state != CKPT_STATE_SESSION)
 		FAIL("after ENOSPC: state %u", f2.state);
@@ -179,8 +190,7 @@ static void bad_cases(uint64_t *bm, uint64_t bmbytes)
 	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
 		FAIL("round after ENOSPC: %s", strerror(errno));
 	printf("bad case: snapshot exhausted -> ENOSPC (needed %llu), session goes on\n",
-	       (unsigned long long)c.snapshot_pages);
-	free(snap);
+	       (unsigned long long)needed);
 
 	/* Throttling: a spinning child is slowed, then released; bad arguments refused. */
 	counter = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -256,24 +266,17 @@ static void fault_nospace(uint64_t *bm, uint64_t bmbytes)
 		last = r.dirty;
 		read_set(bm);
 	}
-	static uint8_t vcpu[CKPT_VCPU_CTX_BYTES];
-	uint64_t *snap = calloc(1, bmbytes);
-	struct ckpt_capture c = { .max_snapshot_pages = 1, .bitmap = (uintptr_t)snap, .bitmap_bytes = bmbytes,
-				  .vcpu = (uintptr_t)vcpu, .vcpu_bytes = sizeof vcpu };
-	EXPECT_ERR(ioctl(fd, CKPT_IOC_CAPTURE, &c), ENOSPC, "fault tracker capture with a 1-page snapshot buffer");
-	if (c.snapshot_pages < 2)
-		FAIL("fault tracker ENOSPC reports %llu pages needed", (unsigned long long)c.snapshot_pages);
+	uint64_t needed = capture_nospace(bmbytes, "fault tracker capture with a 1-page snapshot buffer");
 	memset(bm, 0, bmbytes);
 	r = (struct ckpt_round){ .bitmap = (uintptr_t)bm, .bitmap_bytes = bmbytes };
 	if (ioctl(fd, CKPT_IOC_NEXT_ROUND, &r))
 		FAIL("round after the fault tracker's ENOSPC: %s", strerror(errno));
 	printf("bad case: fault tracker snapshot exhausted -> ENOSPC (needed %llu); rounds %llu, %llu, after it %llu\n",
-	       (unsigned long long)c.snapshot_pages, (unsigned long long)all, (unsigned long long)last,
+	       (unsigned long long)needed, (unsigned long long)all, (unsigned long long)last,
 	       (unsigned long long)r.dirty);
 	if (r.dirty * 2 > all)
 		FAIL("after ENOSPC the fault tracker reported %llu of %llu pages: it started over",
 		     (unsigned long long)r.dirty, (unsigned long long)all);
-	free(snap);
 	if (ioctl(fd, CKPT_IOC_TRACK_STOP))
 		FAIL("TRACK_STOP (fault): %s", strerror(errno));
 }
