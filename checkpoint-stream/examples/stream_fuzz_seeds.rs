@@ -1,7 +1,7 @@
 //! Writes seed inputs for the fuzz target (scripts/fuzz-stream): valid streams (literal
 //! tables, and tables with REPEAT records), each prefixed with a mode byte. `cargo run -p checkpoint-stream --example stream_fuzz_seeds -- DIR`.
 
-use checkpoint_stream::digest::root_of_pages;
+use checkpoint_stream::digest::{root_of_pages, Algorithm};
 use checkpoint_stream::*;
 
 fn stream(max_pfn: u64, data_pages: &[u64]) -> Vec<u8> {
@@ -42,10 +42,10 @@ fn stream_with_tables(
     tables(&mut e);
     e.vcpu(0, VcpuKind::Basic, &[1, 2, 3]).unwrap();
     e.shared_info(&pg).unwrap();
-    let root = root_of_pages(max_pfn, |p| {
+    let root = root_of_pages(Algorithm::CURRENT, max_pfn, |p| {
         (p != 0 && data_pages.contains(&p)).then_some(&pg)
     });
-    e.digest(&root).unwrap();
+    e.digest(Algorithm::CURRENT, &root).unwrap();
     e.end().unwrap()
 }
 

@@ -2,7 +2,7 @@
 //! tests/decode.rs check the doc against the encoder):
 //! `cargo run -p checkpoint-stream --example worked_example`.
 
-use checkpoint_stream::digest::root_of_pages;
+use checkpoint_stream::digest::{root_of_pages, Algorithm};
 use checkpoint_stream::*;
 
 fn main() {
@@ -40,10 +40,10 @@ fn main() {
         "VCPU 0, kind 1 (basic), 1 byte of state 0xab",
         e.vcpu(0, VcpuKind::Basic, &[0xAB]).unwrap()
     );
-    let root = root_of_pages(1, |_| None);
+    let root = root_of_pages(Algorithm::CURRENT, 1, |_| None);
     rec!(
-        "DIGEST: algorithm 1, root over two zero pages",
-        e.digest(&root).unwrap()
+        "DIGEST: algorithm 2, root over two zero pages",
+        e.digest(Algorithm::CURRENT, &root).unwrap()
     );
     let end_at = e.bytes() as usize;
     let out = e.end().unwrap();

@@ -5,7 +5,7 @@
 //! [`Sink::end`] (and must discard its work on any error), exactly as a restore must.
 
 use crate::crc::{crc32c, Crc32c};
-use crate::digest::{leaf_hash, root_of_leaves, ZERO_LEAF};
+use crate::digest::{leaf_hash, root_of_leaves, Algorithm, ZERO_LEAF};
 use crate::format::*;
 
 /// Everything the decoder can reject. Offsets are byte offsets in the stream.
@@ -149,8 +149,9 @@ pub trait Sink {
     fn shared_info(&mut self, page: &[u8; PAGE_SIZE]) -> Result<(), Error> {
         Ok(())
     }
-    /// The stream's digest (already checked if the decoder was given a leaf table).
-    fn digest(&mut self, root: &[u8; 32]) -> Result<(), Error> {
+    /// The stream's digest and how it was computed (already checked if the decoder was given
+    /// a leaf table).
+    fn digest(&mut self, alg: Algorithm, root: &[u8; 32]) -> Result<(), Error> {
         Ok(())
     }
     /// The record just delivered passed its checksum.
@@ -870,9 +871,9 @@ impl<'t> Decoder<'t> {
                 sink.shared_info(b.try_into().unwrap())?;
             }
             Digest => {
-                if rd32(b, 0) != DIGEST_ALG_SHA256_LEAVES {
-                    return Err(Error::Unsupported("digest algorithm other than 1"));
-                }
+                let Some(alg) = Algorithm::from_code(rd32(b, 0)) else {
+                    return Err(Error::Unsupported("digest algorithm other than 1 or 2"));
+                };
                 if rd32(b, 4) != 0 {
                     return Err(bad("reserved field is not zero"));
                 }
@@ -901,12 +902,12 @@ impl<'t> Decoder<'t> {
                 }
                 let root: [u8; 32] = b[8..40].try_into().unwrap();
                 if let Some(l) = self.leaves.as_deref() {
-                    if root_of_leaves(&l[..=self.max_pfn as usize]) != root {
+                    if root_of_leaves(alg, &l[..=self.max_pfn as usize]) != root {
                         return Err(Error::DigestMismatch);
                     }
                 }
                 self.phase = Phase::Digested;
-                sink.digest(&root)?;
+                sink.digest(alg, &root)?;
             }
             PageBatch => unreachable!("page batches are streamed"),
         }

@@ -2,6 +2,7 @@
 //! them), which lets tests build malformed streams with the same code.
 
 use crate::crc::Crc32c;
+use crate::digest::Algorithm;
 use crate::format::*;
 
 /// Where encoded bytes go. With the `std` feature every `io::Write` is one.
@@ -241,9 +242,10 @@ impl<O: Output> Encoder<O> {
         self.rec(RecordType::SharedInfo, &[page])
     }
 
-    pub fn digest(&mut self, root: &[u8; 32]) -> Result<(), O::Error> {
+    /// DIGEST with the root computed by `alg` (normally [`Algorithm::CURRENT`]).
+    pub fn digest(&mut self, alg: Algorithm, root: &[u8; 32]) -> Result<(), O::Error> {
         let mut b = [0u8; 8];
-        b[0..4].copy_from_slice(&DIGEST_ALG_SHA256_LEAVES.to_le_bytes());
+        b[0..4].copy_from_slice(&alg.code().to_le_bytes());
         self.rec(RecordType::Digest, &[&b, root])
     }
 

@@ -44,9 +44,6 @@ pub const ENTRY_KIND_ZERO: u64 = 1;
 /// ROUND flags.
 pub const ROUND_FLAG_DRAIN: u32 = 1;
 
-/// DIGEST algorithm 1: SHA-256 root over per-page SHA-256 leaves (see digest.rs).
-pub const DIGEST_ALG_SHA256_LEAVES: u32 = 1;
-
 /// Record types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]

@@ -1,7 +1,7 @@
 //! A whole checkpoint in memory (std only): what `inspect` and `export` work from.
 
 use crate::decode::{Capture, Decoder, Error, Header, Sink, U64s};
-use crate::digest::root_of_pages;
+use crate::digest::{root_of_pages, Algorithm};
 use crate::encode::{Encoder, PageRef};
 use crate::format::*;
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ pub struct Checkpoint {
     pub vcpus: Vec<VcpuState>,
     pub shared_info: Option<Box<[u8; PAGE_SIZE]>>,
     pub digest: [u8; 32],
+    /// How `digest` was computed (encoding writes [`Algorithm::CURRENT`] anew).
+    pub digest_algorithm: Algorithm,
     /// Size of the encoded stream this came from.
     pub stream_bytes: u64,
 }
@@ -69,7 +71,7 @@ struct Builder {
     p2m_frames: Vec<u64>,
     vcpus: Vec<VcpuState>,
     shared_info: Option<Box<[u8; PAGE_SIZE]>>,
-    digest: Option<[u8; 32]>,
+    digest: Option<(Algorithm, [u8; 32])>,
 }
 
 impl Sink for Builder {
@@ -139,13 +141,13 @@ impl Sink for Builder {
         self.shared_info = Some(Box::new(*page));
         Ok(())
     }
-    fn digest(&mut self, root: &[u8; 32]) -> Result<(), Error> {
+    fn digest(&mut self, alg: Algorithm, root: &[u8; 32]) -> Result<(), Error> {
         // The decoder checked that every pfn's type and p2m entry arrived; now the contents.
-        let computed = root_of_pages(self.max_pfn, |pfn| self.pages.get(&pfn).map(|b| &**b));
+        let computed = root_of_pages(alg, self.max_pfn, |pfn| self.pages.get(&pfn).map(|b| &**b));
         if &computed != root {
             return Err(Error::DigestMismatch);
         }
-        self.digest = Some(*root);
+        self.digest = Some((alg, *root));
         Ok(())
     }
     fn record_end(&mut self, ty: RecordType, body_len: u32) -> Result<(), Error> {
@@ -220,7 +222,8 @@ impl Builder {
             p2m: self.p2m,
             vcpus: self.vcpus,
             shared_info: self.shared_info,
-            digest: self.digest.expect("decoder guarantees DIGEST before END"),
+            digest: self.digest.expect("decoder guarantees DIGEST before END").1,
+            digest_algorithm: self.digest.expect("decoder guarantees DIGEST before END").0,
             stream_bytes,
         }
     }
@@ -257,6 +260,7 @@ impl Checkpoint {
             }],
             shared_info: None,
             digest: [0; 32],
+            digest_algorithm: Algorithm::CURRENT,
             stream_bytes: 0,
         };
         c.digest = c.compute_digest();
@@ -278,9 +282,14 @@ impl Checkpoint {
         self.pages.get(&pfn).map(|b| &**b)
     }
 
-    /// The digest of this checkpoint's pages.
+    /// The digest of this checkpoint's pages ([`Algorithm::CURRENT`], what encoding writes).
     pub fn compute_digest(&self) -> [u8; 32] {
-        root_of_pages(self.max_pfn, |pfn| self.page(pfn))
+        self.compute_digest_by(Algorithm::CURRENT)
+    }
+
+    /// The digest of this checkpoint's pages by `alg`.
+    pub fn compute_digest_by(&self, alg: Algorithm) -> [u8; 32] {
+        root_of_pages(alg, self.max_pfn, |pfn| self.page(pfn))
     }
 
     /// The basic state of a vCPU.
@@ -328,7 +337,7 @@ impl Checkpoint {
         if let Some(s) = &self.shared_info {
             e.shared_info(s)?;
         }
-        e.digest(&self.compute_digest())?;
+        e.digest(Algorithm::CURRENT, &self.compute_digest())?;
         e.end()
     }
 }

@@ -1,6 +1,6 @@
 //! Decoder behaviour: valid streams, incremental feeding, and one test per rejection.
 
-use checkpoint_stream::digest::{root_of_pages, ZERO_LEAF};
+use checkpoint_stream::digest::{leaf_hash, root_of_pages, Algorithm, ZERO_LEAF};
 use checkpoint_stream::format::*;
 use checkpoint_stream::model::Checkpoint;
 use checkpoint_stream::*;
@@ -67,7 +67,7 @@ fn build(mut mutate: impl FnMut(&mut Encoder<Vec<u8>>, Stage) -> bool) -> Vec<u8
         e.shared_info(&page(9)).unwrap()
     });
     run(&mut e, Stage::Digest, &mut |e| {
-        e.digest(&expected_digest()).unwrap()
+        e.digest(Algorithm::CURRENT, &expected_digest()).unwrap()
     });
     run(&mut e, Stage::End, &mut |_| {});
     e.end().unwrap()
@@ -100,7 +100,9 @@ fn final_page(pfn: u64) -> Option<[u8; PAGE_SIZE]> {
 
 fn expected_digest() -> [u8; 32] {
     let pages: Vec<Option<[u8; PAGE_SIZE]>> = (0..=MAX_PFN).map(final_page).collect();
-    root_of_pages(MAX_PFN, |pfn| pages[pfn as usize].as_ref())
+    root_of_pages(Algorithm::CURRENT, MAX_PFN, |pfn| {
+        pages[pfn as usize].as_ref()
+    })
 }
 
 fn valid() -> Vec<u8> {
@@ -369,13 +371,72 @@ fn rejects_pfn_out_of_range() {
 
 #[test]
 fn rejects_digest_mismatch_on_both_paths() {
-    let d = with(Stage::Digest, |e| e.digest(&[0x55; 32]).unwrap());
+    let d = with(Stage::Digest, |e| {
+        e.digest(Algorithm::CURRENT, &[0x55; 32]).unwrap()
+    });
     assert_eq!(decode(&d).unwrap_err(), Error::DigestMismatch);
     assert_eq!(decode_leaves(&d).unwrap_err(), Error::DigestMismatch);
     // The digest of round 0's copy of pfn 3 instead of the drained one also mismatches.
     let d = with(Stage::Batch1, |e| e.page_batch(&[(6, None)]).unwrap());
     assert_eq!(decode(&d).unwrap_err(), Error::DigestMismatch);
     assert_eq!(decode_leaves(&d).unwrap_err(), Error::DigestMismatch);
+}
+
+/// Streams written before algorithm 2 carry algorithm 1: both decode paths still verify them,
+/// and an algorithm-1 root under algorithm 2 (or the reverse) mismatches.
+#[test]
+fn digest_algorithm_1_still_verifies_and_the_algorithms_do_not_mix() {
+    let pages: Vec<Option<[u8; PAGE_SIZE]>> = (0..=MAX_PFN).map(final_page).collect();
+    let root = |alg| root_of_pages(alg, MAX_PFN, |pfn| pages[pfn as usize].as_ref());
+    let (r1, r2) = (root(Algorithm::Leaves), root(Algorithm::NonZeroLeaves));
+    assert_ne!(r1, r2);
+    let d = with(Stage::Digest, |e| e.digest(Algorithm::Leaves, &r1).unwrap());
+    let c = decode(&d).unwrap();
+    assert_eq!((c.digest_algorithm, c.digest), (Algorithm::Leaves, r1));
+    assert_eq!(c.compute_digest_by(Algorithm::Leaves), r1);
+    decode_leaves(&d).unwrap();
+    for (alg, r) in [(Algorithm::Leaves, r2), (Algorithm::NonZeroLeaves, r1)] {
+        let d = with(Stage::Digest, |e| e.digest(alg, &r).unwrap());
+        assert_eq!(decode(&d).unwrap_err(), Error::DigestMismatch);
+        assert_eq!(decode_leaves(&d).unwrap_err(), Error::DigestMismatch);
+    }
+}
+
+/// A DIGEST algorithm the reader does not know is refused as such (the worked example with
+/// its DIGEST's algorithm field set to 3 and both CRCs recomputed).
+#[test]
+fn rejects_unknown_digest_algorithm() {
+    let mut d = doc_hex("example-hex");
+    let at = 0x128;
+    assert_eq!(d[at], 9, "the worked example's DIGEST record");
+    d[at + 16] = 3;
+    let body = checkpoint_stream::crc::crc32c(&d[at + 16..at + 56]);
+    d[at + 8..at + 12].copy_from_slice(&body.to_le_bytes());
+    let head = checkpoint_stream::crc::crc32c(&d[at..at + 12]);
+    d[at + 12..at + 16].copy_from_slice(&head.to_le_bytes());
+    let want = Error::Unsupported("digest algorithm other than 1 or 2");
+    assert_eq!(decode(&d).unwrap_err(), want);
+    assert_eq!(decode_leaves(&d).unwrap_err(), want);
+}
+
+/// docs/stream.md's algorithm-2 example: its leaf and root (computed there independently of
+/// this crate) are what the crate computes.
+#[test]
+fn algorithm_2_example_in_docs() {
+    let doc = include_str!("../../docs/stream.md");
+    let value = |name: &str| {
+        let m = format!("<!-- {name} -->`");
+        let start = doc.find(&m).expect("marker") + m.len();
+        let hex = &doc[start..start + 64];
+        (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let mut page = [0u8; PAGE_SIZE];
+    page[0] = 1;
+    assert_eq!(leaf_hash(Some(&page)).to_vec(), value("example-alg2-leaf"));
+    let root = root_of_pages(Algorithm::NonZeroLeaves, 3, |p| (p == 2).then_some(&page));
+    assert_eq!(root.to_vec(), value("example-alg2-root"));
 }
 
 #[test]
@@ -514,8 +575,8 @@ fn worked_example_in_docs_matches_the_encoder() {
         .unwrap();
     e.p2m(0, &[0x1000, 0x1001]).unwrap();
     e.vcpu(0, VcpuKind::Basic, &[0xAB]).unwrap();
-    let root = root_of_pages(1, |_| None);
-    e.digest(&root).unwrap();
+    let root = root_of_pages(Algorithm::CURRENT, 1, |_| None);
+    e.digest(Algorithm::CURRENT, &root).unwrap();
     let ours = e.end().unwrap();
     assert_eq!(
         bytes, ours,
@@ -580,7 +641,11 @@ fn table_stream(
     tables(&mut e);
     let table_bytes = e.bytes() - before;
     e.vcpu(0, VcpuKind::Basic, &[1]).unwrap();
-    e.digest(&root_of_pages(max_pfn, |_| None)).unwrap();
+    e.digest(
+        Algorithm::CURRENT,
+        &root_of_pages(Algorithm::CURRENT, max_pfn, |_| None),
+    )
+    .unwrap();
     (e.end().unwrap(), table_bytes)
 }
 
@@ -1014,7 +1079,11 @@ fn repeat_example_in_docs_decodes() {
     data.extend_from_slice(&bytes);
     let mut e = Encoder::new(Vec::new()).unwrap();
     e.vcpu(0, VcpuKind::Basic, &[1]).unwrap();
-    e.digest(&root_of_pages(0x3FFFF, |_| None)).unwrap();
+    e.digest(
+        Algorithm::CURRENT,
+        &root_of_pages(Algorithm::CURRENT, 0x3FFFF, |_| None),
+    )
+    .unwrap();
     data.extend_from_slice(&e.end().unwrap()[16..]);
     assert_tables_decode_to(&data, &types, &p2m);
 }

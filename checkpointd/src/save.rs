@@ -3,7 +3,7 @@
 //! only talks to a [`PageSource`] and a writer.
 
 use crate::source::{CaptureOutcome, Dirtier, HoldTuple, PageSource};
-use checkpoint_stream::digest::{leaf_hash, root_of_leaves, ZERO_LEAF};
+use checkpoint_stream::digest::{leaf_hash, root_of_leaves, Algorithm, ZERO_LEAF};
 use checkpoint_stream::{Encoder, PageRef, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -892,9 +892,11 @@ pub fn stream<S: PageSource, W: Write>(
         .vcpu(0, VcpuKind::Basic, &vcpu)
         .map_err(SaveError::Write)?;
     let t_digest = Instant::now();
-    let root = root_of_leaves(&w.leaves);
+    let root = root_of_leaves(Algorithm::CURRENT, &w.leaves);
     let digest_ms = t_digest.elapsed().as_millis() as u64;
-    w.enc.digest(&root).map_err(SaveError::Write)?;
+    w.enc
+        .digest(Algorithm::CURRENT, &root)
+        .map_err(SaveError::Write)?;
     let total_bytes = w.enc.bytes() + 16;
     let mut out = w.enc.end().map_err(SaveError::Write)?;
     out.flush().map_err(SaveError::Write)?;

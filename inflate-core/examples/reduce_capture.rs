@@ -71,14 +71,19 @@ fn main() {
     for v in &k.vcpus {
         e.vcpu(v.id, v.kind, &v.data).unwrap();
     }
-    let root = checkpoint_stream::digest::root_of_pages(k.max_pfn, |p| {
-        if keep.contains(&p) {
-            k.page(p)
-        } else {
-            None
-        }
-    });
-    e.digest(&root).unwrap();
+    let root = checkpoint_stream::digest::root_of_pages(
+        checkpoint_stream::digest::Algorithm::CURRENT,
+        k.max_pfn,
+        |p| {
+            if keep.contains(&p) {
+                k.page(p)
+            } else {
+                None
+            }
+        },
+    );
+    e.digest(checkpoint_stream::digest::Algorithm::CURRENT, &root)
+        .unwrap();
     let stream = e.end().unwrap();
     let z = miniz_oxide::deflate::compress_to_vec_zlib(&stream, 9);
     std::fs::write(&args[2], &z).unwrap_or_else(|e| panic!("{}: {e}", args[2]));

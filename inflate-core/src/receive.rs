@@ -11,7 +11,7 @@
 use crate::frames::{FrameBook, Plan, PlanError};
 use crate::records::{is_ram, Records};
 use crate::result::{ResultRecord, Status};
-use checkpoint_stream::digest::{leaf_hash, RootBuilder, ZERO_LEAF};
+use checkpoint_stream::digest::{leaf_hash, Algorithm, RootBuilder, ZERO_LEAF};
 use checkpoint_stream::{
     Capture, Decoder, Error as StreamError, Header, Phase, Sink, U64s, VcpuKind, PAGE_SIZE,
 };
@@ -41,7 +41,7 @@ struct Placer<'r, 'a, S: FrameStore> {
     leaves: &'r mut [[u8; 32]],
     store: &'r mut S,
     plan_err: Option<PlanError>,
-    digest: Option<[u8; 32]>,
+    digest: Option<(Algorithm, [u8; 32])>,
     verified: bool,
     zero_filled: u64,
 }
@@ -111,13 +111,13 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
         Ok(())
     }
 
-    fn digest(&mut self, root: &[u8; 32]) -> Result<(), StreamError> {
-        self.digest = Some(*root);
+    fn digest(&mut self, alg: Algorithm, root: &[u8; 32]) -> Result<(), StreamError> {
+        self.digest = Some((alg, *root));
         Ok(())
     }
 
     fn end(&mut self) -> Result<(), StreamError> {
-        let want = self.digest.ok_or(StreamError::Missing("DIGEST"))?;
+        let (alg, want) = self.digest.ok_or(StreamError::Missing("DIGEST"))?;
         let max = self.plan.max_pfn().ok_or(StreamError::Missing("HEADER"))?;
         if self.records.restorable() && self.records.has_types() {
             // RAM pfns never sent are zero pages, but the restored guest owns them: give each
@@ -133,7 +133,7 @@ impl<S: FrameStore> Sink for Placer<'_, '_, S> {
                 }
             }
         }
-        let mut b = RootBuilder::new(max);
+        let mut b = RootBuilder::new(alg, max);
         for pfn in 0..=max {
             match self.plan.lookup(pfn) {
                 Some(f) => match self.leaves.get(f as usize) {
@@ -162,7 +162,7 @@ pub struct Receiver<'a> {
     state: State,
     bytes: u64,
     started_us: u64,
-    digest: Option<[u8; 32]>,
+    digest: Option<(Algorithm, [u8; 32])>,
     zero_filled: u64,
 }
 
@@ -555,7 +555,11 @@ mod tests {
         e.p2m(0, &c.p2m).unwrap();
         e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data)
             .unwrap();
-        e.digest(&good.compute_digest()).unwrap();
+        e.digest(
+            checkpoint_stream::digest::Algorithm::CURRENT,
+            &good.compute_digest(),
+        )
+        .unwrap();
         let bad = e.end().unwrap();
         let mut bits = vec![0u64; 64];
         let mut slots = vec![0u32; 4096];
@@ -630,7 +634,11 @@ mod tests {
         e.p2m_frames(&c.p2m_frames).unwrap();
         e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &k.vcpus[0].data)
             .unwrap();
-        e.digest(&k.compute_digest()).unwrap();
+        e.digest(
+            checkpoint_stream::digest::Algorithm::CURRENT,
+            &k.compute_digest(),
+        )
+        .unwrap();
         e.end().unwrap()
     }
 
@@ -727,7 +735,7 @@ mod tests {
         e.p2m(0, &c.p2m).unwrap();
         e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data)
             .unwrap();
-        e.digest(&c.digest).unwrap();
+        e.digest(c.digest_algorithm, &c.digest).unwrap();
         let s = e.end().unwrap();
 
         let mut bits = vec![0u64; 64];

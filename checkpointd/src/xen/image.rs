@@ -12,7 +12,7 @@ use super::{
     pfinfo, rec, vcpu, LIBXC_ID, LIBXC_MARKER, LIBXL_IDENT, LIBXL_REC_END, LIBXL_REC_LIBXC_CONTEXT,
     XL_BYTEORDER, XL_MAGIC,
 };
-use checkpoint_stream::digest::root_of_pages;
+use checkpoint_stream::digest::{root_of_pages, Algorithm};
 use checkpoint_stream::model::{Checkpoint, FullCheckpoint, VcpuState, MODEL_MAX_PFN};
 use checkpoint_stream::{page_type, Capture, VcpuKind, INVALID_MFN, PAGE_SIZE};
 use serde::Serialize;
@@ -559,7 +559,7 @@ impl XlImage {
                 }
             }
         }
-        let digest = root_of_pages(max_pfn, |p| pages.get(&p).map(|b| &**b));
+        let digest = root_of_pages(Algorithm::CURRENT, max_pfn, |p| pages.get(&p).map(|b| &**b));
         let shared_info = match &self.shared_info {
             _ if opts.drop_shared_info => None,
             Some(s) => Some(Box::new(
@@ -584,6 +584,7 @@ impl XlImage {
                 vcpus,
                 shared_info,
                 digest,
+                digest_algorithm: Algorithm::CURRENT,
                 stream_bytes: 0,
             },
             p2m_frames: self.p2m_frames.clone(),

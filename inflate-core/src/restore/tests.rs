@@ -178,12 +178,17 @@ impl Guest {
         if let Some(x) = &self.xsave {
             e.vcpu(0, VcpuKind::Xsave, x).unwrap();
         }
-        let root = checkpoint_stream::digest::root_of_pages(MAX_PFN, |p| {
-            (self.types[p as usize] != page_type::UNPOPULATED)
-                .then(|| self.pages.get(&p))
-                .flatten()
-        });
-        e.digest(&root).unwrap();
+        let root = checkpoint_stream::digest::root_of_pages(
+            checkpoint_stream::digest::Algorithm::CURRENT,
+            MAX_PFN,
+            |p| {
+                (self.types[p as usize] != page_type::UNPOPULATED)
+                    .then(|| self.pages.get(&p))
+                    .flatten()
+            },
+        );
+        e.digest(checkpoint_stream::digest::Algorithm::CURRENT, &root)
+            .unwrap();
         e.end().unwrap()
     }
 
