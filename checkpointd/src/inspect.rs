@@ -35,6 +35,8 @@ pub struct Summary {
     pub vcpu_records: Vec<(u32, String, usize)>,
     pub shared_info: bool,
     pub digest: String,
+    /// The DIGEST record's algorithm (docs/stream.md).
+    pub digest_algorithm: u32,
 }
 
 pub fn summarise(c: &FullCheckpoint) -> Summary {
@@ -83,6 +85,7 @@ pub fn summarise(c: &FullCheckpoint) -> Summary {
             let _ = write!(s, "{b:02x}");
             s
         }),
+        digest_algorithm: k.digest_algorithm.code(),
     }
 }
 
@@ -138,6 +141,10 @@ pub fn human(s: &Summary) -> String {
     for (id, kind, len) in &s.vcpu_records {
         let _ = writeln!(o, "  vcpu {id}        {kind}, {len} bytes");
     }
-    let _ = writeln!(o, "  digest        {}", s.digest);
+    let _ = writeln!(
+        o,
+        "  digest        {} (algorithm {})",
+        s.digest, s.digest_algorithm
+    );
     o
 }
