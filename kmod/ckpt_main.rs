@@ -1314,7 +1314,7 @@ fn capture(s: &mut State, file: usize, arg: u64) -> Result<c_long, c_long> {
         return Ok(0);
     }
     let out_of_space = s.fault_err == -ENOSPC
-        || (s.fault_err == 0 && s.fault.as_ref().is_some_and(|f| f.stats().aborted));
+        || (s.fault_err == 0 && s.fault.as_ref().is_some_and(|f| f.aborted()));
     if s.fault.is_some() && rc >= 0 && s.ran && !s.walk_err && out_of_space {
         // Out of snapshot space in the pause or the resume: tracking goes on (the next
         // round reports the final set and what was written since) and the owner learns

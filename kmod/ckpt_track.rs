@@ -1252,7 +1252,8 @@ impl FaultTracker {
         0
     }
 
-    /// After a capture that did not hold (the snapshot buffer ran out in the pause):
+    /// After a capture that did not hold (the snapshot buffer ran out in the pause or while
+    /// Linux resumed, before the owner read anything):
     /// copy-on-write ends and tracking goes on, instead of starting over with every page
     /// dirty. The owner read none of the final set since the capture, so it is dirty again,
     /// with every page written since (`note_write` marks them in copy-on-write mode too).
@@ -1357,6 +1358,11 @@ impl FaultTracker {
         let slot = unsafe { (*t.slot_of.add(pfn as usize)).load(Ordering::Acquire) };
         // SAFETY: slot-1 < snap_cap pages of the snapshot buffer.
         (slot != 0).then(|| unsafe { t.snap.add((slot as usize - 1) * PAGE) } as *const u8)
+    }
+
+    /// The snapshot buffer ran out since the capture: the capture is void.
+    pub(crate) fn aborted(&self) -> bool {
+        self.inner().aborted.load(Ordering::Acquire)
     }
 
     /// Diagnostics for a page of the final set: its bits (send, nowp, always, excl,

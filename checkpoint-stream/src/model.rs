@@ -212,6 +212,7 @@ impl Builder {
     }
 
     fn build(self, stream_bytes: u64) -> Checkpoint {
+        let (digest_algorithm, digest) = self.digest.expect("decoder guarantees DIGEST before END");
         Checkpoint {
             max_pfn: self.max_pfn,
             kernel: self.kernel,
@@ -222,8 +223,8 @@ impl Builder {
             p2m: self.p2m,
             vcpus: self.vcpus,
             shared_info: self.shared_info,
-            digest: self.digest.expect("decoder guarantees DIGEST before END").1,
-            digest_algorithm: self.digest.expect("decoder guarantees DIGEST before END").0,
+            digest,
+            digest_algorithm,
             stream_bytes,
         }
     }

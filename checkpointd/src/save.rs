@@ -387,7 +387,7 @@ pub struct SaveSummary {
     pub throttle_rounds: u32,
     /// From the drain's end to END: the capture's tables read and sent, and the digest.
     pub tables_ms: u64,
-    /// Of that, computing the digest's root over every pfn's leaf.
+    /// Of that, computing the digest's root from the leaves (docs/stream.md, DIGEST).
     pub digest_ms: u64,
 }
 

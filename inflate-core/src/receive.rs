@@ -555,11 +555,8 @@ mod tests {
         e.p2m(0, &c.p2m).unwrap();
         e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &c.vcpus[0].data)
             .unwrap();
-        e.digest(
-            checkpoint_stream::digest::Algorithm::CURRENT,
-            &good.compute_digest(),
-        )
-        .unwrap();
+        e.digest(Algorithm::CURRENT, &good.compute_digest())
+            .unwrap();
         let bad = e.end().unwrap();
         let mut bits = vec![0u64; 64];
         let mut slots = vec![0u32; 4096];
@@ -634,11 +631,7 @@ mod tests {
         e.p2m_frames(&c.p2m_frames).unwrap();
         e.vcpu(0, checkpoint_stream::VcpuKind::Basic, &k.vcpus[0].data)
             .unwrap();
-        e.digest(
-            checkpoint_stream::digest::Algorithm::CURRENT,
-            &k.compute_digest(),
-        )
-        .unwrap();
+        e.digest(Algorithm::CURRENT, &k.compute_digest()).unwrap();
         e.end().unwrap()
     }
 
